@@ -1,0 +1,184 @@
+"""Start, find and stop the local stack's service processes.
+
+One small mechanism serves both ``make run`` (a stack that outlives the command, found again by its pid files)
+and the test harness (a stack that lives as long as a pytest session). Every process runs in its own session
+(process group) so that stopping it also stops the children it forked (Airflow's api-server workers, say),
+and writes its output to ``<run_dir>/logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import requests
+
+
+class ServiceError(RuntimeError):
+    """A service did not start or did not become ready; the message names it and points at its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll ``predicate`` until it is true; raise ``ServiceError`` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - a service that is starting may refuse, reset or time out
+            pass
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} not ready after {timeout:.0f}s")
+        time.sleep(interval)
+
+
+def http_ok(url: str, auth=None, timeout: float = 2.0) -> bool:
+    return requests.get(url, auth=auth, timeout=timeout).status_code < 500
+
+
+class ManagedProcess:
+    """A named background process with a pid file and a log file under ``run_dir``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        run_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        self.run_dir = Path(run_dir)
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.popen: subprocess.Popen | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "pids" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def is_running(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        if self.popen is not None and self.popen.poll() is not None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # A zombie still answers kill(0); treat it as gone.
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            return state != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    def start(self) -> "ManagedProcess":
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        env = None
+        if self.env is not None:
+            env = {**os.environ, **self.env}
+        log = open(self.log_file, "ab")
+        try:
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        self.pid_file.write_text(f"{self.popen.pid}\n")
+        return self
+
+    def check_alive(self) -> None:
+        """Raise with the tail of the log if the process has already exited."""
+        if self.popen is not None and self.popen.poll() is not None:
+            raise ServiceError(
+                f"{self.name} exited with code {self.popen.returncode}; last lines of {self.log_file}:\n"
+                + self.log_tail()
+            )
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def wait_ready(self, predicate: Callable[[], bool], timeout: float) -> None:
+        def ready() -> bool:
+            self.check_alive()
+            return predicate()
+
+        try:
+            wait_until(ready, timeout, self.name)
+        except ServiceError as exc:
+            raise ServiceError(f"{exc}; last lines of {self.log_file}:\n{self.log_tail()}") from None
+
+    def signal(self, sig: int) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after ``timeout`` seconds."""
+        pid = self.pid()
+        if pid is None:
+            return
+        self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.is_running():
+            if self.popen is not None:
+                try:
+                    self.popen.wait(timeout=0.2)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(0.2)
+        self.signal(signal.SIGKILL)
+        if self.popen is not None:
+            try:
+                self.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.pid_file.unlink(missing_ok=True)
