@@ -1,0 +1,31 @@
+# dicom-relay: the two commands a person needs are `make run` and `make test`.
+.PHONY: setup run stop test test-fast bench clean
+
+PY := .venv/bin/python
+
+setup:
+	@bash scripts/setup.sh
+
+## Set up and start the whole local stack (PostgreSQL, Orthanc, GCS emulator, identifier service, Airflow 3),
+## drop a sample study into the inbox and wait until it is delivered. A second `make run` reuses the stack.
+run: setup
+	@$(PY) -m dicom_relay.stack.local up
+
+## Stop exactly what `make run` started.
+stop:
+	@$(PY) -m dicom_relay.stack.local down
+
+## Set up and run the whole test suite (unit, integration with real services, end-to-end with a real Airflow).
+test: setup
+	@bash scripts/run_tests.sh
+
+## Without the end-to-end tests (a real Airflow takes minutes to start).
+test-fast: setup
+	@bash scripts/run_tests.sh -m "not e2e"
+
+## Benchmarks are not tests: they print ratios against peers measured in the same run.
+bench: setup
+	@$(PY) scripts/bench_deid.py
+
+clean: stop
+	rm -rf .run

@@ -1,0 +1,66 @@
+"""process_study: one run per claimed inbox folder (a batch).
+
+import -> get_identifiers -> replace_identifiers -> send_orthanc -> send_gcs -> cleanup
+
+Started by watch_inbox with the run id ``batch__<batch_id>``, or by hand:
+    airflow dags trigger process_study --conf '{"batch_id": "..."}'
+The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SEND_TO_ORTHANC / SEND_TO_GOOGLE.
+"""
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, get_current_context, task
+
+from dicom_relay.airflow.tasks import run_step
+from dicom_relay.config import Settings
+
+defaults = Settings.from_env()
+
+with DAG(
+    dag_id="process_study",
+    description="De-identify one claimed inbox folder and deliver it to Orthanc and GCS",
+    schedule=None,
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=8,
+    tags=["dicom-relay"],
+    params={
+        "batch_id": Param("", type="string", description="The batch to process (see dicom-relay status)"),
+        "deidentify": Param(defaults.deidentify, type="boolean", description="De-identify (DEIDENTIFY_RESTFUL)"),
+        "send_orthanc": Param(defaults.send_orthanc, type="boolean", description="Send to Orthanc (SEND_TO_ORTHANC)"),
+        "send_gcs": Param(defaults.send_gcs, type="boolean", description="Send to GCS (SEND_TO_GOOGLE)"),
+        "deid_options": Param({}, type="object", description="PS3.15 profile options, see docs/DEIDENTIFICATION.md"),
+    },
+    default_args={
+        "retries": 3,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+) as dag:
+
+    @task(task_id="import")
+    def import_():
+        return run_step("import", get_current_context())
+
+    @task
+    def get_identifiers():
+        return run_step("get_identifiers", get_current_context())
+
+    @task
+    def replace_identifiers():
+        return run_step("replace_identifiers", get_current_context())
+
+    @task
+    def send_orthanc():
+        return run_step("send_orthanc", get_current_context())
+
+    @task
+    def send_gcs():
+        return run_step("send_gcs", get_current_context())
+
+    @task
+    def cleanup():
+        return run_step("cleanup", get_current_context())
+
+    import_() >> get_identifiers() >> replace_identifiers() >> send_orthanc() >> send_gcs() >> cleanup()

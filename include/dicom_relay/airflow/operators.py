@@ -1,0 +1,33 @@
+"""Operators that adapt the pipeline to Airflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from dicom_relay.config import Settings
+
+from .triggers import InboxTrigger
+
+
+class WaitForInboxOperator(BaseOperator):
+    """Succeeds when the inbox has work; otherwise defers to ``InboxTrigger`` (no worker slot while waiting)."""
+
+    ui_color = "#d6eaf8"
+
+    def execute(self, context: Any) -> int:
+        settings = Settings.from_env()
+        trigger = InboxTrigger(
+            inbox_dir=str(settings.inbox),
+            batches_dir=str(settings.batches_dir),
+            stable_seconds=settings.stable_seconds,
+            poll_seconds=settings.poll_seconds,
+        )
+        waiting = trigger._waiting()
+        if waiting:
+            return waiting
+        self.defer(trigger=trigger, method_name="execute_complete")
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> int:
+        return int((event or {}).get("waiting", 0))

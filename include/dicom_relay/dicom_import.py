@@ -1,0 +1,148 @@
+"""Index a batch folder: which files are DICOM instances, and of which Study / Series / Instance.
+
+Only the header is read (``stop_before_pixels``): indexing a 500-slice CT reads a few hundred KB, not 250 MB.
+A file that is not a readable DICOM instance is *not* an error of the batch as a whole: it is listed with a
+reason and held back in quarantine, and the rest of the batch goes on (sendit's rule, with the reason kept).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+# Media Storage Directory Storage: a DICOMDIR indexes files, it is not an instance to send.
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+# The header fields import and get_identifiers need; reading only these keeps import fast.
+INDEX_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "PatientBirthDate",
+    "AccessionNumber", "StudyDate", "Modality", "BurnedInAnnotation",
+]
+
+
+@dataclass(frozen=True)
+class IndexedInstance:
+    """One readable instance. Holds original identifiers: keep it in memory, never in XCom or logs."""
+
+    relpath: str
+    size_bytes: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    patient_birth_date: str
+    accession_number: str
+    study_date: str
+    modality: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    relpath: str
+    reason: str
+
+
+@dataclass
+class FolderIndex:
+    instances: list[IndexedInstance] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def studies(self) -> set[str]:
+        return {i.study_instance_uid for i in self.instances}
+
+    @property
+    def series(self) -> set[str]:
+        return {i.series_instance_uid for i in self.instances}
+
+    @property
+    def patients(self) -> set[str]:
+        return {i.patient_id for i in self.instances}
+
+
+def _text(ds, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
+    """Index one file, or say (without PHI) why it is not a usable instance."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return Rejected(relpath, f"cannot be read ({exc.strerror})")
+    if size == 0:
+        return Rejected(relpath, "is empty (0 bytes)")
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=INDEX_TAGS)
+    except InvalidDicomError:
+        # Files without the 128-byte preamble and DICM prefix exist in the wild; accept them only if the
+        # forced read finds the identifying UIDs of an instance.
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=INDEX_TAGS, force=True)
+        except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
+            return Rejected(relpath, "is not a DICOM file")
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt: keep the reason, not the content
+        return Rejected(relpath, f"is not a readable DICOM file ({type(exc).__name__})")
+    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", {}), "MediaStorageSOPClassUID")
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return Rejected(relpath, "is a DICOMDIR (an index of files, not an instance)")
+    missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not _text(ds, k)]
+    if missing:
+        return Rejected(relpath, f"is not a usable DICOM instance (missing {', '.join(missing)})")
+    return IndexedInstance(
+        relpath=relpath,
+        size_bytes=size,
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_date=_text(ds, "StudyDate"),
+        modality=_text(ds, "Modality"),
+    )
+
+
+def walk_files(folder: Path) -> tuple[list[str], list[Rejected]]:
+    """Relative paths of the regular files below ``folder``; symbolic links are listed as rejected, never followed."""
+    files: list[str] = []
+    rejected: list[Rejected] = []
+    for root, dirs, names in os.walk(folder, followlinks=False):
+        for name in sorted(dirs):
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                rejected.append(Rejected(os.path.relpath(full, folder), "is a symbolic link (not followed)"))
+        for name in sorted(names):
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, folder)
+            if os.path.islink(full):
+                rejected.append(Rejected(rel, "is a symbolic link (not followed)"))
+            elif os.path.isfile(full):
+                files.append(rel)
+            else:
+                rejected.append(Rejected(rel, "is not a regular file"))
+    return sorted(files), rejected
+
+
+def index_folder(folder: Path) -> FolderIndex:
+    """Index every file below ``folder``. A repeated SOP Instance UID keeps the first file, rejects the rest."""
+    files, rejected = walk_files(folder)
+    index = FolderIndex(rejected=list(rejected))
+    seen: dict[str, str] = {}
+    for rel in files:
+        result = read_instance(folder / rel, rel)
+        if isinstance(result, Rejected):
+            index.rejected.append(result)
+        elif result.sop_instance_uid in seen:
+            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch"))
+        else:
+            seen[result.sop_instance_uid] = rel
+            index.instances.append(result)
+    return index

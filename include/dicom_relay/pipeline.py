@@ -1,0 +1,540 @@
+"""The work of each ``process_study`` task, and of the inbox dispatcher, without Airflow.
+
+Every step takes a batch id and the settings of the run, writes the status tables, and returns a small summary
+(counts, pseudonyms, destinations, timings) that Airflow shows as the task's XCom. Summaries never hold an
+original identifier, a folder name or a file name.
+
+A step that fails records a readable reason on the batch (``errors``, ``has_error``, status ERROR) and raises:
+``TransientError`` when retrying may help (a destination is down), ``PermanentError`` when a person must look.
+Every step is safe to run again: work already done and verified is not done twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import inbox
+from .config import Settings
+from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
+from .errors import PermanentError, RelayError, TransientError
+from .status import Instance, StatusStore
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "quarantine"
+DEID = "deid"
+IDENTIFIERS_FILE = "identifiers.json"
+ACCESSION_SOURCE = "DCM Accession #"
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What one run does: the sendit switches, overridable per run (DAG params)."""
+
+    deidentify: bool = True
+    send_orthanc: bool = True
+    send_gcs: bool = True
+    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid
+
+    @classmethod
+    def resolve(cls, settings: Settings, params: dict | None = None) -> "RunOptions":
+        params = params or {}
+
+        def pick(name: str, default: bool) -> bool:
+            value = params.get(name)
+            return default if value is None else bool(value)
+
+        return cls(
+            deidentify=pick("deidentify", settings.deidentify),
+            send_orthanc=pick("send_orthanc", settings.send_orthanc),
+            send_gcs=pick("send_gcs", settings.send_gcs),
+            deid=dict(params.get("deid_options") or {}),
+        )
+
+    def destinations(self) -> list[str]:
+        return [name for name, on in (("orthanc", self.send_orthanc), ("gcs", self.send_gcs)) if on]
+
+
+class BatchPaths:
+    """Where a batch's files live in the work area (see docs/ARCHITECTURE.md)."""
+
+    def __init__(self, settings: Settings, batch_id: str):
+        self.root = settings.batches_dir / batch_id
+        self.incoming = self.root / inbox.INCOMING
+        self.deid = self.root / DEID
+        self.quarantine = self.root / QUARANTINE
+        self.identifiers = self.root / IDENTIFIERS_FILE
+
+
+def step(name: str) -> Callable:
+    """Record failures of a step on the batch, time it, and keep its summary on the batch row."""
+
+    def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
+        @functools.wraps(fn)
+        def run(batch_id: str, settings: Settings, options: RunOptions | None = None, **kw) -> dict:
+            store = StatusStore(settings.db_url)
+            options = options or RunOptions.resolve(settings)
+            started = time.monotonic()
+            try:
+                summary = fn(batch_id, settings, options, store, **kw)
+            except RelayError as exc:
+                store.add_error(batch_id, name, str(exc), transient=exc.transient)
+                log.error("batch %s: %s failed: %s", batch_id, name, exc)
+                raise
+            except Exception as exc:
+                # Unknown failures are recorded by type only: their text may quote file content.
+                store.add_error(batch_id, name, f"unexpected {type(exc).__name__}; see the task log", transient=False)
+                raise
+            summary = {"batch_id": batch_id, **summary, "seconds": round(time.monotonic() - started, 3)}
+            store.merge_summary(batch_id, name, summary)
+            log.info("batch %s: %s done: %s", batch_id, name, json.dumps(summary, default=str))
+            return summary
+
+        return run
+
+    return wrap
+
+
+# -- dispatch (watch_inbox) -------------------------------------------------------------------------------------
+
+def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
+    """Claim every finished quiet folder, record its batch, and list the runs to request.
+
+    Returns ``[{"trigger_run_id": ..., "conf": {"batch_id": ...}}]`` for every claimed batch whose run was not yet
+    requested, including ones claimed by an earlier cycle that crashed before requesting.
+    """
+    store = StatusStore(settings.db_url)
+    store.migrate()
+    settings.batches_dir.mkdir(parents=True, exist_ok=True)
+    inbox.recover_claims(settings.inbox, settings.batches_dir)
+    for name in inbox.finished_folders(settings.inbox, settings.stable_seconds):
+        inbox.claim(settings.inbox, settings.batches_dir, name)
+    runs = []
+    for c in inbox.undispatched(settings.batches_dir):
+        store.create_batch(c.batch_id, c.folder)
+        runs.append({"trigger_run_id": inbox.run_id_for(c.batch_id), "conf": {"batch_id": c.batch_id}})
+    log.info("claimed batches waiting for a run: %d", len(runs))
+    return runs
+
+
+def mark_dispatched(settings: Settings, batch_ids: list[str]) -> int:
+    for batch_id in batch_ids:
+        inbox.mark_dispatched(settings.batches_dir, batch_id)
+    return len(batch_ids)
+
+
+# -- process_study ----------------------------------------------------------------------------------------------
+
+def _require_batch(store: StatusStore, batch_id: str):
+    batch = store.get_batch(batch_id)
+    if batch is None:
+        raise PermanentError(f"batch {batch_id} is not known to the status table")
+    return batch
+
+
+def _quarantine(paths: BatchPaths, relpath: str, reason: str, number: int) -> str:
+    """Move a file of ``incoming`` into quarantine; return the label errors use for it (never its name)."""
+    label = f"q{number:04d}"
+    source = paths.incoming / relpath
+    target = paths.quarantine / label / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.exists() or source.is_symlink():
+        os.rename(source, target)
+    index_file = paths.quarantine / "index.json"
+    entries = json.loads(index_file.read_text()) if index_file.exists() else {}
+    entries[label] = {"relpath": relpath, "reason": reason}
+    index_file.write_text(json.dumps(entries, indent=2))
+    return label
+
+
+def _next_quarantine_number(paths: BatchPaths) -> int:
+    index_file = paths.quarantine / "index.json"
+    if not index_file.exists():
+        return 1
+    return len(json.loads(index_file.read_text())) + 1
+
+
+def _index(paths: BatchPaths) -> FolderIndex:
+    if not paths.incoming.is_dir():
+        raise PermanentError("the batch has no incoming folder (already cleaned up, or never claimed)")
+    return index_folder(paths.incoming)
+
+
+@step("import")
+def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore, run_id: str | None = None) -> dict:
+    """Index the claimed folder; hold back what is not a readable instance; record the instances."""
+    store.migrate()
+    _require_batch(store, batch_id)
+    store.set_status(batch_id, "PROCESSING", run_id=run_id)
+    paths = BatchPaths(settings, batch_id)
+    index = _index(paths)
+    number = _next_quarantine_number(paths)
+    for rejected in index.rejected:
+        label = _quarantine(paths, rejected.relpath, rejected.reason, number)
+        number += 1
+        store.add_error(batch_id, "import", f"file {label} {rejected.reason}; kept in quarantine", status=None)
+    known = {i.relpath for i in store.instances(batch_id)}
+    store.add_instances(
+        batch_id,
+        [Instance(batch_id, i.relpath, "NEW", i.sop_class_uid, i.size_bytes) for i in index.instances if i.relpath not in known],
+    )
+    if not index.instances and not known:
+        store.add_error(batch_id, "import", "the folder holds no readable DICOM instance", status="EMPTY")
+        raise PermanentError("the folder holds no readable DICOM instance")
+    return {
+        "instances": len(index.instances),
+        "studies": len(index.studies),
+        "series": len(index.series),
+        "patients": len(index.patients),
+        "modalities": sorted({i.modality for i in index.instances if i.modality}),
+        "quarantined": len(index.rejected),
+    }
+
+
+def _patient_key(instance: IndexedInstance) -> str:
+    # Instances without a Patient ID must not share one pseudonym across different people: key them by study.
+    return instance.patient_id or f"NO-PATIENT-ID:{instance.study_instance_uid}"
+
+
+def _iso(dicom_date: str) -> str | None:
+    d = dicom_date.strip()
+    if len(d) == 8 and d.isdigit():
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+    return None
+
+
+def build_entities(index: FolderIndex, id_source: str) -> list:
+    """One identifier-contract entity per patient, with one item per accession number (sendit's request)."""
+    from .identifiers import Entity, Item
+
+    patients: dict[str, dict[str, Any]] = {}
+    for inst in index.instances:
+        entry = patients.setdefault(_patient_key(inst), {"birth": inst.patient_birth_date, "items": {}})
+        if inst.accession_number:
+            entry["items"].setdefault(inst.accession_number, inst.study_date)
+    return [
+        Entity(
+            id=key,
+            id_source=id_source,
+            id_timestamp=_iso(p["birth"]),
+            items=tuple(
+                Item(id=acc, id_source=ACCESSION_SOURCE, id_timestamp=_iso(date)) for acc, date in sorted(p["items"].items())
+            ),
+        )
+        for key, p in sorted(patients.items())
+    ]
+
+
+def pseudonym_mapping(entities: list, results: list) -> dict[str, dict[str, Any]]:
+    """``{patient key: {suid, jitter, accessions}}``; fails closed when any pseudonym is missing.
+
+    Errors name the patient by position (or pseudonym), never by the identifier that was asked for.
+    """
+    mapping: dict[str, dict[str, Any]] = {}
+    by_id = {r.id: r for r in results}
+    for n, entity in enumerate(entities, start=1):
+        result = by_id.get(entity.id)
+        if result is None or not result.suid:
+            raise PermanentError(f"the identifier service gave no pseudonym for patient {n} of {len(entities)}")
+        items = {i.id: i.suid for i in result.items}
+        for m, item in enumerate(entity.items, start=1):
+            if not items.get(item.id):
+                raise PermanentError(
+                    f"the identifier service gave no pseudonym for accession {m} of patient {result.suid}"
+                )
+        mapping[entity.id] = {"suid": result.suid, "jitter": int(result.jitter), "accessions": items}
+    return mapping
+
+
+def identities_from_mapping(mapping: dict[str, dict[str, Any]]) -> dict:
+    from .deid import PatientIdentity
+
+    return {
+        key: PatientIdentity(patient_pseudonym=p["suid"], jitter_days=p["jitter"], accession_pseudonyms=p["accessions"])
+        for key, p in mapping.items()
+    }
+
+
+@step("get_identifiers")
+def get_identifiers(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
+    """Ask the identifier provider for a pseudonym and a date shift per patient, and per accession number."""
+    from .identifiers import provider_from_settings
+
+    _require_batch(store, batch_id)
+    if not options.deidentify:
+        return {"skipped": "deidentify is off for this run"}
+    paths = BatchPaths(settings, batch_id)
+    entities = build_entities(_index(paths), settings.identifier_id_source)
+    provider = provider_from_settings(settings)
+    mapping = pseudonym_mapping(entities, provider.lookup(batch_id, entities))
+    paths.identifiers.write_text(json.dumps({"provider": provider.name, "patients": mapping}))
+    os.chmod(paths.identifiers, 0o600)
+    return {
+        "provider": provider.name,
+        "patients": len(mapping),
+        "pseudonyms": sorted(p["suid"] for p in mapping.values()),
+        "accessions": sum(len(p["accessions"]) for p in mapping.values()),
+    }
+
+
+def _load_identities(paths: BatchPaths) -> dict:
+    if not paths.identifiers.exists():
+        raise PermanentError("no identifiers for this batch: run get_identifiers first")
+    return identities_from_mapping(json.loads(paths.identifiers.read_text())["patients"])
+
+
+@step("replace_identifiers")
+def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
+    """De-identify every instance into the batch's staging folder, then verify no original value survived."""
+    from .deid import Deidentifier, DeidOptions, find_leaks
+
+    _require_batch(store, batch_id)
+    paths = BatchPaths(settings, batch_id)
+    if not options.deidentify:
+        return _pass_through(batch_id, paths, store)
+    identities = _load_identities(paths)
+    deidentifier = Deidentifier(settings.secret_key, DeidOptions.from_mapping(options.deid))
+    # A rerun starts the staging folder afresh: output is deterministic, and a half-written file must not be sent.
+    shutil.rmtree(paths.deid, ignore_errors=True)
+    paths.deid.mkdir(parents=True)
+    todo = store.instances(batch_id, states=("NEW", "PROCESSING", "DONEPROCESSING", "SENT"))
+    store.set_instance_state(batch_id, "PROCESSING", [i.relpath for i in todo])
+    changes = []
+    held_back = 0
+    originals: set[str] = set()
+    number = _next_quarantine_number(paths)
+    try:
+        for inst in todo:
+            src = paths.incoming / inst.relpath
+            indexed = read_instance(src, inst.relpath)
+            if not hasattr(indexed, "sop_instance_uid"):
+                raise PermanentError(f"an instance became unreadable after import ({indexed.reason})")
+            identity = identities[_patient_key(indexed)]
+            originals.update(deidentifier.identifying_values_of(src))
+            result = deidentifier.deidentify_file(src, paths.deid, identity)
+            if result.quarantine_reason:
+                label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)
+                number += 1
+                held_back += 1
+                store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
+                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})"}))
+                continue
+            changes.append((inst.relpath, {
+                "state": "DONEPROCESSING",
+                "patient_pseudonym": identity.patient_pseudonym,
+                "deid_study_instance_uid": result.study_instance_uid,
+                "deid_series_instance_uid": result.series_instance_uid,
+                "deid_sop_instance_uid": result.sop_instance_uid,
+                "deid_relpath": str(result.path.relative_to(paths.root)),
+            }))
+        leaks = find_leaks(originals, sorted(paths.deid.glob("*.dcm")))
+    except OSError as exc:
+        # A full disk or an unwritable work area: nothing half-written may be sent; originals are untouched.
+        shutil.rmtree(paths.deid, ignore_errors=True)
+        store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
+        raise TransientError(f"could not write de-identified output ({exc.strerror or type(exc).__name__})") from None
+    except RelayError:
+        shutil.rmtree(paths.deid, ignore_errors=True)
+        store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
+        raise
+    if leaks:
+        shutil.rmtree(paths.deid, ignore_errors=True)
+        store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
+        raise PermanentError(
+            f"verification found {len(leaks)} original identifying value(s) in the de-identified output; "
+            f"nothing was sent. First: {leaks[0].message}"
+        )
+    store.update_instances(batch_id, changes)
+    store.set_status(batch_id, "DONEPROCESSING")
+    done = [c for _, c in changes if c["state"] == "DONEPROCESSING"]
+    return {
+        "deidentified": len(done),
+        "held_back": held_back,
+        "studies": sorted({c["deid_study_instance_uid"] for c in done}),
+        "verified_no_leak": True,
+    }
+
+
+def _pass_through(batch_id: str, paths: BatchPaths, store: StatusStore) -> dict:
+    """deidentify=off: the originals are what is sent (to Orthanc only, see send_gcs)."""
+    changes = []
+    for inst in store.instances(batch_id, states=("NEW", "PROCESSING", "DONEPROCESSING", "SENT")):
+        indexed = read_instance(paths.incoming / inst.relpath, inst.relpath)
+        changes.append((inst.relpath, {
+            "state": "DONEPROCESSING",
+            "deid_study_instance_uid": indexed.study_instance_uid,
+            "deid_series_instance_uid": indexed.series_instance_uid,
+            "deid_sop_instance_uid": indexed.sop_instance_uid,
+            "deid_relpath": str(Path(inbox.INCOMING) / inst.relpath),
+        }))
+    store.update_instances(batch_id, changes)
+    store.set_status(batch_id, "DONEPROCESSING")
+    return {"deidentified": 0, "passed_through": len(changes)}
+
+
+def _ready_to_send(store: StatusStore, batch_id: str) -> list[Instance]:
+    return store.instances(batch_id, states=("DONEPROCESSING", "SENT"))
+
+
+def _mark_sent_if_complete(store: StatusStore, batch_id: str, options: RunOptions) -> int:
+    changes = []
+    for inst in _ready_to_send(store, batch_id):
+        if (not options.send_orthanc or inst.sent_orthanc_at) and (not options.send_gcs or inst.sent_gcs_at):
+            if inst.state != "SENT":
+                changes.append((inst.relpath, {"state": "SENT"}))
+    store.update_instances(batch_id, changes)
+    return len(changes)
+
+
+def _retrying(what: str, settings: Settings, fn: Callable[[], Any]) -> Any:
+    """Call ``fn`` with exponential backoff on transient errors, within the configured budget."""
+    delay = settings.send_backoff_seconds
+    for attempt in range(1, settings.send_attempts + 1):
+        try:
+            return fn()
+        except TransientError as exc:
+            if attempt == settings.send_attempts:
+                raise TransientError(f"{what}: {exc} (gave up after {attempt} attempts)") from None
+            log.warning("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt, exc, delay)
+            time.sleep(delay)
+            delay *= 2
+
+
+@step("send_orthanc")
+def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
+    """C-STORE what Orthanc does not hold yet, then verify through its REST API that it holds every instance."""
+    from .destinations.orthanc import OrthancDestination
+
+    _require_batch(store, batch_id)
+    if not options.send_orthanc:
+        return {"skipped": "send_orthanc is off for this run"}
+    paths = BatchPaths(settings, batch_id)
+    orthanc = OrthancDestination.from_settings(settings)
+    pending = [i for i in _ready_to_send(store, batch_id) if not i.sent_orthanc_at]
+    by_study: dict[str, list[Instance]] = {}
+    for inst in pending:
+        by_study.setdefault(inst.deid_study_instance_uid, []).append(inst)
+    stored = already = 0
+    failed: list[str] = []
+    for study_uid, instances in sorted(by_study.items()):
+        present = _retrying("orthanc", settings, lambda: orthanc.study_instances(study_uid))
+        to_send = [i for i in instances if i.deid_sop_instance_uid not in present]
+        already += len(instances) - len(to_send)
+        if to_send:
+            report = _retrying("orthanc", settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send]))
+            stored += report.stored_count
+            failed.extend(report.failure_messages())
+        present = _retrying("orthanc", settings, lambda: orthanc.study_instances(study_uid))
+        now_verified = [i for i in instances if i.deid_sop_instance_uid in present]
+        store.update_instances(batch_id, [(i.relpath, {"sent_orthanc_at": _utcnow()}) for i in now_verified])
+        missing = len(instances) - len(now_verified)
+        if missing:
+            raise TransientError(
+                f"Orthanc holds {len(now_verified)} of {len(instances)} instances of study {study_uid}"
+                + (f"; C-STORE failures: {'; '.join(failed[:3])}" if failed else "")
+            )
+    _mark_sent_if_complete(store, batch_id, options)
+    return {"destination": "orthanc", "stored": stored, "already_present": already, "verified": stored + already,
+            "studies": sorted(by_study)}
+
+
+@step("send_gcs")
+def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
+    """Upload each de-identified instance, verify its checksum, and write a manifest per study."""
+    from .destinations.gcs import GcsDestination
+
+    _require_batch(store, batch_id)
+    if not options.send_gcs:
+        return {"skipped": "send_gcs is off for this run"}
+    if not options.deidentify:
+        raise PermanentError("refusing to send to Google Cloud Storage without de-identification (deidentify is off)")
+    paths = BatchPaths(settings, batch_id)
+    gcs = GcsDestination.from_settings(settings)
+    uploaded = skipped = 0
+    studies: dict[str, list[Instance]] = {}
+    for inst in _ready_to_send(store, batch_id):
+        studies.setdefault(inst.deid_study_instance_uid, []).append(inst)
+        if inst.sent_gcs_at:
+            continue
+        name = gcs.object_name(inst.patient_pseudonym, inst.deid_study_instance_uid, inst.deid_series_instance_uid,
+                               inst.deid_sop_instance_uid)
+        metadata = {"batch_id": batch_id, "patient_pseudonym": inst.patient_pseudonym or "",
+                    "sop_class_uid": inst.sop_class_uid or ""}
+        result = _retrying("gcs", settings, lambda: gcs.upload(paths.root / inst.deid_relpath, name, metadata))
+        if not _retrying("gcs", settings, lambda: gcs.verify(result.object_name, result.md5_b64)):
+            raise TransientError(f"GCS checksum of {result.object_name} does not match the uploaded file")
+        skipped += int(result.skipped)
+        uploaded += int(not result.skipped)
+        store.update_instances(batch_id, [(inst.relpath, {"sent_gcs_at": _utcnow(), "gcs_object": result.object_name,
+                                                          "gcs_md5": result.md5_b64})])
+    manifests = []
+    for study_uid, instances in sorted(studies.items()):
+        instances = [i for i in store.instances(batch_id) if i.deid_study_instance_uid == study_uid and i.gcs_object]
+        manifest = {
+            "batch_id": batch_id,
+            "patient_pseudonym": instances[0].patient_pseudonym if instances else None,
+            "study_instance_uid": study_uid,
+            "series": sorted({i.deid_series_instance_uid for i in instances}),
+            "instances": [{"object": i.gcs_object, "md5": i.gcs_md5, "sop_class_uid": i.sop_class_uid} for i in instances],
+        }
+        prefix = instances[0].gcs_object.rsplit("/", 2)[0] if instances else f"{settings.gcs_prefix}/{study_uid}"
+        manifest_name = f"{prefix}/manifest.json"
+        _retrying("gcs", settings, lambda: gcs.write_manifest(manifest_name, manifest))
+        manifests.append(manifest_name)
+    _mark_sent_if_complete(store, batch_id, options)
+    store.set_status(batch_id, "SENT")
+    return {"destination": "gcs", "bucket": settings.gcs_bucket, "uploaded": uploaded, "already_present": skipped,
+            "verified": uploaded + skipped, "manifests": manifests}
+
+
+@step("cleanup")
+def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
+    """Delete originals and staging, but only once every enabled destination has verified every instance."""
+    _require_batch(store, batch_id)
+    paths = BatchPaths(settings, batch_id)
+    _mark_sent_if_complete(store, batch_id, options)
+    instances = store.instances(batch_id)
+    deliverable = [i for i in instances if i.state != "ERROR"]
+    unsent = [i for i in deliverable if i.state not in ("SENT", "DONE")]
+    if unsent:
+        raise PermanentError(
+            f"{len(unsent)} of {len(deliverable)} instances are not verified at every enabled destination "
+            f"({', '.join(options.destinations()) or 'none enabled'}); every file is kept"
+        )
+    if not options.destinations():
+        raise PermanentError("no destination is enabled for this run; every file is kept")
+    removed = 0
+    for inst in deliverable:
+        target = paths.incoming / inst.relpath
+        if target.exists():
+            target.unlink()
+            removed += 1
+    shutil.rmtree(paths.deid, ignore_errors=True)
+    # Keep whatever is left in incoming (nothing, unless a file appeared after import) rather than lose it.
+    _remove_empty_dirs(paths.incoming)
+    paths.identifiers.unlink(missing_ok=True)
+    store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
+    kept = sum(1 for _ in paths.quarantine.rglob("*") if _.is_file() and _.name != "index.json") if paths.quarantine.exists() else 0
+    store.set_status(batch_id, "DONE", finished=True)
+    return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    if not folder.exists():
+        return
+    for root, dirs, files in os.walk(folder, topdown=False):
+        if not os.listdir(root):
+            os.rmdir(root)

@@ -1,0 +1,173 @@
+"""A real Airflow 3 for the local stack and the end-to-end tests: api-server, scheduler, dag-processor, triggerer.
+
+LocalExecutor on a PostgreSQL metadata database, the SimpleAuthManager with one admin user (authentication on),
+the project's ``dags/`` and ``plugins/`` folders. Every port is chosen freely so two stacks (``make run`` and a
+test run) can live side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import requests
+
+from .process import ManagedProcess, free_port, wait_until
+
+REPO = Path(__file__).resolve().parents[3]
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+@dataclass
+class AirflowHandle:
+    home: Path
+    url: str
+    user: str
+    password: str
+    env: dict[str, str]
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.processes.values())):
+            proc.stop()
+
+    def client(self) -> "AirflowClient":
+        return AirflowClient(self.url, self.user, self.password)
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run the ``airflow`` command line against this Airflow."""
+        return subprocess.run(
+            [airflow_bin(), *args], env={**os.environ, **self.env}, capture_output=True, text=True, timeout=timeout
+        )
+
+
+def airflow_bin() -> str:
+    return str(Path(sys.executable).parent / "airflow")
+
+
+class AirflowClient:
+    """A small client for the REST API v2 (token auth)."""
+
+    def __init__(self, url: str, user: str, password: str):
+        self.url = url.rstrip("/")
+        self.user = user
+        self.password = password
+        self._token: str | None = None
+
+    def _headers(self) -> dict[str, str]:
+        if self._token is None:
+            r = requests.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=30)
+            r.raise_for_status()
+            self._token = r.json()["access_token"]
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        r = requests.request(method, f"{self.url}/api/v2{path}", headers=self._headers(), timeout=30, **kw)
+        if r.status_code == 401:
+            self._token = None
+            r = requests.request(method, f"{self.url}/api/v2{path}", headers=self._headers(), timeout=30, **kw)
+        return r
+
+    def get(self, path: str, **params) -> Any:
+        r = self.request("GET", path, params=params)
+        r.raise_for_status()
+        return r.json()
+
+    def dag_ids(self) -> set[str]:
+        return {d["dag_id"] for d in self.get("/dags", limit=100)["dags"]}
+
+    def unpause(self, dag_id: str) -> None:
+        self.request("PATCH", f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
+
+    def dag_runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns", limit=100, order_by="-run_after")["dag_runs"]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
+        return self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+
+    def trigger(self, dag_id: str, run_id: str, conf: dict) -> requests.Response:
+        return self.request("POST", f"/dags/{dag_id}/dagRuns", json={"dag_run_id": run_id, "logical_date": None, "conf": conf})
+
+
+def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str) -> dict[str, str]:
+    secrets_file = home / "secrets.json"
+    if secrets_file.exists():
+        keys = json.loads(secrets_file.read_text())
+    else:
+        keys = {"jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
+        secrets_file.write_text(json.dumps(keys))
+        os.chmod(secrets_file, 0o600)
+    passwords_file = home / "simple_auth_manager_passwords.json"
+    passwords_file.write_text(json.dumps({"admin": password}))
+    os.chmod(passwords_file, 0o600)
+    return {
+        **relay_env,
+        "AIRFLOW_HOME": str(home),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db_url,
+        "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt"],
+        "AIRFLOW__API__SECRET_KEY": keys["api"],
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": "100",
+    }
+
+
+def start_airflow(
+    run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
+    password: str | None = None, timeout: float = 240,
+) -> AirflowHandle:
+    """Migrate the metadata database, start the four components, and wait until both DAGs are parsed."""
+    home = Path(run_dir) / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    password = password or secrets.token_urlsafe(12)
+    env = airflow_env(home, metadata_db_url, port, relay_env, password)
+    full_env = {**os.environ, **env}
+    migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
+    if migrate.returncode != 0:
+        raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
+    handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env)
+    for component in COMPONENTS:
+        handle.processes[component] = ManagedProcess(
+            f"airflow-{component}", [airflow_bin(), component], Path(run_dir), env=env
+        ).start()
+    handle.processes["api-server"].wait_ready(
+        lambda: requests.get(f"{handle.url}/api/v2/monitor/health", timeout=2).status_code == 200, timeout
+    )
+    client = handle.client()
+    wait_until(lambda: {"watch_inbox", "process_study"} <= client.dag_ids(), timeout, "airflow DAG parsing")
+    return handle
+
+
+def adopt_airflow(run_dir: Path, env: dict[str, str], url: str, password: str) -> AirflowHandle:
+    """Find an Airflow that ``start_airflow`` started earlier (``make run`` called twice)."""
+    handle = AirflowHandle(Path(run_dir) / "airflow", url, "admin", password, env)
+    for component in COMPONENTS:
+        handle.processes[component] = ManagedProcess(f"airflow-{component}", [], Path(run_dir))
+    return handle

@@ -1,0 +1,254 @@
+"""The whole local stack, for ``make run`` / ``make stop`` and for the end-to-end tests.
+
+    python -m dicom_relay.stack.local up   [--run-dir .run] [--no-sample]
+    python -m dicom_relay.stack.local down [--run-dir .run]
+
+``up`` starts (or finds again) PostgreSQL, Orthanc, the GCS emulator, the identifier service and Airflow
+(api-server, scheduler, dag-processor, triggerer), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
+generated sample CT study into the inbox the atomic way and waits until it is delivered. ``down`` stops exactly
+the processes ``up`` started (by their pid files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .airflow import COMPONENTS, AirflowHandle, adopt_airflow, start_airflow
+from .gcs import start_gcs_emulator
+from .identifier_service import start_identifier_service
+from .orthanc import start_orthanc
+from .postgres import start_postgres
+from .process import ManagedProcess, free_port, port_open, wait_until
+
+REPO = Path(__file__).resolve().parents[3]
+SERVICE_NAMES = ("postgres", "orthanc", "gcs", "identifier-service", *(f"airflow-{c}" for c in COMPONENTS))
+# Ports a person would expect; a free one is taken instead when something else listens there.
+PREFERRED_PORTS = {"airflow": 8080, "orthanc_http": 8042, "orthanc_dicom": 4242, "gcs": 4443, "identifier": 8765}
+
+
+def _port(name: str) -> int:
+    preferred = PREFERRED_PORTS[name]
+    return preferred if not port_open("127.0.0.1", preferred) else free_port()
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a ``.env`` file (comments and blank lines skipped, quotes removed)."""
+    env: dict[str, str] = {}
+    if not path.exists():
+        return env
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def write_env_file(path: Path, env: dict[str, str]) -> None:
+    path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
+    os.chmod(path, 0o600)
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    env: dict[str, str]
+    airflow: AirflowHandle | None = None
+    services: list = field(default_factory=list)
+
+    def stop(self) -> None:
+        if self.airflow:
+            self.airflow.stop()
+        for service in reversed(self.services):
+            service.stop()
+
+
+def _secrets(run_dir: Path) -> dict[str, str]:
+    path = run_dir / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "orthanc_password": secrets.token_urlsafe(16),
+        "airflow_password": secrets.token_urlsafe(12),
+        "identifier_token": secrets.token_urlsafe(24),
+        "relay_secret_key": secrets.token_urlsafe(32),
+    }
+    path.write_text(json.dumps(values))
+    os.chmod(path, 0o600)
+    return values
+
+
+def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
+                fixed_ports: bool = False) -> Stack:
+    """Start every service under ``run_dir``; return the stack and the environment that reaches it."""
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keys = _secrets(run_dir)
+    stack = Stack(run_dir, {})
+    try:
+        pg = start_postgres(run_dir / "postgres", databases=("relay", "airflow"), durable=fixed_ports)
+        stack.services.append(pg)
+        orthanc = start_orthanc(
+            run_dir / "orthanc",
+            http_port=_port("orthanc_http") if fixed_ports else None,
+            dicom_port=_port("orthanc_dicom") if fixed_ports else None,
+            password=keys["orthanc_password"],
+        )
+        stack.services.append(orthanc)
+        base = {**read_env_file(REPO / ".env"), **(base_env or {})}
+        bucket = base.get("RELAY_GCS_BUCKET", "dicom-relay")
+        gcs = start_gcs_emulator(run_dir / "gcs", port=_port("gcs") if fixed_ports else None, bucket=bucket)
+        stack.services.append(gcs)
+        ids = start_identifier_service(
+            run_dir / "identifier-service", port=_port("identifier") if fixed_ports else None,
+            token=keys["identifier_token"],
+        )
+        stack.services.append(ids)
+        inbox = run_dir / "inbox"
+        work = run_dir / "relay"
+        inbox.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        stack.env = {
+            **base,
+            "RELAY_INBOX": str(inbox),
+            "RELAY_WORK_DIR": str(work),
+            "RELAY_DB_URL": pg.url("relay"),
+            "RELAY_SECRET_KEY": keys["relay_secret_key"],
+            "RELAY_IDENTIFIER_URL": ids.url,
+            "RELAY_IDENTIFIER_TOKEN": keys["identifier_token"],
+            "ORTHANC_HOST": orthanc.host,
+            "ORTHANC_DICOM_PORT": str(orthanc.dicom_port),
+            "ORTHANC_AE_TITLE": orthanc.ae_title,
+            "ORTHANC_URL": orthanc.url,
+            "ORTHANC_USER": orthanc.user,
+            "ORTHANC_PASSWORD": orthanc.password,
+            "STORAGE_EMULATOR_HOST": gcs.host,
+            "RELAY_GCS_BUCKET": bucket,
+            "RELAY_PYTHON": sys.executable,
+        }
+        if with_airflow:
+            af = start_airflow(
+                run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
+                port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"],
+            )
+            stack.airflow = af
+            stack.env.update(af.env)
+            stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password})
+            client = af.client()
+            for dag_id in ("process_study", "watch_inbox"):
+                client.unpause(dag_id)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def running(run_dir: Path) -> bool:
+    return all(ManagedProcess(name, [], run_dir_for(run_dir, name)).is_running() for name in SERVICE_NAMES)
+
+
+def run_dir_for(run_dir: Path, name: str) -> Path:
+    """Each service keeps its pid file in its own folder; Airflow's components in the stack's folder."""
+    sub = {"postgres": "postgres", "orthanc": "orthanc", "gcs": "gcs", "identifier-service": "identifier-service"}
+    return run_dir / sub[name] if name in sub else run_dir
+
+
+def stop_all(run_dir: Path) -> list[str]:
+    stopped = []
+    for name in reversed(SERVICE_NAMES):
+        proc = ManagedProcess(name, [], run_dir_for(run_dir, name))
+        if proc.pid() is not None:
+            proc.stop()
+            stopped.append(name)
+    return stopped
+
+
+def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
+    """Generate a CT study and drop it into the inbox the atomic way; return the folder name used."""
+    from dicom_relay.samples import drop_atomically, generate_ct_study
+
+    run_dir = Path(env["RELAY_INBOX"]).parent
+    name = f"SAMPLE-{time.strftime('%Y%m%d-%H%M%S')}"
+    source = run_dir / "samples" / name
+    generate_ct_study(source, patient_id=f"DEMO{secrets.randbelow(10**6):06d}", n_instances=n_instances)
+    drop_atomically(source, Path(env["RELAY_INBOX"]), name, suffix=".tmp" + secrets.token_hex(2))
+    return name
+
+
+def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 600):
+    from dicom_relay.status import StatusStore
+
+    store = StatusStore(env["RELAY_DB_URL"])
+    found = {}
+
+    def finished() -> bool:
+        store.migrate()
+        for batch in store.list_batches(limit=200):
+            if batch.folder == folder and batch.status in ("DONE", "ERROR", "EMPTY"):
+                found["batch"] = batch
+                return True
+        return False
+
+    wait_until(finished, timeout, "sample study delivery", interval=2)
+    return found["batch"]
+
+
+def up(run_dir: Path, sample: bool = True) -> int:
+    env_file = run_dir / "stack.env"
+    if env_file.exists() and running(run_dir):
+        env = read_env_file(env_file)
+        print(f"dicom-relay stack already running (from {env_file}); reusing it.")
+    else:
+        stop_all(run_dir)  # leftovers of a stack that half-died
+        print("starting PostgreSQL, Orthanc, GCS emulator, identifier service and Airflow 3 ...", flush=True)
+        stack = start_stack(run_dir, fixed_ports=True)
+        env = stack.env
+        write_env_file(env_file, env)
+    if sample:
+        folder = drop_sample(env)
+        print("dropped a generated CT study into the inbox; waiting for delivery ...", flush=True)
+        batch = wait_for_batch(env, folder)
+        print(f"sample batch {batch.batch_id}: {batch.status} {batch.counts}")
+        if batch.status != "DONE":
+            print(json.dumps(batch.errors, indent=2))
+    print(
+        f"""
+Airflow UI      {env['AIRFLOW_URL']}   (user {env['AIRFLOW_USER']}, password {env['AIRFLOW_PASSWORD']})
+Orthanc         {env['ORTHANC_URL']}   (user {env['ORTHANC_USER']}, password in {env_file})
+GCS emulator    {env['STORAGE_EMULATOR_HOST']}   bucket {env['RELAY_GCS_BUCKET']}
+Inbox           {env['RELAY_INBOX']}
+Status          . {env_file} && dicom-relay status
+Stop            make stop
+"""
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dicom_relay.stack.local")
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--run-dir", type=Path, default=REPO / ".run")
+    parser.add_argument("--no-sample", action="store_true")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if args.command == "up":
+        return up(run_dir, sample=not args.no_sample)
+    stopped = stop_all(run_dir)
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""The relay's own status tables in PostgreSQL: one row per batch, one row per instance.
+
+The lifecycle words are sendit's. A batch goes NEW (claimed) -> PROCESSING (imported, being de-identified) ->
+DONEPROCESSING (de-identified and verified) -> SENT (every enabled destination verified) -> DONE (originals
+removed); EMPTY when the folder held no DICOM instance; ERROR with a reason a person can read. An instance goes
+NEW -> PROCESSING -> DONEPROCESSING -> SENT -> DONE, or ERROR (unreadable, held back, rejected by a destination).
+
+What these tables hold: the inbox folder name (internal: folder names may be PHI, so ``dicom-relay status``
+does not show it), file paths relative to the batch, and de-identified UIDs and pseudonyms. No original patient
+identifier is stored here; the pseudonym mapping lives in the batch's work area and in the identifier service.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+BATCH_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR", "EMPTY")
+INSTANCE_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR")
+
+# Each migration runs once, in order, under an advisory lock so that concurrent tasks cannot race on it.
+MIGRATIONS: tuple[str, ...] = (
+    f"""
+    CREATE TABLE relay_batch (
+        batch_id      text PRIMARY KEY,
+        folder        text NOT NULL,
+        status        text NOT NULL DEFAULT 'NEW' CHECK (status IN {BATCH_STATES!r}),
+        has_error     boolean NOT NULL DEFAULT false,
+        errors        jsonb NOT NULL DEFAULT '[]'::jsonb,
+        run_id        text,
+        summary       jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+        rerun_count   integer NOT NULL DEFAULT 0,
+        created_at    timestamptz NOT NULL DEFAULT now(),
+        updated_at    timestamptz NOT NULL DEFAULT now(),
+        finished_at   timestamptz
+    );
+    CREATE INDEX relay_batch_status ON relay_batch (status);
+    CREATE TABLE relay_instance (
+        batch_id                 text NOT NULL REFERENCES relay_batch (batch_id) ON DELETE CASCADE,
+        relpath                  text NOT NULL,
+        state                    text NOT NULL DEFAULT 'NEW' CHECK (state IN {INSTANCE_STATES!r}),
+        sop_class_uid            text,
+        size_bytes               bigint,
+        patient_pseudonym        text,
+        deid_study_instance_uid  text,
+        deid_series_instance_uid text,
+        deid_sop_instance_uid    text,
+        deid_relpath             text,
+        gcs_object               text,
+        gcs_md5                  text,
+        sent_orthanc_at          timestamptz,
+        sent_gcs_at              timestamptz,
+        error                    text,
+        updated_at               timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (batch_id, relpath)
+    );
+    CREATE INDEX relay_instance_state ON relay_instance (batch_id, state);
+    """,
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class Batch:
+    batch_id: str
+    folder: str
+    status: str
+    has_error: bool
+    errors: list[dict]
+    run_id: str | None
+    summary: dict
+    rerun_count: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """The batch as ``dicom-relay status --json`` shows it: no folder name, no identifier."""
+        return {
+            "batch_id": self.batch_id,
+            "status": self.status,
+            "has_error": self.has_error,
+            "errors": self.errors,
+            "run_id": self.run_id,
+            "instances": self.counts,
+            "rerun_count": self.rerun_count,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+        }
+
+
+@dataclass
+class Instance:
+    batch_id: str
+    relpath: str
+    state: str
+    sop_class_uid: str | None = None
+    size_bytes: int | None = None
+    patient_pseudonym: str | None = None
+    deid_study_instance_uid: str | None = None
+    deid_series_instance_uid: str | None = None
+    deid_sop_instance_uid: str | None = None
+    deid_relpath: str | None = None
+    gcs_object: str | None = None
+    gcs_md5: str | None = None
+    sent_orthanc_at: dt.datetime | None = None
+    sent_gcs_at: dt.datetime | None = None
+    error: str | None = None
+    updated_at: dt.datetime | None = None
+
+
+INSTANCE_FIELDS = tuple(Instance.__dataclass_fields__)
+
+
+class StatusStore:
+    """Reads and writes the status tables. Each call uses its own short connection (tasks are short-lived)."""
+
+    def __init__(self, db_url: str):
+        self.db_url = db_url
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+
+    # -- schema -------------------------------------------------------------------------------------------
+    def migrate(self) -> int:
+        """Bring the tables to the newest version; safe to call from many processes at once. Returns it."""
+        with self._connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('dicom_relay.migrate'))")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS relay_schema_version ("
+                " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = conn.execute("SELECT coalesce(max(version), 0) AS v FROM relay_schema_version").fetchone()
+            current = row["v"]
+            for version, sql in enumerate(MIGRATIONS, start=1):
+                if version > current:
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO relay_schema_version (version) VALUES (%s)", (version,))
+            return len(MIGRATIONS)
+
+    # -- batches ------------------------------------------------------------------------------------------
+    def create_batch(self, batch_id: str, folder: str) -> bool:
+        """Record a claimed batch; returns False if it was recorded already (a claim is recorded once)."""
+        with self._connect() as conn:
+            cur = conn.execute(
+                "INSERT INTO relay_batch (batch_id, folder) VALUES (%s, %s) ON CONFLICT (batch_id) DO NOTHING",
+                (batch_id, folder),
+            )
+            return cur.rowcount == 1
+
+    def get_batch(self, batch_id: str) -> Batch | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM relay_batch WHERE batch_id = %s", (batch_id,)).fetchone()
+            if row is None:
+                return None
+            batch = Batch(**row)
+            batch.counts = self._counts(conn, batch_id)
+            return batch
+
+    def list_batches(self, limit: int = 50, status: str | None = None) -> list[Batch]:
+        with self._connect() as conn:
+            if status:
+                rows = conn.execute(
+                    "SELECT * FROM relay_batch WHERE status = %s ORDER BY created_at DESC LIMIT %s", (status, limit)
+                ).fetchall()
+            else:
+                rows = conn.execute("SELECT * FROM relay_batch ORDER BY created_at DESC LIMIT %s", (limit,)).fetchall()
+            batches = [Batch(**r) for r in rows]
+            for b in batches:
+                b.counts = self._counts(conn, b.batch_id)
+            return batches
+
+    @staticmethod
+    def _counts(conn, batch_id: str) -> dict[str, int]:
+        rows = conn.execute(
+            "SELECT state, count(*) AS n FROM relay_instance WHERE batch_id = %s GROUP BY state", (batch_id,)
+        ).fetchall()
+        return {r["state"]: r["n"] for r in rows}
+
+    def set_status(self, batch_id: str, status: str, *, run_id: str | None = None, finished: bool = False) -> None:
+        if status not in BATCH_STATES:
+            raise ValueError(f"unknown batch status {status!r}")
+        with self._connect() as conn:
+            cur = conn.execute(
+                "UPDATE relay_batch SET status = %s, run_id = coalesce(%s, run_id), updated_at = now(),"
+                " finished_at = CASE WHEN %s THEN now() ELSE NULL END WHERE batch_id = %s",
+                (status, run_id, finished, batch_id),
+            )
+            if cur.rowcount != 1:
+                raise KeyError(f"no batch {batch_id}")
+
+    def add_error(self, batch_id: str, task: str, message: str, *, transient: bool = False, status: str | None = "ERROR") -> None:
+        """Append a readable error to the batch (and, by default, set it to ERROR)."""
+        entry = {"at": _now().isoformat(timespec="seconds"), "task": task, "message": message, "transient": transient}
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE relay_batch SET errors = errors || %s::jsonb, has_error = true, updated_at = now(),"
+                " status = coalesce(%s, status) WHERE batch_id = %s",
+                (Jsonb([entry]), status, batch_id),
+            )
+
+    def merge_summary(self, batch_id: str, task: str, summary: dict) -> None:
+        """Keep each task's summary (the same dict that goes to XCom) on the batch row."""
+        with self._connect() as conn:
+            conn.execute(
+                "UPDATE relay_batch SET summary = summary || %s::jsonb, updated_at = now() WHERE batch_id = %s",
+                (Jsonb({task: summary}), batch_id),
+            )
+
+    def count_rerun(self, batch_id: str) -> int:
+        with self._connect() as conn:
+            row = conn.execute(
+                "UPDATE relay_batch SET rerun_count = rerun_count + 1, updated_at = now() WHERE batch_id = %s"
+                " RETURNING rerun_count",
+                (batch_id,),
+            ).fetchone()
+            return row["rerun_count"]
+
+    # -- instances ----------------------------------------------------------------------------------------
+    def add_instances(self, batch_id: str, instances: Iterable[Instance]) -> int:
+        """Record instances found by import; ones already recorded (a rerun of import) are left as they are."""
+        rows = [(batch_id, i.relpath, i.state, i.sop_class_uid, i.size_bytes, i.error) for i in instances]
+        if not rows:
+            return 0
+        with self._connect() as conn, conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO relay_instance (batch_id, relpath, state, sop_class_uid, size_bytes, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (batch_id, relpath) DO NOTHING",
+                rows,
+            )
+        return len(rows)
+
+    def instances(self, batch_id: str, states: Sequence[str] | None = None) -> list[Instance]:
+        with self._connect() as conn:
+            if states:
+                rows = conn.execute(
+                    "SELECT * FROM relay_instance WHERE batch_id = %s AND state = ANY(%s) ORDER BY relpath",
+                    (batch_id, list(states)),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT * FROM relay_instance WHERE batch_id = %s ORDER BY relpath", (batch_id,)
+                ).fetchall()
+            return [Instance(**{k: r[k] for k in INSTANCE_FIELDS}) for r in rows]
+
+    def update_instances(self, batch_id: str, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Apply ``(relpath, {column: value})`` changes in one transaction."""
+        if not changes:
+            return
+        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+            for relpath, values in changes:
+                unknown = set(values) - set(INSTANCE_FIELDS)
+                if unknown:
+                    raise ValueError(f"unknown instance column(s) {sorted(unknown)}")
+                cols = ", ".join(f"{k} = %s" for k in values)
+                cur.execute(
+                    f"UPDATE relay_instance SET {cols}, updated_at = now() WHERE batch_id = %s AND relpath = %s",
+                    (*values.values(), batch_id, relpath),
+                )
+
+    def set_instance_state(self, batch_id: str, state: str, relpaths: Sequence[str] | None = None, *,
+                           from_states: Sequence[str] | None = None) -> int:
+        if state not in INSTANCE_STATES:
+            raise ValueError(f"unknown instance state {state!r}")
+        sql = "UPDATE relay_instance SET state = %s, updated_at = now() WHERE batch_id = %s"
+        args: list[Any] = [state, batch_id]
+        if relpaths is not None:
+            sql += " AND relpath = ANY(%s)"
+            args.append(list(relpaths))
+        if from_states is not None:
+            sql += " AND state = ANY(%s)"
+            args.append(list(from_states))
+        with self._connect() as conn:
+            return conn.execute(sql, args).rowcount
+
+
+def to_json(batches: Sequence[Batch]) -> str:
+    return json.dumps([b.public() for b in batches], indent=2)

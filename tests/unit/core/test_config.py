@@ -1,0 +1,27 @@
+import pytest
+
+from dicom_relay.config import ConfigError, Settings
+
+
+def test_sendit_switches_and_defaults():
+    s = Settings.from_env({"SEND_TO_ORTHANC": "false", "SEND_TO_GOOGLE": "1", "DEIDENTIFY_RESTFUL": "yes"})
+    assert (s.send_orthanc, s.send_gcs, s.deidentify) == (False, True, True)
+    assert Settings.from_env({}).identifier_url == ""
+
+
+def test_bad_switch_names_the_setting():
+    with pytest.raises(ConfigError, match="SEND_TO_GOOGLE"):
+        Settings.from_env({"SEND_TO_GOOGLE": "perhaps"})
+
+
+def test_secrets_are_not_in_repr():
+    s = Settings.from_env({"RELAY_SECRET_KEY": "s3cr3t-key", "ORTHANC_PASSWORD": "pw-123456"})
+    assert "s3cr3t-key" not in repr(s) and "pw-123456" not in repr(s)
+
+
+def test_overrides_keep_configured_value_for_none():
+    s = Settings.from_env({"SEND_TO_GOOGLE": "true"})
+    assert s.with_overrides(send_gcs=None).send_gcs is True
+    assert s.with_overrides(send_gcs=False).send_gcs is False
+    with pytest.raises(ConfigError):
+        s.with_overrides(nonsense=1)
