@@ -88,6 +88,11 @@ def step(name: str) -> Callable:
             store = StatusStore(settings.db_url)
             options = options or RunOptions.resolve(settings)
             started = time.monotonic()
+            store.migrate()
+            batch = store.get_batch(batch_id)
+            if batch is not None and batch.status == "DONE":
+                # A rerun of a finished batch: everything was delivered and verified; there is nothing to redo.
+                return {"batch_id": batch_id, "skipped": "the batch is already DONE"}
             try:
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
@@ -176,7 +181,6 @@ def _index(paths: BatchPaths) -> FolderIndex:
 @step("import")
 def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore, run_id: str | None = None) -> dict:
     """Index the claimed folder; hold back what is not a readable instance; record the instances."""
-    store.migrate()
     _require_batch(store, batch_id)
     store.set_status(batch_id, "PROCESSING", run_id=run_id)
     paths = BatchPaths(settings, batch_id)
@@ -299,14 +303,17 @@ def _load_identities(paths: BatchPaths) -> dict:
 @step("replace_identifiers")
 def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
     """De-identify every instance into the batch's staging folder, then verify no original value survived."""
-    from .deid import Deidentifier, DeidOptions, find_leaks
+    import pydicom
+
+    from .deid import Deidentifier, DeidOptions, find_leaks, identifying_values
 
     _require_batch(store, batch_id)
     paths = BatchPaths(settings, batch_id)
     if not options.deidentify:
         return _pass_through(batch_id, paths, store)
     identities = _load_identities(paths)
-    deidentifier = Deidentifier(settings.secret_key, DeidOptions.from_mapping(options.deid))
+    deid_options = DeidOptions.from_mapping(options.deid)
+    deidentifier = Deidentifier(settings.secret_key, deid_options)
     # A rerun starts the staging folder afresh: output is deterministic, and a half-written file must not be sent.
     shutil.rmtree(paths.deid, ignore_errors=True)
     paths.deid.mkdir(parents=True)
@@ -323,7 +330,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
             if not hasattr(indexed, "sop_instance_uid"):
                 raise PermanentError(f"an instance became unreadable after import ({indexed.reason})")
             identity = identities[_patient_key(indexed)]
-            originals.update(deidentifier.identifying_values_of(src))
+            originals |= identifying_values(pydicom.dcmread(src, stop_before_pixels=True), deid_options, identity)
             result = deidentifier.deidentify_file(src, paths.deid, identity)
             if result.quarantine_reason:
                 label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)

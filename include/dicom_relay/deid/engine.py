@@ -1,0 +1,468 @@
+"""The de-identification engine: PS3.15 Basic Application Level Confidentiality Profile plus options.
+
+How one instance is processed (:meth:`Deidentifier.deidentify_dataset`):
+
+* Only the elements present are visited: each tag is looked up in the precomputed ``tag -> action`` dict of
+  the option set (:func:`dicom_relay.deid.table.rules_for`); elements are not converted from their raw bytes
+  unless their value is needed, and pixel data is never decoded.
+* Every nested sequence is visited at every depth, with the same table.
+* Private elements (odd groups) are removed unless Retain Safe Private is on and the element is safe-listed.
+* Curve groups (50xx) and overlay groups (60xx) are removed whole: a curve or overlay bitmap cannot be cleaned
+  automatically, and removing only Overlay Data would leave an invalid Overlay Plane module.
+* DA/DT/TM values the table does not name are handled by VR (E.1.1 note 4): shifted (Modified Dates), kept
+  (Full Dates) or removed.
+* Group length elements are removed (retired; they would be wrong after the changes).
+* The result is marked (PatientIdentityRemoved, DeidentificationMethod, its code sequence, and
+  LongitudinalTemporalInformationModified), the file meta follows the new SOP Instance UID and the preamble is
+  zeroed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Mapping
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
+
+from dicom_relay.deid import codes, fastio
+from dicom_relay.deid.dates import shift_value
+from dicom_relay.deid.errors import DeidError
+from dicom_relay.deid.options import DeidOptions
+from dicom_relay.deid.table import resolve_compound, rules_for, safe_private, sop_family
+from dicom_relay.deid.text import TextCleaner
+from dicom_relay.deid.uids import UidMapper
+from dicom_relay.deid.verify import identifying_values as _identifying_values
+
+PATIENT_NAME = 0x00100010
+PATIENT_ID = 0x00100020
+ACCESSION_NUMBER = 0x00080050
+# Free text of SR content items and graphic annotations: replaced inside a sequence whose action is D.
+CONTENT_TEXT = frozenset({0x0040A160, 0x00700006})  # TextValue, UnformattedTextValue
+TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
+DATE_VRS = frozenset({"DA", "DT", "TM"})
+BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
+
+# Dummy values (action D) by VR: non-empty, valid for the VR, and obviously not real.
+DUMMY: dict[str, object] = {
+    "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000",
+    "TM": "000000", "DS": "0", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED",
+    "SH": "ANONYMIZED", "ST": "ANONYMIZED", "UC": "ANONYMIZED", "UT": "ANONYMIZED", "UR": "urn:anonymized",
+    "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": 0,
+    "OB": b"\0\0", "OW": b"\0\0", "OF": b"\0\0\0\0", "OD": b"\0" * 8, "OL": b"\0\0\0\0", "OV": b"\0" * 8,
+    "UN": b"\0\0",
+}
+
+SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
+
+# Modes of a sequence's contents: normal, clean (action C: text cleaned), dummy (action D: content text
+# replaced). A nested sequence never gets a weaker mode than its parent.
+NORMAL, CLEAN, DUMMYMODE = 0, 1, 2
+
+
+def _vr(elem, tag: int) -> str:
+    """The VR of an element, raw or not; implicit VR and UN fall back to the data dictionary."""
+    vr = elem.VR
+    if vr is None or vr == "UN":
+        return _dict_vr(tag)
+    return vr
+
+
+def _ascii_value(elem) -> str:
+    """The value of an ASCII-only VR element (UI, DA, DT, TM) as one string, backslashes kept."""
+    if isinstance(elem, RawDataElement):
+        v = elem.value
+        return v.decode("ascii", "replace").rstrip("\x00 ").strip() if v else ""
+    v = elem.value
+    if v is None:
+        return ""
+    return "\\".join(str(x) for x in v) if isinstance(v, MultiValue) else str(v)
+
+
+def _put(d: dict, tag: int, elem, vr: str, text: str | None) -> None:
+    """Set an ASCII value; raw elements stay raw (cheap to write, nothing re-encoded). ``None`` = empty."""
+    if isinstance(elem, RawDataElement):
+        b = text.encode("ascii") if text else b""
+        if len(b) & 1:
+            b += b"\x00" if vr == "UI" else b" "
+        d[tag] = elem._replace(length=len(b), value=b)
+    else:
+        d[tag] = DataElement(tag, vr, text if text else None)
+
+
+@lru_cache(maxsize=4096)
+def _dict_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return vr.split(" or ")[0] if " or " in vr else vr
+
+
+@lru_cache(maxsize=64)
+def _marking_elements(options: DeidOptions, implicit: bool, little: bool) -> dict[int, RawDataElement]:
+    """The marking attributes of ``options`` encoded for one transfer syntax encoding, as raw elements."""
+    m = Dataset()
+    m.PatientIdentityRemoved = "YES"
+    m.DeidentificationMethod = codes.method_text(options)
+    m.DeidentificationMethodCodeSequence = codes.method_code_sequence(options)
+    m["DeidentificationMethodCodeSequence"].is_undefined_length = False
+    m.LongitudinalTemporalInformationModified = codes.temporal_marker(options)
+    out = {}
+    for elem in m:
+        buf = DicomBytesIO()
+        buf.is_implicit_VR, buf.is_little_endian = implicit, little
+        write_data_element(buf, elem)
+        raw = buf.getvalue()
+        hdr = 8 if implicit or elem.VR not in ("SQ", "OB", "UN", "UT", "UC") else 12
+        value = raw[hdr:]
+        out[elem.tag] = RawDataElement(elem.tag, None if implicit else elem.VR, len(value), value, 0, implicit, little)
+    return out
+
+
+@dataclass(frozen=True)
+class PatientIdentity:
+    """What the identifier service returned for one patient: pseudonym, day offset, accession pseudonyms."""
+
+    patient_pseudonym: str
+    jitter_days: int
+    accession_pseudonyms: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # the accession map's keys are PHI: keep them out of logs and tracebacks
+        return f"PatientIdentity(patient_pseudonym={self.patient_pseudonym!r}, jitter_days=<hidden>, accessions={len(self.accession_pseudonyms)})"
+
+
+@dataclass(frozen=True)
+class DeidResult:
+    """The outcome for one instance. UIDs are the new (de-identified) ones; ``path`` is None when held back."""
+
+    path: Path | None
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    sop_class_uid: str
+    quarantine_reason: str | None = None
+
+
+class _Ctx:
+    __slots__ = ("identity", "family", "cleaner")
+
+    def __init__(self, identity: PatientIdentity, family: str, cleaner: TextCleaner | None):
+        self.identity = identity
+        self.family = family
+        self.cleaner = cleaner
+
+
+class Deidentifier:
+    """De-identifies instances with one secret key and one option set; safe to reuse for many files."""
+
+    def __init__(self, secret_key: str, options: DeidOptions = DeidOptions()):
+        if not isinstance(options, DeidOptions):
+            raise DeidError("options must be a DeidOptions")
+        self.options = options
+        self._rules = rules_for(options)
+        self._exact = self._rules.exact
+        self._uid = UidMapper(secret_key)
+        self._secret_key = secret_key
+        o = options
+        self._needs_cleaner = (
+            o.clean_descriptors or o.clean_structured_content or o.clean_graphics
+            or o.retain_patient_characteristics or o.retain_device_identity
+        )
+        self._safe = safe_private() if self._rules.private_action == "C" else frozenset()
+
+    # --- public API ---------------------------------------------------------------------------------------
+    def remap_uid(self, uid: str) -> str:
+        """The replacement of ``uid`` (well-known UIDs unchanged; all UIDs unchanged with Retain UIDs)."""
+        return uid if self.options.retain_uids else self._uid(uid)
+
+    def identifying_values(self, ds: Dataset, identity: PatientIdentity | None = None) -> set[str]:
+        """Values of the ORIGINAL ``ds`` that must not survive (rule: :mod:`dicom_relay.deid.verify`)."""
+        return _identifying_values(ds, self.options, identity)
+
+    def quarantine_reason(self, ds: Dataset) -> str | None:
+        """Why ``ds`` must be held back (pixels may show identifying text), or None. No PHI in the reason."""
+        o = self.options
+        if o.quarantine_burned_in and str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+            return "BurnedInAnnotation is YES: pixel data may show identifying text"
+        if o.quarantine_secondary_capture and str(ds.get("SOPClassUID", "")) in SECONDARY_CAPTURE:
+            return "secondary capture SOP class: pixel data may show identifying text"
+        modality = str(ds.get("Modality", "") or "").strip().upper()
+        if modality and modality in o.quarantine_modalities:
+            return f"modality {modality}: pixel data commonly shows identifying text"
+        return None
+
+    def deidentify_dataset(self, ds: Dataset, identity: PatientIdentity) -> Dataset:
+        """De-identify ``ds`` in place (file meta and preamble included when present) and return it."""
+        if not isinstance(identity, PatientIdentity):
+            raise DeidError("identity must be a PatientIdentity")
+        if not identity.patient_pseudonym:
+            raise DeidError("the patient pseudonym is empty")
+        cleaner = TextCleaner(_identifying_values(ds, self.options)) if self._needs_cleaner else None
+        ctx = _Ctx(identity, sop_family(str(ds.get("SOPClassUID", ""))), cleaner)
+        self._walk(ds, ctx, NORMAL)
+        self._mark(ds, identity)
+        self._fix_file_meta(ds)
+        return ds
+
+    def deidentify_file(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
+        """De-identify one file into ``dst_dir/<new SOP Instance UID>.dcm``, or hold it back."""
+        src, dst_dir = Path(src), Path(dst_dir)
+        try:
+            header = fastio.read_header(src)
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            # ``from None``: the original exception text may contain the path, and folder names are PHI.
+            raise DeidError(f"input is not a readable DICOM file ({type(exc).__name__})") from None
+        ds = header.ds
+        for kw in ("SOPInstanceUID", "SOPClassUID"):
+            if not str(ds.get(kw, "") or "").strip():
+                raise DeidError(f"input has no {kw}")
+        reason = self.quarantine_reason(ds)
+        if reason is not None:
+            return DeidResult(
+                None,
+                self.remap_uid(str(ds.SOPInstanceUID)),
+                self.remap_uid(str(ds.get("SeriesInstanceUID", "") or "")),
+                self.remap_uid(str(ds.get("StudyInstanceUID", "") or "")),
+                str(ds.SOPClassUID),
+                reason,
+            )
+        self.deidentify_dataset(ds, identity)
+        new_sop = str(ds.SOPInstanceUID)
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        dst = dst_dir / f"{new_sop}.dcm"
+        try:
+            fastio.write(header, src, dst)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DeidError(f"could not write the de-identified instance ({type(exc).__name__})") from None
+        return DeidResult(
+            dst,
+            new_sop,
+            str(ds.get("SeriesInstanceUID", "") or ""),
+            str(ds.get("StudyInstanceUID", "") or ""),
+            str(ds.SOPClassUID),
+            None,
+        )
+
+    # --- the walk -----------------------------------------------------------------------------------------
+    def _walk(self, ds: Dataset, ctx: _Ctx, mode: int) -> None:
+        d = ds._dict
+        exact = self._exact
+        had_private = False
+        for tag in list(d):
+            tag = int(tag)
+            group = tag >> 16
+            if group & 1:
+                had_private = True
+                self._private(ds, tag)
+                continue
+            if not tag & 0xFFFF and group != 2:
+                del d[tag]  # group length: retired, and wrong once anything in the group changed
+                continue
+            if tag in (PATIENT_NAME, PATIENT_ID, ACCESSION_NUMBER):
+                self._pseudonym(ds, tag, ctx)
+                continue
+            rule = exact.get(tag)
+            if rule is None:
+                if 0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E:
+                    del d[tag]  # curves and overlays: see the module docstring
+                    continue
+                vr = _vr(d[tag], tag)
+                if vr in DATE_VRS:
+                    self._date(ds, tag, vr, "X", ctx.identity.jitter_days)
+                elif vr == "SQ":
+                    self._recurse(ds, tag, ctx, mode)
+                elif mode == DUMMYMODE and tag in CONTENT_TEXT:
+                    ds[tag].value = DUMMY[vr]
+                elif mode == CLEAN and vr in TEXT_VRS:
+                    self._clean_text(ds, tag, ctx)
+                continue
+            act, _, keyword, basic = rule
+            if "/" in act:
+                act = resolve_compound(act, keyword, ctx.family)
+            if act == "K":
+                if _vr(d[tag], tag) == "SQ":
+                    # Kept sequences are still walked: their items may hold attributes the profile removes.
+                    self._recurse(ds, tag, ctx, mode)
+                continue
+            if act == "X":
+                del d[tag]
+                continue
+            elem = d[tag]
+            vr = _vr(elem, tag)
+            if act == "Z":
+                if isinstance(elem, RawDataElement) and vr != "SQ":
+                    d[tag] = elem._replace(length=0, value=b"")
+                else:
+                    d[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else None)
+            elif act == "U":
+                if vr == "SQ":  # X/Z/U*: keep the sequence, replace the UIDs it contains
+                    self._recurse(ds, tag, ctx, mode)
+                else:  # with Retain UIDs the table already says K for the UIDs that option keeps
+                    self._replace_uids(ds, tag)
+            elif act == "D":
+                if vr == "SQ":
+                    self._recurse(ds, tag, ctx, DUMMYMODE)
+                elif vr == "UI":
+                    self._replace_uids(ds, tag)
+                elif vr in DATE_VRS and self.options.dates != "remove":
+                    self._date(ds, tag, vr, "Z", ctx.identity.jitter_days)
+                else:
+                    d[tag] = DataElement(tag, vr, DUMMY.get(vr, "ANONYMIZED"))
+            elif act == "C":
+                if vr in DATE_VRS:
+                    self._date(ds, tag, vr, "X" if basic == "X" else "Z", ctx.identity.jitter_days)
+                elif vr == "SQ":
+                    self._recurse(ds, tag, ctx, max(mode, CLEAN))
+                elif vr in BINARY_VRS:
+                    del d[tag]  # a bitmap or blob cannot be cleaned automatically
+                elif vr in TEXT_VRS or vr in ("AE", "CS", "UR"):
+                    self._clean_text(ds, tag, ctx)
+            else:  # pragma: no cover - the table loader validates the action codes
+                raise DeidError(f"unknown action for {keyword or hex(tag)}")
+        if had_private and self._safe:
+            self._drop_orphan_creators(ds)
+
+    def _recurse(self, ds: Dataset, tag: int, ctx: _Ctx, mode: int) -> None:
+        seq = ds[tag].value
+        if not seq:
+            return
+        for item in seq:
+            self._walk(item, ctx, mode)
+
+    def _pseudonym(self, ds: Dataset, tag: int, ctx: _Ctx) -> None:
+        identity = ctx.identity
+        if tag != ACCESSION_NUMBER:
+            self._set_text(ds, tag, identity.patient_pseudonym)
+            return
+        original = str(ds[tag].value or "").strip()
+        if not original:
+            ds[tag].value = None  # stays present and empty (Type 2)
+            return
+        new = identity.accession_pseudonyms.get(original)
+        if not new:
+            # Fail closed: an accession number that cannot be replaced must not be sent or silently dropped.
+            raise DeidError("AccessionNumber is present but the identity has no pseudonym for it")
+        self._set_text(ds, tag, new)
+
+    @staticmethod
+    def _set_text(ds: Dataset, tag: int, text: str) -> None:
+        d = ds._dict
+        elem = d[tag]
+        if isinstance(elem, RawDataElement) and text.isascii():
+            # Every DICOM character set is ASCII-compatible, so an ASCII value can be stored as raw bytes.
+            _put(d, tag, elem, "", text)
+        else:
+            ds[tag].value = text
+
+    def _replace_uids(self, ds: Dataset, tag: int) -> None:
+        d = ds._dict
+        elem = d[tag]
+        text = _ascii_value(elem)
+        if not text:
+            return
+        _put(d, tag, elem, "UI", "\\".join(self._uid(x) for x in text.split("\\")))
+
+    def _date(self, ds: Dataset, tag: int, vr: str, on_failure: str, jitter: int) -> None:
+        """Apply the date option to one DA/DT/TM element; a value that does not parse is removed."""
+        mode = self.options.dates
+        if mode == "full":
+            return
+        if mode == "remove":
+            del ds._dict[tag]
+            return
+        d = ds._dict
+        elem = d[tag]
+        text = _ascii_value(elem)
+        if not text:
+            return
+        new = shift_value(vr, text, jitter)
+        if new is None:
+            if on_failure == "X":
+                del d[tag]
+            else:
+                _put(d, tag, elem, vr, None)
+        elif new != text:
+            _put(d, tag, elem, vr, new)
+
+    def _clean_text(self, ds: Dataset, tag: int, ctx: _Ctx) -> None:
+        elem = ds[tag]
+        v = elem.value
+        if v is None or v == "" or ctx.cleaner is None:
+            return
+        if isinstance(v, MultiValue):
+            elem.value = [ctx.cleaner.clean(str(x)) for x in v]
+        else:
+            elem.value = ctx.cleaner.clean(str(v))
+
+    def _private(self, ds: Dataset, tag: int) -> None:
+        d = ds._dict
+        if not self._safe:
+            del d[tag]
+            return
+        element = tag & 0xFFFF
+        if 0x0010 <= element <= 0x00FF:
+            return  # a private creator: kept while its block keeps a safe element (see _drop_orphan_creators)
+        if element >= 0x1000:
+            group = tag >> 16
+            creator = d.get((group << 16) | (element >> 8))
+            if creator is not None:
+                name = creator.value
+                name = name.decode("latin-1") if isinstance(name, bytes) else str(name or "")
+                if (name.strip().rstrip("\x00").strip().upper(), group, element & 0xFF) in self._safe:
+                    return
+        del d[tag]
+
+    def _drop_orphan_creators(self, ds: Dataset) -> None:
+        d = ds._dict
+        used = {(int(t) >> 16, (int(t) & 0xFFFF) >> 8) for t in d if (int(t) >> 16) & 1 and (int(t) & 0xFFFF) >= 0x1000}
+        for t in [t for t in d if (int(t) >> 16) & 1 and 0x10 <= (int(t) & 0xFFFF) <= 0xFF]:
+            if (int(t) >> 16, int(t) & 0xFF) not in used:
+                del d[t]
+
+    # --- marking and file meta ----------------------------------------------------------------------------
+    def _mark(self, ds: Dataset, identity: PatientIdentity) -> None:
+        enc = ds.original_encoding if None not in ds.original_encoding else (None, None)
+        if None in enc or ds.original_character_set != ds._character_set:
+            ds.PatientIdentityRemoved = "YES"
+            ds.DeidentificationMethod = codes.method_text(self.options)
+            ds.DeidentificationMethodCodeSequence = codes.method_code_sequence(self.options)
+            ds.LongitudinalTemporalInformationModified = codes.temporal_marker(self.options)
+        else:
+            # Pre-encoded once per option set and encoding: inserted as raw elements, written as they are.
+            ds._dict.update(_marking_elements(self.options, *enc))
+        # The Patient module's Type 2 attributes carry the pseudonym even if the original lacked them.
+        for tag, kw in ((PATIENT_NAME, "PatientName"), (PATIENT_ID, "PatientID")):
+            if tag in ds._dict:
+                self._set_text(ds, tag, identity.patient_pseudonym)
+            else:
+                setattr(ds, kw, identity.patient_pseudonym)
+
+    def _fix_file_meta(self, ds: Dataset) -> None:
+        if hasattr(ds, "preamble") and ds.preamble is not None:
+            ds.preamble = b"\0" * 128
+        old = getattr(ds, "file_meta", None)
+        if old is None:
+            return
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = old.get("MediaStorageSOPClassUID", ds.get("SOPClassUID"))
+        if "SOPInstanceUID" in ds:
+            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        if "TransferSyntaxUID" in old:
+            meta.TransferSyntaxUID = old.TransferSyntaxUID
+        # Source AE titles and private information in the meta identify the sender: not carried over.
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = "DICOM_RELAY_01"
+        ds.file_meta = meta
+

@@ -1,0 +1,275 @@
+"""Upload de-identified instances to a Google Cloud Storage bucket, create-only, and verify them by MD5.
+
+Object layout (every path component is pseudonymous or a de-identified UID, never an original identifier)::
+
+    <prefix>/<patient pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+
+``prefix`` defaults to ``studies``. The UIDs are those of the de-identified instance (remapped by
+``deid.remap_uid``), so an object name maps one-to-one onto a DICOM instance: resending the same instance
+targets the same object.
+
+Objects are never overwritten. Each upload is conditional on the object not existing (``ifGenerationMatch=0``);
+when it exists, the stored MD5 decides: the same bytes are a completed earlier upload (``skipped``), different
+bytes are a ``DestinationConflict`` that waits for a person. The same rule makes the library's retries safe: a
+retried upload that had in fact succeeded meets its own object and is reported as skipped.
+
+``STORAGE_EMULATOR_HOST`` (fake-gcs-server in ``make run`` and the tests) is honoured by google-cloud-storage
+itself; with it set, the client uses anonymous credentials.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, NamedTuple
+
+import google_crc32c
+import requests
+from google.api_core import exceptions as api_exceptions
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from dicom_relay.destinations.errors import DestinationConflict, DestinationRejected, DestinationUnavailable
+
+log = logging.getLogger(__name__)
+
+DICOM_CONTENT_TYPE = "application/dicom"
+JSON_CONTENT_TYPE = "application/json"
+
+# google-cloud-storage sends files up to this size in one multipart request and larger ones as resumable
+# uploads. fake-gcs-server drops ifGenerationMatch when it finalizes a resumable upload
+# (fsouza/fake-gcs-server#1967), so above this size the object is looked up before uploading as well.
+MULTIPART_LIMIT = 8 * 1024 * 1024
+
+_READ_CHUNK = 1024 * 1024
+
+# Errors that mean "GCS is not reachable or not answering now"; retried by the library until the deadline.
+_UNAVAILABLE = (
+    api_exceptions.RetryError,
+    api_exceptions.ServerError,
+    api_exceptions.TooManyRequests,
+    requests.ConnectionError,
+    requests.Timeout,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """``skipped``: the object already held these exact bytes (an earlier upload), nothing was sent."""
+
+    object_name: str
+    md5_b64: str
+    skipped: bool
+    crc32c_b64: str | None = None
+
+
+class StoredObject(NamedTuple):
+    name: str
+    md5_b64: str | None
+    metadata: dict[str, str]
+
+
+def file_checksums(path: Path) -> tuple[str, str]:
+    """MD5 and CRC32C of a file, base64-encoded as GCS reports them (``md5Hash``, ``crc32c``)."""
+    md5 = hashlib.md5(usedforsecurity=False)
+    crc = google_crc32c.Checksum()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_READ_CHUNK):
+            md5.update(chunk)
+            crc.update(chunk)
+    return base64.b64encode(md5.digest()).decode(), base64.b64encode(crc.digest()).decode()
+
+
+def _component(label: str, value: str) -> str:
+    value = str(value)
+    if not value or "/" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
+        # Say which component is wrong, not what it contains.
+        raise ValueError(f"object name component {label} is empty or contains '/', '.', '..' or a control character")
+    return value
+
+
+class GcsDestination:
+    """A GCS bucket as a destination. The client is created on first use (and may be passed in)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        project: str,
+        prefix: str = "studies",
+        client=None,
+        retry_deadline: float = 60.0,
+        request_timeout: float = 60.0,
+    ):
+        self.bucket_name = bucket
+        self.project = project
+        self.prefix = prefix.strip("/")
+        self._client = client
+        self.retry_deadline = float(retry_deadline)
+        # (connect, read) seconds for each HTTP request; the retry deadline bounds the whole operation.
+        self.request_timeout = (min(10.0, float(request_timeout)), float(request_timeout))
+        self._retry = DEFAULT_RETRY.with_timeout(self.retry_deadline)
+
+    def __repr__(self) -> str:
+        return f"GcsDestination(bucket={self.bucket_name}, prefix={self.prefix})"
+
+    @classmethod
+    def from_settings(cls, settings, **kwargs) -> "GcsDestination":
+        return cls(bucket=settings.gcs_bucket, project=settings.gcs_project, prefix=settings.gcs_prefix, **kwargs)
+
+    # ---- client ------------------------------------------------------------------------------------------------
+
+    @property
+    def client(self):
+        if self._client is None:
+            from google.cloud import storage
+
+            if os.environ.get("STORAGE_EMULATOR_HOST"):
+                from google.auth.credentials import AnonymousCredentials
+
+                self._client = storage.Client(project=self.project, credentials=AnonymousCredentials())
+            else:
+                self._client = storage.Client(project=self.project)
+        return self._client
+
+    @property
+    def bucket(self):
+        return self.client.bucket(self.bucket_name)
+
+    def _where(self, object_name: str | None = None) -> str:
+        return f"gs://{self.bucket_name}/{object_name}" if object_name else f"gs://{self.bucket_name}"
+
+    def _translate(self, exc: Exception, doing: str, object_name: str | None = None) -> Exception:
+        """Map a client exception onto the relay's transient / permanent families."""
+        where = self._where(object_name)
+        if isinstance(exc, _UNAVAILABLE):
+            return DestinationUnavailable(
+                f"GCS unavailable while {doing} {where} "
+                f"(gave up after {self.retry_deadline:.0f}s): {type(exc).__name__}"
+            )
+        if isinstance(exc, (api_exceptions.Unauthorized, api_exceptions.Forbidden)):
+            return DestinationRejected(f"GCS refused the credentials while {doing} {where} (HTTP {exc.code})")
+        if isinstance(exc, api_exceptions.NotFound):
+            return DestinationRejected(f"GCS bucket gs://{self.bucket_name} does not exist (while {doing} {where})")
+        if isinstance(exc, api_exceptions.GoogleAPICallError):
+            return DestinationRejected(f"GCS answered HTTP {exc.code} while {doing} {where}")
+        return DestinationUnavailable(f"GCS failed while {doing} {where}: {type(exc).__name__}")
+
+    # ---- naming ------------------------------------------------------------------------------------------------
+
+    def object_name(self, patient_pseudonym: str, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """``<prefix>/<patient pseudonym>/<study UID>/<series UID>/<SOP instance UID>.dcm`` (see module doc)."""
+        parts = [
+            _component("patient_pseudonym", patient_pseudonym),
+            _component("study_uid", study_uid),
+            _component("series_uid", series_uid),
+            _component("sop_uid", sop_uid) + ".dcm",
+        ]
+        return "/".join([self.prefix, *parts] if self.prefix else parts)
+
+    # ---- upload ------------------------------------------------------------------------------------------------
+
+    def upload(self, path: Path, object_name: str, metadata: Mapping[str, str]) -> UploadResult:
+        """Create ``object_name`` from ``path`` unless it exists; never overwrite.
+
+        Returns ``skipped=True`` when the object already holds the same bytes (by MD5). Raises
+        ``DestinationConflict`` when it holds different bytes, ``DestinationUnavailable`` when GCS did not answer
+        within ``retry_deadline``, ``DestinationRejected`` for credentials / missing bucket.
+        """
+        path = Path(path)
+        md5_b64, crc32c_b64 = file_checksums(path)
+        if path.stat().st_size > MULTIPART_LIMIT:
+            existing = self._existing(object_name, md5_b64, crc32c_b64)
+            if existing is not None:
+                return existing
+
+        for _ in range(2):  # a second round only if the object vanished between the 412 and the lookup
+            blob = self.bucket.blob(object_name)
+            blob.metadata = {str(k): str(v) for k, v in metadata.items()}
+            try:
+                blob.upload_from_filename(
+                    str(path),
+                    content_type=DICOM_CONTENT_TYPE,
+                    if_generation_match=0,
+                    checksum="md5",
+                    retry=self._retry,
+                    timeout=self.request_timeout,
+                )
+            except api_exceptions.PreconditionFailed:
+                existing = self._existing(object_name, md5_b64, crc32c_b64)
+                if existing is not None:
+                    return existing
+                continue
+            except Exception as exc:  # noqa: BLE001 - translated into the relay's error families
+                raise self._translate(exc, "uploading to", object_name) from None
+            if blob.md5_hash and blob.md5_hash != md5_b64:
+                # checksum="md5" already compares; this guards a client that skipped it.
+                raise DestinationUnavailable(f"GCS stored {self._where(object_name)} with a different MD5; resend")
+            return UploadResult(object_name, md5_b64, skipped=False, crc32c_b64=crc32c_b64)
+        raise DestinationUnavailable(f"{self._where(object_name)} exists and vanishes repeatedly; retry later")
+
+    def _existing(self, object_name: str, md5_b64: str, crc32c_b64: str) -> UploadResult | None:
+        """``None`` if the object does not exist; ``skipped`` if it holds these bytes; else DestinationConflict."""
+        try:
+            blob = self.bucket.get_blob(object_name, retry=self._retry, timeout=self.request_timeout)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "reading", object_name) from None
+        if blob is None:
+            return None
+        if blob.md5_hash == md5_b64:
+            log.debug("gcs: %s already holds these bytes; skipped", object_name)
+            return UploadResult(object_name, md5_b64, skipped=True, crc32c_b64=crc32c_b64)
+        raise DestinationConflict(
+            f"{self._where(object_name)} already exists with different content (MD5 {blob.md5_hash}, "
+            f"this file {md5_b64}); it is never overwritten"
+        )
+
+    # ---- verification and listing ------------------------------------------------------------------------------
+
+    def verify(self, object_name: str, md5_b64: str) -> bool:
+        """Re-read the object's metadata from GCS: does it exist with this MD5?"""
+        blob = self.bucket.blob(object_name)
+        try:
+            blob.reload(retry=self._retry, timeout=self.request_timeout)
+        except api_exceptions.NotFound:
+            return False
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "verifying", object_name) from None
+        return blob.md5_hash == md5_b64
+
+    def write_manifest(self, object_name: str, manifest: Mapping) -> UploadResult:
+        """Write a JSON document (e.g. a study's manifest). Unlike instances, a manifest is replaced on rewrite."""
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        md5_b64 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+        blob = self.bucket.blob(object_name)
+        try:
+            # Rewriting the same manifest is idempotent, so retrying the unconditional write is safe.
+            blob.upload_from_string(
+                data, content_type=JSON_CONTENT_TYPE, checksum="md5", retry=self._retry, timeout=self.request_timeout
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "writing manifest", object_name) from None
+        return UploadResult(object_name, md5_b64, skipped=False)
+
+    def list_objects(self, prefix: str | None = None) -> list[StoredObject]:
+        """Objects under ``prefix`` (the destination's prefix by default), sorted by name."""
+        prefix = self.prefix + "/" if prefix is None and self.prefix else prefix
+        try:
+            blobs = list(
+                self.client.list_blobs(self.bucket_name, prefix=prefix, retry=self._retry, timeout=self.request_timeout)
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, "listing", None) from None
+        return sorted(StoredObject(b.name, b.md5_hash, dict(b.metadata or {})) for b in blobs)
+
+    def ping(self) -> bool:
+        """Whether the bucket can be read."""
+        try:
+            return self.bucket.exists(retry=None, timeout=self.request_timeout)
+        except Exception:  # noqa: BLE001
+            return False
