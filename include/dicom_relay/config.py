@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Mapping
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
-FALSE_WORDS = {"0", "false", "no", "off", ""}
+FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 class ConfigError(ValueError):
@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
-    if raw is None:
+    # An empty value means "not set": a blank line in .env must not switch de-identification off.
+    if raw is None or raw.strip() == "":
         return default
     word = raw.strip().lower()
     if word in TRUE_WORDS:

@@ -11,6 +11,8 @@ class RelayError(Exception):
     #: A transient error may succeed on a later attempt (a destination that is down, a timeout);
     #: the scheduled rerun picks such batches up again. A permanent one waits for a person.
     transient = False
+    #: The batch status a failure of this kind leaves behind.
+    batch_status = "ERROR"
 
 
 class TransientError(RelayError):
@@ -21,3 +23,9 @@ class TransientError(RelayError):
 
 class PermanentError(RelayError):
     """Retrying will not help without a person: bad input, a refused policy, a missing pseudonym."""
+
+
+class EmptyBatch(PermanentError):
+    """The folder held no readable DICOM instance (sendit's EMPTY)."""
+
+    batch_status = "EMPTY"

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from . import inbox
 from .config import Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
-from .errors import PermanentError, RelayError, TransientError
+from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def step(name: str) -> Callable:
             try:
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
-                store.add_error(batch_id, name, str(exc), transient=exc.transient)
+                store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status)
                 log.error("batch %s: %s failed: %s", batch_id, name, exc)
                 raise
             except Exception as exc:
@@ -196,8 +196,7 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
         [Instance(batch_id, i.relpath, "NEW", i.sop_class_uid, i.size_bytes) for i in index.instances if i.relpath not in known],
     )
     if not index.instances and not known:
-        store.add_error(batch_id, "import", "the folder holds no readable DICOM instance", status="EMPTY")
-        raise PermanentError("the folder holds no readable DICOM instance")
+        raise EmptyBatch("the folder holds no readable DICOM instance")
     return {
         "instances": len(index.instances),
         "studies": len(index.studies),

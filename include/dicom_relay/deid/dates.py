@@ -59,7 +59,11 @@ _TM = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$|^\d{2}:\d{2}(:\d{2}(\.\d{
 def check_tm(value: str) -> str | None:
     """A TM value is kept as it is (whole-day shifts do not move the time of day) if it parses, else ``None``."""
     v = value.strip()
-    return v if _TM.match(v) else None
+    if not _TM.match(v):
+        return None
+    digits = v.replace(":", "")
+    hh, mm, ss = int(digits[0:2]), int(digits[2:4] or 0), int(digits[4:6] or 0)
+    return v if hh < 24 and mm < 60 and ss < 61 else None
 
 
 def shift_value(vr: str, value: str, days: int) -> str | None:

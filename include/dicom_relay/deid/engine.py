@@ -208,7 +208,9 @@ class Deidentifier:
             raise DeidError("identity must be a PatientIdentity")
         if not identity.patient_pseudonym:
             raise DeidError("the patient pseudonym is empty")
-        cleaner = TextCleaner(_identifying_values(ds, self.options)) if self._needs_cleaner else None
+        cleaner = (
+            TextCleaner(_identifying_values(ds, self.options, exclude_kept=False)) if self._needs_cleaner else None
+        )
         ctx = _Ctx(identity, sop_family(str(ds.get("SOPClassUID", ""))), cleaner)
         self._walk(ds, ctx, NORMAL)
         self._mark(ds, identity)

@@ -76,8 +76,14 @@ def _keepable(s: str) -> bool:
     return True
 
 
-def identifying_values(ds: Dataset, options: DeidOptions = DeidOptions(), identity=None) -> set[str]:
-    """The values of an original instance that must not appear in its de-identified output (rule above)."""
+def identifying_values(
+    ds: Dataset, options: DeidOptions = DeidOptions(), identity=None, *, exclude_kept: bool = True
+) -> set[str]:
+    """The values of an original instance that must not appear in its de-identified output (rule above).
+
+    ``exclude_kept=False`` is for the text cleaner: there a value that also occurs in kept text must still be
+    removed from descriptors.
+    """
     rules = rules_for(options)
     family = sop_family(str(getattr(ds, "SOPClassUID", "")))
     jitter = getattr(identity, "jitter_days", None)
@@ -108,7 +114,11 @@ def identifying_values(ds: Dataset, options: DeidOptions = DeidOptions(), identi
                 if act == "K":
                     removed = False
                 elif act == "C":
-                    removed = vr in ("DA", "DT") and options.dates == "modified" and jitter not in (None, 0)
+                    if vr not in ("DA", "DT"):
+                        continue  # cleaned text keeps whatever is not identifying: neither gone nor kept
+                    # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
+                    # from cleaned text, where a date cannot be shifted reliably.
+                    removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
                 elif act == "U" and options.retain_uids:
                     removed = False
                 else:
@@ -127,6 +137,8 @@ def identifying_values(ds: Dataset, options: DeidOptions = DeidOptions(), identi
     walk(ds)
     # A value contained in a kept value (e.g. a removed "GE" name component inside the kept Manufacturer "GE
     # MEDICAL SYSTEMS") legitimately stays; so do the relay's own constants.
+    if not exclude_kept:
+        return {v for v in gone if _keepable(v)}
     kept_text = "\n".join(kept | OWN_CONSTANTS).upper()
     return {v for v in gone - kept - shifted if _keepable(v) and v.upper() not in kept_text}
 

@@ -103,7 +103,10 @@ def shift_date(iso_date: str | None, days: int) -> str | None:
     """``iso_date`` (``YYYY-MM-DD``) moved by ``days``; ``None`` stays ``None``."""
     if iso_date is None:
         return None
-    return (dt.date.fromisoformat(iso_date) + dt.timedelta(days=days)).isoformat()
+    try:
+        return (dt.date.fromisoformat(iso_date) + dt.timedelta(days=days)).isoformat()
+    except OverflowError:
+        raise IdentifierError("a date shifted by the jitter falls outside years 1-9999") from None
 
 
 def identity_key(id_source: str, id: str) -> tuple[str, str]:

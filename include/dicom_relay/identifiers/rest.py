@@ -106,7 +106,7 @@ class RestProvider:
             else:
                 hint = "the service requires a token and RELAY_IDENTIFIER_TOKEN is empty"
             raise IdentifierError(f"identifier service {self.base_url} answered HTTP {status}: {hint}")
-        if status != 200:
+        if not 200 <= status < 300:
             raise IdentifierError(f"identifier service {self.base_url} answered HTTP {status}")
         try:
             answer = response.json()

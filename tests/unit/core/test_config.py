@@ -25,3 +25,7 @@ def test_overrides_keep_configured_value_for_none():
     assert s.with_overrides(send_gcs=False).send_gcs is False
     with pytest.raises(ConfigError):
         s.with_overrides(nonsense=1)
+
+
+def test_blank_switch_means_default_not_false():
+    assert Settings.from_env({"DEIDENTIFY_RESTFUL": ""}).deidentify is True

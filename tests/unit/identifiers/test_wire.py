@@ -160,3 +160,11 @@ def test_incomplete_answers_fail_closed_naming_the_position_not_the_identifier(m
 def test_answer_that_is_not_an_object_fails_closed():
     with pytest.raises(IdentifierError):
         results_from_answer([], ENTITIES)
+
+
+def test_shift_date_handles_leap_days_and_refuses_overflow():
+    assert shift_date("2024-02-28", 1) == "2024-02-29"
+    assert shift_date("2024-03-01", -366) == "2023-03-01"
+    assert shift_date(None, 12) is None
+    with pytest.raises(IdentifierError, match="outside years"):
+        shift_date("0001-01-02", -5)

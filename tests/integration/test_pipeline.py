@@ -1,0 +1,169 @@
+"""The pipeline steps without Airflow, on real PostgreSQL, Orthanc, GCS emulator and identifier service.
+
+These cover what the end-to-end test cannot cheaply: a destination that is down, a rerun that must not send twice,
+the refusal to send identified data to the cloud, bad files in a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+
+from dicom_relay import inbox, pipeline
+from dicom_relay.config import Settings
+from dicom_relay.errors import PermanentError, TransientError
+from dicom_relay.samples import drop_atomically, generate_ct_study
+from dicom_relay.status import StatusStore
+
+pytestmark = pytest.mark.integration
+
+STEPS = [pipeline.import_batch, pipeline.get_identifiers, pipeline.replace_identifiers,
+         pipeline.send_orthanc, pipeline.send_gcs, pipeline.cleanup]
+
+
+@pytest.fixture
+def settings(tmp_path, relay_db_url, orthanc, gcs_bucket, gcs_emulator, identifier_service) -> Settings:
+    env = {
+        "RELAY_INBOX": str(tmp_path / "inbox"),
+        "RELAY_WORK_DIR": str(tmp_path / "relay"),
+        "RELAY_DB_URL": relay_db_url,
+        "RELAY_STABLE_SECONDS": "0",
+        "RELAY_SECRET_KEY": "test-secret-key-for-pipeline",
+        "RELAY_IDENTIFIER_URL": identifier_service.url,
+        "RELAY_IDENTIFIER_TOKEN": identifier_service.token,
+        "ORTHANC_HOST": orthanc.host,
+        "ORTHANC_DICOM_PORT": str(orthanc.dicom_port),
+        "ORTHANC_AE_TITLE": orthanc.ae_title,
+        "ORTHANC_URL": orthanc.url,
+        "ORTHANC_USER": orthanc.user,
+        "ORTHANC_PASSWORD": orthanc.password,
+        "RELAY_GCS_BUCKET": gcs_bucket,
+        "RELAY_SEND_ATTEMPTS": "2",
+        "RELAY_SEND_BACKOFF_SECONDS": "0.1",
+    }
+    (tmp_path / "inbox").mkdir()
+    return Settings.from_env(env)
+
+
+def claim_one(settings: Settings, source: Path, name: str) -> str:
+    drop_atomically(source, settings.inbox, name)
+    runs = pipeline.claim_finished_folders(settings)
+    assert len(runs) == 1
+    batch_id = runs[0]["conf"]["batch_id"]
+    assert runs[0]["trigger_run_id"] == f"batch__{batch_id}"
+    pipeline.mark_dispatched(settings, [batch_id])
+    return batch_id
+
+
+def run_all(batch_id: str, settings: Settings, options=None) -> list[dict]:
+    return [step(batch_id, settings, options) for step in STEPS]
+
+
+def test_claim_is_once_per_folder(settings, tmp_path):
+    study = generate_ct_study(tmp_path / "src", n_instances=2, rows=16, columns=16)
+    claim_one(settings, study.folder, "ACC-ONCE")
+    # Nothing new: a second cycle (a restart) requests no run.
+    assert pipeline.claim_finished_folders(settings) == []
+
+
+def test_batch_with_bad_files_delivers_the_rest_and_quarantines(settings, tmp_path, orthanc):
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-PIPE-1", n_instances=4, rows=32, columns=32)
+    (study.folder / "garbage.bin").write_bytes(b"\x00garbage" * 50)
+    (study.folder / "zero.dcm").write_bytes(b"")
+    batch_id = claim_one(settings, study.folder, "ACC-BAD-FILES")
+    summaries = run_all(batch_id, settings)
+    assert summaries[0]["instances"] == 4 and summaries[0]["quarantined"] == 2
+    batch = StatusStore(settings.db_url).get_batch(batch_id)
+    assert batch.status == "DONE" and batch.has_error is True
+    assert len(batch.errors) == 2 and all("quarantine" in e["message"] for e in batch.errors)
+    assert all("garbage" not in e["message"] and "zero" not in e["message"] for e in batch.errors)
+    root = settings.batches_dir / batch_id
+    index = json.loads((root / "quarantine" / "index.json").read_text())
+    assert sorted(v["relpath"] for v in index.values()) == ["garbage.bin", "zero.dcm"]
+    assert summaries[-1]["quarantined_kept"] == 2
+    assert not (root / "incoming").exists()
+
+
+def test_orthanc_down_keeps_every_file_and_rerun_completes(settings, tmp_path, orthanc):
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-PIPE-2", n_instances=3, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-DOWN")
+    for step in STEPS[:3]:
+        step(batch_id, settings)
+    down = settings.with_overrides(orthanc_dicom_port=1, orthanc_url="http://127.0.0.1:1")
+    with pytest.raises(TransientError):
+        pipeline.send_orthanc(batch_id, down)
+    with pytest.raises(PermanentError, match="not verified"):
+        pipeline.cleanup(batch_id, down)
+    store = StatusStore(settings.db_url)
+    batch = store.get_batch(batch_id)
+    assert batch.status == "ERROR" and batch.errors[0]["transient"] is True
+    root = settings.batches_dir / batch_id
+    assert len(list((root / "incoming").iterdir())) == 3  # nothing lost
+    # The destination is back: the rerun goes through and sends each instance once.
+    run_all(batch_id, settings)
+    assert store.get_batch(batch_id).status == "DONE"
+    auth = (orthanc.user, orthanc.password)
+    found = requests.post(f"{orthanc.url}/tools/find", auth=auth, timeout=30,
+                          json={"Level": "Instance", "Query": {"PatientID": store.instances(batch_id)[0].patient_pseudonym}}).json()
+    assert len(found) == 3
+
+
+def test_rerun_after_partial_delivery_sends_nothing_twice(settings, tmp_path, gcs_bucket):
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-PIPE-3", n_instances=3, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-PARTIAL")
+    run_all(batch_id, settings, pipeline.RunOptions(send_gcs=True, send_orthanc=True))[:5]
+    store = StatusStore(settings.db_url)
+    assert store.get_batch(batch_id).status == "DONE"
+    # A fresh batch, delivered to both, then every step run again before cleanup.
+    study2 = generate_ct_study(tmp_path / "src2", patient_id="MRN-PIPE-3", n_instances=3, rows=16, columns=16,
+                               study_date="20240505")
+    b2 = claim_one(settings, study2.folder, "ACC-PARTIAL-2")
+    for step in STEPS[:5]:
+        step(b2, settings)
+    again = [step(b2, settings) for step in STEPS[:5]]
+    assert again[3]["stored"] == 0 and again[3]["already_present"] == 0  # verified before: not even asked again
+    assert again[4]["uploaded"] == 0
+    pipeline.cleanup(b2, settings)
+    assert store.get_batch(b2).status == "DONE"
+
+
+def test_gcs_refused_without_deidentification(settings, tmp_path):
+    study = generate_ct_study(tmp_path / "src", n_instances=2, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-NODEID")
+    options = pipeline.RunOptions(deidentify=False, send_orthanc=False, send_gcs=True)
+    for step in STEPS[:4]:
+        step(batch_id, settings, options)
+    with pytest.raises(PermanentError, match="without de-identification"):
+        pipeline.send_gcs(batch_id, settings, options)
+    assert len(list((settings.batches_dir / batch_id / "incoming").iterdir())) == 2
+
+
+def test_missing_pseudonym_fails_closed(settings, tmp_path):
+    from dicom_relay.identifiers import EntityResult
+
+    class NoPseudonym:
+        name = "broken"
+
+        def lookup(self, study_name, entities):
+            return [EntityResult(e.id, e.id_source, "", 0, None, ()) for e in entities]
+
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-SECRET-99", n_instances=1, rows=16, columns=16)
+    from dicom_relay.dicom_import import index_folder
+
+    entities = pipeline.build_entities(index_folder(study.folder), "MRN")
+    with pytest.raises(PermanentError) as info:
+        pipeline.pseudonym_mapping(entities, NoPseudonym().lookup("b", entities))
+    assert "MRN-SECRET-99" not in str(info.value) and "patient 1 of 1" in str(info.value)
+
+
+def test_empty_folder_is_empty_not_lost(settings, tmp_path):
+    (tmp_path / "empty").mkdir()
+    batch_id = claim_one(settings, tmp_path / "empty", "ACC-EMPTY")
+    with pytest.raises(PermanentError, match="no readable DICOM"):
+        pipeline.import_batch(batch_id, settings)
+    assert StatusStore(settings.db_url).get_batch(batch_id).status == "EMPTY"
