@@ -352,7 +352,8 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         shutil.rmtree(paths.deid, ignore_errors=True)
         store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
         raise TransientError(f"could not write de-identified output ({exc.strerror or type(exc).__name__})") from None
-    except RelayError:
+    except Exception:
+        # Whatever went wrong, nothing half-written may be sent and the instances go back to NEW for a rerun.
         shutil.rmtree(paths.deid, ignore_errors=True)
         store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
         raise

@@ -62,6 +62,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX relay_instance_state ON relay_instance (batch_id, state);
     """,
+    # 2: operations (dicom_relay.operations). ``last_decision`` is the latest rerun / requeue / leave decision
+    # ({at, decision, reason, run_id}); ``requeue_count`` numbers the runs a person requested; ``run_started_at``
+    # is when the batch last went to PROCESSING (the start of its latest run), kept by a trigger so that the
+    # pipeline needs no change: errors recorded since then are the errors of the latest run.
+    """
+    ALTER TABLE relay_batch
+        ADD COLUMN last_decision  jsonb,
+        ADD COLUMN requeue_count  integer NOT NULL DEFAULT 0,
+        ADD COLUMN run_started_at timestamptz;
+    CREATE FUNCTION relay_batch_run_started() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.status = 'PROCESSING' AND OLD.status IS DISTINCT FROM 'PROCESSING' THEN
+            NEW.run_started_at := clock_timestamp();
+        END IF;
+        RETURN NEW;
+    END $$;
+    CREATE TRIGGER relay_batch_run_started BEFORE UPDATE OF status ON relay_batch
+        FOR EACH ROW EXECUTE FUNCTION relay_batch_run_started();
+    """,
 )
 
 
@@ -83,6 +102,10 @@ class Batch:
     updated_at: dt.datetime
     finished_at: dt.datetime | None
     counts: dict[str, int] = field(default_factory=dict)
+    # Added by migration 2 (see dicom_relay.operations).
+    last_decision: dict | None = None
+    requeue_count: int = 0
+    run_started_at: dt.datetime | None = None
 
     def public(self) -> dict[str, Any]:
         """The batch as ``dicom-relay status --json`` shows it: no folder name, no identifier."""
@@ -97,6 +120,8 @@ class Batch:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "last_decision": self.last_decision,
+            "requeue_count": self.requeue_count,
         }
 
 
@@ -226,6 +251,53 @@ class StatusStore:
                 (batch_id,),
             ).fetchone()
             return row["rerun_count"]
+
+    # -- operations (migration 2; used by dicom_relay.operations) ----------------------------------------------
+    def record_decision(self, batch_id: str, decision: dict, *, expect_rerun_count: int | None = None,
+                        count_rerun: bool = False) -> Batch | None:
+        """Store ``decision`` as the batch's ``last_decision``, optionally counting one more rerun.
+
+        With ``expect_rerun_count`` the update only happens if ``rerun_count`` still has that value and the batch
+        is still in ERROR (two deciders cannot both spend the same attempt). Returns the updated batch, or None
+        when nothing was updated. ``updated_at`` is left alone: a decision is not progress of the batch.
+        """
+        sql = "UPDATE relay_batch SET last_decision = %s"
+        if count_rerun:
+            sql += ", rerun_count = rerun_count + 1"
+        sql += " WHERE batch_id = %s"
+        args: list[Any] = [Jsonb(decision), batch_id]
+        if expect_rerun_count is not None:
+            sql += " AND rerun_count = %s AND status = 'ERROR'"
+            args.append(expect_rerun_count)
+        with self._connect() as conn:
+            row = conn.execute(sql + " RETURNING *", args).fetchone()
+            if row is None:
+                return None
+            batch = Batch(**row)
+            batch.counts = self._counts(conn, batch_id)
+            return batch
+
+    def next_requeue_number(self, batch_id: str) -> int:
+        """Count one more requeue of the batch and return its number (1, 2, ...)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "UPDATE relay_batch SET requeue_count = requeue_count + 1 WHERE batch_id = %s RETURNING requeue_count",
+                (batch_id,),
+            ).fetchone()
+            if row is None:
+                raise KeyError(f"no batch {batch_id}")
+            return row["requeue_count"]
+
+    def batches_in(self, status: str) -> list[Batch]:
+        """Every batch in ``status``, oldest first (no limit: the rerun decision must see them all)."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM relay_batch WHERE status = %s ORDER BY created_at, batch_id", (status,)
+            ).fetchall()
+            batches = [Batch(**r) for r in rows]
+            for b in batches:
+                b.counts = self._counts(conn, b.batch_id)
+            return batches
 
     # -- instances ----------------------------------------------------------------------------------------
     def add_instances(self, batch_id: str, instances: Iterable[Instance]) -> int:

@@ -198,3 +198,16 @@ def test_report_timings_of_the_big_study(stack, dropped):
     TIMINGS_FILE.write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
     assert set(report["tasks"]) == set(TASKS)
+
+
+def test_relay_batches_page_requires_login_and_hides_folders(stack, dropped):
+    url = stack.env["AIRFLOW_URL"]
+    assert requests.get(f"{url}/relay/batches.json", timeout=30).status_code == 401
+    client = stack.airflow.client()
+    headers = client._headers()
+    batches = requests.get(f"{url}/relay/batches.json", headers=headers, timeout=30).json()
+    assert {b["status"] for b in batches if b["run_id"] and b["run_id"].startswith("batch__")} == {"DONE"}
+    page = requests.get(f"{url}/relay/", headers=headers, timeout=30).text
+    assert "dicom-relay batches" in page
+    for name in dropped["studies"]:
+        assert name not in page and name not in json.dumps(batches)

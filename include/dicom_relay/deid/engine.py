@@ -33,6 +33,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
 from dicom_relay.deid import codes, fastio
@@ -456,15 +457,19 @@ class Deidentifier:
         old = getattr(ds, "file_meta", None)
         if old is None:
             return
+        # Built from DataElements directly: attribute assignment validates every value and is slow per file.
         meta = FileMetaDataset()
-        meta.FileMetaInformationVersion = b"\x00\x01"
-        meta.MediaStorageSOPClassUID = old.get("MediaStorageSOPClassUID", ds.get("SOPClassUID"))
+        put = meta._dict.__setitem__
+        put(Tag(0x00020001), DataElement(0x00020001, "OB", b"\x00\x01"))
+        sop_class = old.get("MediaStorageSOPClassUID", None) or ds.get("SOPClassUID")
+        if sop_class is not None:
+            put(Tag(0x00020002), DataElement(0x00020002, "UI", sop_class))
         if "SOPInstanceUID" in ds:
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            put(Tag(0x00020003), DataElement(0x00020003, "UI", ds.SOPInstanceUID))
         if "TransferSyntaxUID" in old:
-            meta.TransferSyntaxUID = old.TransferSyntaxUID
+            put(Tag(0x00020010), DataElement(0x00020010, "UI", old.TransferSyntaxUID))
         # Source AE titles and private information in the meta identify the sender: not carried over.
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "DICOM_RELAY_01"
+        put(Tag(0x00020012), DataElement(0x00020012, "UI", PYDICOM_IMPLEMENTATION_UID))
+        put(Tag(0x00020013), DataElement(0x00020013, "SH", "DICOM_RELAY_01"))
         ds.file_meta = meta
 

@@ -40,7 +40,7 @@ def _port(name: str) -> int:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` lines of a ``.env`` file (comments and blank lines skipped, quotes removed)."""
+    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, shell-quoted or not; comments skipped."""
     env: dict[str, str] = {}
     if not path.exists():
         return env
@@ -49,10 +49,9 @@ def read_env_file(path: Path) -> dict[str, str]:
         if not line or line.startswith("#") or "=" not in line:
             continue
         key, value = line.split("=", 1)
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
+        key = key.strip().removeprefix("export ").strip()
+        parts = shlex.split(value, comments=True)
+        env[key] = parts[0] if parts else ""
     return env
 
 
@@ -187,25 +186,32 @@ def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
     return name
 
 
-def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 600):
+def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
+    """Wait until the folder's batch has a finished run (retries included); return the batch."""
     from dicom_relay.status import StatusStore
 
+    from .airflow import AirflowClient
+
     store = StatusStore(env["RELAY_DB_URL"])
+    client = AirflowClient(env["AIRFLOW_URL"], env["AIRFLOW_USER"], env["AIRFLOW_PASSWORD"])
     found = {}
 
     def finished() -> bool:
         store.migrate()
-        for batch in store.list_batches(limit=200):
-            if batch.folder == folder and batch.status in ("DONE", "ERROR", "EMPTY"):
-                found["batch"] = batch
-                return True
-        return False
+        batch = next((b for b in store.list_batches(limit=200) if b.folder == folder), None)
+        if batch is None or batch.run_id is None:
+            return False
+        found["batch"] = batch
+        if batch.status in ("DONE", "EMPTY"):
+            return True
+        return client.get(f"/dags/process_study/dagRuns/{batch.run_id}")["state"] in ("success", "failed")
 
     wait_until(finished, timeout, "sample study delivery", interval=2)
-    return found["batch"]
+    return store.get_batch(found["batch"].batch_id)
 
 
 def up(run_dir: Path, sample: bool = True) -> int:
+    status = 0
     env_file = run_dir / "stack.env"
     if env_file.exists() and running(run_dir):
         env = read_env_file(env_file)
@@ -223,6 +229,7 @@ def up(run_dir: Path, sample: bool = True) -> int:
         print(f"sample batch {batch.batch_id}: {batch.status} {batch.counts}")
         if batch.status != "DONE":
             print(json.dumps(batch.errors, indent=2))
+            status = 1
     print(
         f"""
 Airflow UI      {env['AIRFLOW_URL']}   (user {env['AIRFLOW_USER']}, password {env['AIRFLOW_PASSWORD']})
@@ -233,7 +240,7 @@ Status          . {env_file} && dicom-relay status
 Stop            make stop
 """
     )
-    return 0
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

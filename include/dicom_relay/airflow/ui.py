@@ -1,0 +1,61 @@
+"""The "Relay batches" page inside the Airflow UI: batch status, instance counts and readable errors.
+
+Served by the api-server as a plugin FastAPI app (see plugins/dicom_relay_plugin.py). Airflow does not authenticate
+plugin apps, so every route here requires the same user the Airflow UI has (its JWT cookie or a Bearer token).
+It shows what ``dicom-relay status`` shows: batch ids, statuses, counts, errors, run ids; never a folder name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+
+from airflow.api_fastapi.core_api.security import get_user
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import HTMLResponse
+
+from dicom_relay.config import Settings
+from dicom_relay.status import StatusStore
+
+STATUS_COLOURS = {"DONE": "#1e8449", "ERROR": "#c0392b", "EMPTY": "#7f8c8d"}
+
+
+def _batches(limit: int, status: str | None) -> list[dict]:
+    store = StatusStore(Settings.from_env().db_url)
+    store.migrate()
+    return [b.public() for b in store.list_batches(limit=limit, status=status)]
+
+
+def render(batches: list[dict]) -> str:
+    rows = []
+    for b in batches:
+        counts = " ".join(f"{k}={v}" for k, v in sorted(b["instances"].items())) or "-"
+        errors = "<br>".join(html.escape(f"{e['task']}: {e['message']}") for e in b["errors"]) or ""
+        colour = STATUS_COLOURS.get(b["status"], "#2471a3")
+        rows.append(
+            f"<tr><td><code>{html.escape(b['batch_id'])}</code></td>"
+            f"<td style='color:{colour};font-weight:bold'>{html.escape(b['status'])}</td>"
+            f"<td>{html.escape(counts)}</td><td><code>{html.escape(b['run_id'] or '-')}</code></td>"
+            f"<td>{html.escape(b['updated_at'][:19])}</td><td class='err'>{errors}</td></tr>"
+        )
+    body = "".join(rows) or "<tr><td colspan=6>No batches yet.</td></tr>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Relay batches</title>
+<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;width:100%}}
+td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}.err{{font-size:.85em;color:#922}}</style>
+</head><body><h2>dicom-relay batches</h2>
+<p>Statuses from the relay's own tables. Batches are named by batch id; folder names are not shown.</p>
+<table><tr><th>Batch</th><th>Status</th><th>Instances</th><th>Airflow run</th><th>Updated (UTC)</th><th>Errors</th></tr>
+{body}</table></body></html>"""
+
+
+app = FastAPI(title="dicom-relay", dependencies=[Depends(get_user)])
+
+
+@app.get("/batches.json")
+async def batches_json(limit: int = Query(100, le=1000), status: str | None = None) -> list[dict]:
+    return await asyncio.to_thread(_batches, limit, status)
+
+
+@app.get("/", response_class=HTMLResponse)
+async def batches_page(limit: int = Query(100, le=1000), status: str | None = None) -> str:
+    return render(await asyncio.to_thread(_batches, limit, status))

@@ -1,0 +1,55 @@
+"""The inbox trigger: serialisable, fires on a finished quiet folder or a waiting claim, never names a folder."""
+
+import asyncio
+import json
+
+import pytest
+
+from dicom_relay import inbox
+from dicom_relay.airflow.triggers import InboxTrigger
+
+
+def make_trigger(tmp_path, stable=0.0):
+    (tmp_path / "inbox").mkdir(exist_ok=True)
+    return InboxTrigger(str(tmp_path / "inbox"), str(tmp_path / "batches"), stable_seconds=stable, poll_seconds=0.05)
+
+
+def test_serialize_round_trip(tmp_path):
+    trigger = make_trigger(tmp_path)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "dicom_relay.airflow.triggers.InboxTrigger"
+    json.dumps(kwargs)  # stored in Airflow's database: must be JSON
+    again = InboxTrigger(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+
+
+async def test_waits_while_only_tmp_folders_then_fires_without_names(tmp_path):
+    trigger = make_trigger(tmp_path)
+    (tmp_path / "inbox" / "ACC999.tmp12").mkdir()
+    run = trigger.run()
+    task = asyncio.ensure_future(run.__anext__())
+    await asyncio.sleep(0.3)
+    assert not task.done()  # a .tmp folder is never work
+    (tmp_path / "inbox" / "ACC999.tmp12").rename(tmp_path / "inbox" / "ACC999")
+    event = await asyncio.wait_for(task, timeout=5)
+    assert event.payload == {"waiting": 1}
+    assert "ACC999" not in json.dumps(event.payload)
+
+
+async def test_fires_for_a_claim_waiting_for_its_run(tmp_path):
+    trigger = make_trigger(tmp_path)
+    (tmp_path / "inbox" / "S1").mkdir()
+    (tmp_path / "inbox" / "S1" / "f").write_text("x")
+    inbox.claim(tmp_path / "inbox", tmp_path / "batches", "S1")
+    event = await asyncio.wait_for(trigger.run().__anext__(), timeout=5)
+    assert event.payload["waiting"] == 1
+
+
+async def test_stability_guard_holds_a_busy_folder(tmp_path):
+    trigger = make_trigger(tmp_path, stable=30)
+    (tmp_path / "inbox" / "S2").mkdir()
+    (tmp_path / "inbox" / "S2" / "f").write_text("still writing")
+    task = asyncio.ensure_future(trigger.run().__anext__())
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    task.cancel()
