@@ -1,6 +1,9 @@
 """``dicom-relay``: the command line for the person on call.
 
     dicom-relay status [--json] [--limit N] [--batch ID]
+    dicom-relay requeue BATCH [--force]
+    dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
+    dicom-relay quarantine release BATCH LABEL
     dicom-relay deidentify IN_DIR OUT_DIR [--option NAME=VALUE ...]
     dicom-relay verify ORIGINAL_DIR DEIDENTIFIED_DIR
 
@@ -57,7 +60,79 @@ def cmd_status(args, settings: Settings) -> int:
         print(f"{b.batch_id:<24} {b.status:<15} {'yes' if b.has_error else 'no':<4} {counts:<40} {b.run_id or '-'}")
         if args.errors or args.batch:
             for e in b.errors:
-                print(f"    {e['at']} {e['task']}: {e['message']}")
+                kind = "transient" if e.get("transient") else "permanent"
+                print(f"    {e['at']} {e['task']} ({kind}): {e['message']}")
+        if b.last_decision and (args.errors or args.batch or b.status in ("ERROR", "NEW")):
+            d = b.last_decision
+            print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
+                  + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
+    return 0
+
+
+def cmd_requeue(args, settings: Settings) -> int:
+    from .airflow_client import AirflowClient, AirflowClientError
+    from .operations import OperationError, requeue
+    from .status import StatusStore
+
+    try:
+        client = AirflowClient.from_env()
+        run_id = requeue(StatusStore(settings.db_url), client, args.batch, force=args.force)
+    except (OperationError, AirflowClientError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # requests' connection errors
+        print(f"error: cannot reach Airflow at {os.environ.get('AIRFLOW_URL')} ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    print(run_id)
+    return 0
+
+
+def _size_text(n: int | None) -> str:
+    if n is None:
+        return "missing"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_quarantine_list(args, settings: Settings) -> int:
+    from .operations import OperationError, quarantine_entries
+
+    try:
+        entries = quarantine_entries(settings, args.batch, include_released=args.all)
+    except OperationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([e.public(show_paths=args.show_paths) for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("nothing in quarantine")
+        return 0
+    if args.show_paths:
+        print("(original paths may name a patient: for this screen only, do not paste them anywhere)", file=sys.stderr)
+    print(f"{'BATCH':<24} {'LABEL':<6} {'SIZE':>10}  REASON")
+    for e in entries:
+        reason = e.reason + (f" [released {e.released_at}]" if e.released_at else "")
+        print(f"{e.batch_id:<24} {e.label:<6} {_size_text(e.size_bytes):>10}  {reason}")
+        if args.show_paths:
+            print(f"{'':<31} path: {e.relpath!r}")
+    return 0
+
+
+def cmd_quarantine_release(args, settings: Settings) -> int:
+    from .operations import OperationError, release
+    from .status import StatusStore
+
+    try:
+        result = release(settings, StatusStore(settings.db_url), args.batch, args.label)
+    except OperationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"released {result['label']} of batch {result['batch_id']} into incoming (batch status {result['status']}); "
+          f"now run: dicom-relay requeue {result['batch_id']}")
     return 0
 
 
@@ -130,6 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("requeue", help="start a process_study run for a batch (Airflow REST API; AIRFLOW_URL, "
+                                       "AIRFLOW_USER, AIRFLOW_PASSWORD); prints the run id")
+    p.add_argument("batch")
+    p.add_argument("--force", action="store_true", help="also for a DONE batch, or while its run is still active")
+    p.set_defaults(func=cmd_requeue)
+
+    q = sub.add_parser("quarantine", help="files held back from a batch: list them, release one").add_subparsers(
+        dest="quarantine_command", required=True)
+    p = q.add_parser("list", help="quarantined files per batch: label, size, reason (no file names)")
+    p.add_argument("batch", nargs="?")
+    p.add_argument("--show-paths", action="store_true",
+                   help="also the original path in the batch (may be PHI: local display only)")
+    p.add_argument("--all", action="store_true", help="also files released already")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_quarantine_list)
+    p = q.add_parser("release", help="move a quarantined file back into the batch's incoming folder")
+    p.add_argument("batch")
+    p.add_argument("label", help="q0001, ... (see quarantine list)")
+    p.set_defaults(func=cmd_quarantine_release)
 
     p = sub.add_parser("deidentify", help="de-identify a folder offline with the embedded keyed provider")
     p.add_argument("in_dir", type=Path)

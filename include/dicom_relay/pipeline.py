@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ QUARANTINE = "quarantine"
 DEID = "deid"
 IDENTIFIERS_FILE = "identifiers.json"
 ACCESSION_SOURCE = "DCM Accession #"
+GCS_PARALLEL_UPLOADS = 8
 
 
 def _utcnow() -> dt.datetime:
@@ -207,9 +209,14 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
     }
 
 
+def patient_key(patient_id: str, study_instance_uid: str) -> str:
+    """The key a patient is looked up by. Instances without a Patient ID must not share one pseudonym across
+    different people, so they are keyed by study."""
+    return patient_id or f"NO-PATIENT-ID:{study_instance_uid}"
+
+
 def _patient_key(instance: IndexedInstance) -> str:
-    # Instances without a Patient ID must not share one pseudonym across different people: key them by study.
-    return instance.patient_id or f"NO-PATIENT-ID:{instance.study_instance_uid}"
+    return patient_key(instance.patient_id, instance.study_instance_uid)
 
 
 def _iso(dicom_date: str) -> str | None:
@@ -325,11 +332,14 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     try:
         for inst in todo:
             src = paths.incoming / inst.relpath
-            indexed = read_instance(src, inst.relpath)
-            if not hasattr(indexed, "sop_instance_uid"):
-                raise PermanentError(f"an instance became unreadable after import ({indexed.reason})")
-            identity = identities[_patient_key(indexed)]
-            originals |= identifying_values(pydicom.dcmread(src, stop_before_pixels=True), deid_options, identity)
+            # One header read serves both the pseudonym lookup and the values the verification looks for.
+            try:
+                header = pydicom.dcmread(src, stop_before_pixels=True, force=True)
+            except Exception:  # noqa: BLE001 - the file changed since import
+                raise PermanentError("an instance became unreadable after import") from None
+            identity = identities[patient_key(str(header.get("PatientID", "") or "").strip(),
+                                              str(header.get("StudyInstanceUID", "") or "").strip())]
+            originals |= identifying_values(header, deid_options, identity)
             result = deidentifier.deidentify_file(src, paths.deid, identity)
             if result.quarantine_reason:
                 label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)
@@ -403,6 +413,8 @@ def _mark_sent_if_complete(store: StatusStore, batch_id: str, options: RunOption
             if inst.state != "SENT":
                 changes.append((inst.relpath, {"state": "SENT"}))
     store.update_instances(batch_id, changes)
+    if all(i.state in ("SENT", "DONE", "ERROR") for i in store.instances(batch_id)):
+        store.set_status(batch_id, "SENT")
     return len(changes)
 
 
@@ -470,12 +482,14 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         raise PermanentError("refusing to send to Google Cloud Storage without de-identification (deidentify is off)")
     paths = BatchPaths(settings, batch_id)
     gcs = GcsDestination.from_settings(settings)
-    uploaded = skipped = 0
     studies: dict[str, list[Instance]] = {}
+    pending: list[Instance] = []
     for inst in _ready_to_send(store, batch_id):
         studies.setdefault(inst.deid_study_instance_uid, []).append(inst)
-        if inst.sent_gcs_at:
-            continue
+        if not inst.sent_gcs_at:
+            pending.append(inst)
+
+    def deliver(inst: Instance):
         name = gcs.object_name(inst.patient_pseudonym, inst.deid_study_instance_uid, inst.deid_series_instance_uid,
                                inst.deid_sop_instance_uid)
         metadata = {"batch_id": batch_id, "patient_pseudonym": inst.patient_pseudonym or "",
@@ -483,10 +497,30 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         result = _retrying("gcs", settings, lambda: gcs.upload(paths.root / inst.deid_relpath, name, metadata))
         if not _retrying("gcs", settings, lambda: gcs.verify(result.object_name, result.md5_b64)):
             raise TransientError(f"GCS checksum of {result.object_name} does not match the uploaded file")
-        skipped += int(result.skipped)
-        uploaded += int(not result.skipped)
-        store.update_instances(batch_id, [(inst.relpath, {"sent_gcs_at": _utcnow(), "gcs_object": result.object_name,
-                                                          "gcs_md5": result.md5_b64})])
+        return inst, result
+
+    uploaded = skipped = 0
+    # Uploads are network-bound: a few in flight at once. Each verified upload is recorded as it completes
+    # (in small groups), so a crash part-way keeps what was already verified.
+    done: list[tuple[str, dict]] = []
+    with ThreadPoolExecutor(max_workers=GCS_PARALLEL_UPLOADS) as pool:
+        futures = [pool.submit(deliver, inst) for inst in pending]
+        try:
+            for future in as_completed(futures):
+                inst, result = future.result()
+                skipped += int(result.skipped)
+                uploaded += int(not result.skipped)
+                done.append((inst.relpath, {"sent_gcs_at": _utcnow(), "gcs_object": result.object_name,
+                                            "gcs_md5": result.md5_b64}))
+                if len(done) >= 25:
+                    store.update_instances(batch_id, done)
+                    done = []
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            store.update_instances(batch_id, done)
     manifests = []
     for study_uid, instances in sorted(studies.items()):
         instances = [i for i in store.instances(batch_id) if i.deid_study_instance_uid == study_uid and i.gcs_object]
@@ -502,7 +536,6 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         _retrying("gcs", settings, lambda: gcs.write_manifest(manifest_name, manifest))
         manifests.append(manifest_name)
     _mark_sent_if_complete(store, batch_id, options)
-    store.set_status(batch_id, "SENT")
     return {"destination": "gcs", "bucket": settings.gcs_bucket, "uploaded": uploaded, "already_present": skipped,
             "verified": uploaded + skipped, "manifests": manifests}
 
@@ -515,6 +548,8 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
     _mark_sent_if_complete(store, batch_id, options)
     instances = store.instances(batch_id)
     deliverable = [i for i in instances if i.state != "ERROR"]
+    if not deliverable:
+        raise PermanentError("no instance of the batch could be delivered: every file is held back in quarantine")
     unsent = [i for i in deliverable if i.state not in ("SENT", "DONE")]
     if unsent:
         raise PermanentError(

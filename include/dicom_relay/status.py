@@ -255,13 +255,14 @@ class StatusStore:
     # -- operations (migration 2; used by dicom_relay.operations) ----------------------------------------------
     def record_decision(self, batch_id: str, decision: dict, *, expect_rerun_count: int | None = None,
                         count_rerun: bool = False) -> Batch | None:
-        """Store ``decision`` as the batch's ``last_decision``, optionally counting one more rerun.
+        """Store ``decision`` (plus ``at``) as the batch's ``last_decision``, optionally counting one more rerun.
 
         With ``expect_rerun_count`` the update only happens if ``rerun_count`` still has that value and the batch
         is still in ERROR (two deciders cannot both spend the same attempt). Returns the updated batch, or None
         when nothing was updated. ``updated_at`` is left alone: a decision is not progress of the batch.
         """
-        sql = "UPDATE relay_batch SET last_decision = %s"
+        # ``at`` comes from the database clock, like ``run_started_at`` it is compared with.
+        sql = "UPDATE relay_batch SET last_decision = %s::jsonb || jsonb_build_object('at', clock_timestamp())"
         if count_rerun:
             sql += ", rerun_count = rerun_count + 1"
         sql += " WHERE batch_id = %s"

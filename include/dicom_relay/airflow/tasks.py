@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from dicom_relay import pipeline
+from dicom_relay import operations, pipeline
 from dicom_relay.config import Settings
 from dicom_relay.errors import PermanentError
+from dicom_relay.status import StatusStore
 
 STEPS: dict[str, Callable[..., dict]] = {
     "import": pipeline.import_batch,
@@ -45,3 +46,27 @@ def claim_folders() -> list[dict[str, Any]]:
 
 def mark_dispatched(runs: list[dict[str, Any]]) -> int:
     return pipeline.mark_dispatched(Settings.from_env(), [r["conf"]["batch_id"] for r in runs])
+
+
+# -- rerun_errors -------------------------------------------------------------------------------------------------
+
+def _process_study_run_state(run_id: str) -> str | None:
+    """The state of a process_study run, through the Task SDK (tasks may not use the metadata ORM)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    try:
+        state = RuntimeTaskInstance.get_dagrun_state(operations.PROCESS_DAG, run_id)
+    except Exception:  # noqa: BLE001 - no such run (or not readable): unknown, the rules treat it so
+        return None
+    return str(getattr(state, "value", state)) if state is not None else None
+
+
+def decide_reruns() -> list[dict[str, Any]]:
+    """The decide task of rerun_errors: one {batch_id, decision, reason[, run_id]} per batch in ERROR."""
+    settings = Settings.from_env()
+    decisions = operations.decide_reruns(StatusStore(settings.db_url), run_state=_process_study_run_state)
+    return [d.public() for d in decisions]
+
+
+def reruns_to_request(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return operations.runs_to_request(decisions)

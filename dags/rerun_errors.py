@@ -1,0 +1,43 @@
+"""rerun_errors: every 10 minutes, rerun batches whose latest run failed only for transient reasons.
+
+A batch in ERROR is rerun (run id ``rerun__<batch_id>__<n>``) when its latest run is over, every failure of that run
+was transient (a destination or service was down) and it has reruns left (RELAY_MAX_RERUNS, default 3). Otherwise it
+is left for a person. The decide task's XCom lists every decision ({batch_id, decision, reason}); each decision is
+also recorded on the batch (``dicom-relay status``). See dicom_relay.operations and docs/RUNBOOK.md.
+"""
+
+from datetime import datetime, timedelta
+
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import DAG, task
+
+from dicom_relay.airflow import tasks
+
+with DAG(
+    dag_id="rerun_errors",
+    description="Rerun batches in ERROR whose latest failures were all transient (bounded by RELAY_MAX_RERUNS)",
+    schedule=timedelta(minutes=10),
+    start_date=datetime(2024, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    # A scheduled safety net must not wait for someone to unpause it.
+    is_paused_upon_creation=False,
+    tags=["dicom-relay"],
+) as dag:
+
+    @task
+    def decide():
+        return tasks.decide_reruns()
+
+    @task
+    def reruns(decisions):
+        return tasks.reruns_to_request(decisions)
+
+    runs = reruns(decide())
+    TriggerDagRunOperator.partial(
+        task_id="start_reruns",
+        trigger_dag_id="process_study",
+        logical_date=None,
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    ).expand_kwargs(runs)
