@@ -11,6 +11,7 @@ hides them from ``repr``.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -82,6 +83,10 @@ class Settings:
     gcs_project: str = "dicom-relay"
     gcs_prefix: str = "studies"
 
+    # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run; a run's
+    # ``deid_options`` param overrides them one by one.
+    deid_options: dict = field(default_factory=dict)
+
     # Destination retry budget inside one task attempt (Airflow retries come on top).
     send_attempts: int = 4
     send_backoff_seconds: float = 1.0
@@ -104,7 +109,16 @@ class Settings:
             except ValueError as exc:
                 raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
 
+        raw_deid = env.get("RELAY_DEID_OPTIONS", "").strip() or "{}"
+        try:
+            deid_options = json.loads(raw_deid)
+        except json.JSONDecodeError as exc:
+            raise ConfigError("RELAY_DEID_OPTIONS must be a JSON object, e.g. {\"retain_safe_private\": true}") from exc
+        if not isinstance(deid_options, dict):
+            raise ConfigError("RELAY_DEID_OPTIONS must be a JSON object")
+
         return cls(
+            deid_options=deid_options,
             inbox=Path(s("RELAY_INBOX", str(d.inbox))),
             work_dir=Path(s("RELAY_WORK_DIR", str(d.work_dir))),
             stable_seconds=num("RELAY_STABLE_SECONDS", d.stable_seconds, float),

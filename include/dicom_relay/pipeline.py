@@ -63,7 +63,7 @@ class RunOptions:
             deidentify=pick("deidentify", settings.deidentify),
             send_orthanc=pick("send_orthanc", settings.send_orthanc),
             send_gcs=pick("send_gcs", settings.send_gcs),
-            deid=dict(params.get("deid_options") or {}),
+            deid={**settings.deid_options, **(params.get("deid_options") or {})},
         )
 
     def destinations(self) -> list[str]:

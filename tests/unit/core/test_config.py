@@ -29,3 +29,13 @@ def test_overrides_keep_configured_value_for_none():
 
 def test_blank_switch_means_default_not_false():
     assert Settings.from_env({"DEIDENTIFY_RESTFUL": ""}).deidentify is True
+
+
+def test_deid_options_from_configuration_and_per_run():
+    from dicom_relay.pipeline import RunOptions
+
+    s = Settings.from_env({"RELAY_DEID_OPTIONS": '{"retain_safe_private": true, "dates": "full"}'})
+    merged = RunOptions.resolve(s, {"deid_options": {"dates": "remove"}}).deid
+    assert merged == {"retain_safe_private": True, "dates": "remove"}
+    with pytest.raises(ConfigError, match="RELAY_DEID_OPTIONS"):
+        Settings.from_env({"RELAY_DEID_OPTIONS": "[1, 2]"})
