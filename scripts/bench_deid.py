@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Benchmark the relay's de-identification against plain pydicom read+write and peer tools.
 
-    python scripts/bench_deid.py                      # 500 instances, 512x512 16-bit CT; RSS at 500 and 2000
-    python scripts/bench_deid.py --workers 2          # the relay with a process pool (large studies)
+    python scripts/bench_deid.py                      # 500 instances, 512x512 16-bit CT; RSS at 500 and 2000;
+                                                      # the relay also with a pool of one process per core
+    python scripts/bench_deid.py --workers 1          # one core only
     python scripts/bench_deid.py --no-peers --rss-sizes 500
 
 Each measurement runs in its own subprocess (so timings and peak memory do not mix); the child reports its
 wall time and peak RSS (``getrusage(RUSAGE_SELF)``, plus ``RUSAGE_CHILDREN`` for pool workers), and the parent
-prints files/s, the ratio to the plain pydicom read+write floor, and peak RSS. Peers (dicognito, Kitware
+prints a Markdown table: files/s, the ratio to the plain pydicom read+write floor, how much faster the relay
+(one core) is than each peer, and peak RSS. ``relay+verify`` adds the verification the pipeline runs
+(``LeakCheck.add`` on each original, ``find_leaks`` over the outputs). Peers (dicognito, Kitware
 dicom-anonymizer, pydicom/deid) are optional: install them into the venv only to benchmark
 (``.venv/bin/pip install dicognito dicom-anonymizer deid``); a missing one is reported, not fatal.
 """
@@ -25,19 +28,26 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("relay", "pydicom", "dicognito", "dicom-anonymizer", "deid")
+MODES = ("relay", "relay+verify", "pydicom", "dicognito", "dicom-anonymizer", "deid")
 PEER_MODULES = {"dicognito": "dicognito", "dicom-anonymizer": "dicomanonymizer", "deid": "deid"}
 
 
 # --- child side ------------------------------------------------------------------------------------------
 def _relay_worker(args):
-    from dicom_relay.deid import Deidentifier, PatientIdentity
+    from dicom_relay.deid import Deidentifier, LeakCheck, PatientIdentity
 
-    files, dst, accession = args
+    files, dst, accession, verify = args
     d = Deidentifier("bench-secret")
     identity = PatientIdentity("BENCHPATIENT", -17, {accession: "ACCBENCH"})
+    check = LeakCheck(d.options) if verify else None
     for f in files:
-        d.deidentify_file(Path(f), Path(dst), identity)
+        r = d.deidentify_file(Path(f), Path(dst), identity)
+        if check is not None:
+            check.add(Path(f), identity, r.path)  # what the pipeline does: values of the original, output mapped
+    if check is not None and check.find_leaks():
+        raise SystemExit("verification found leaks")
+    if d.raw_path_used != len(files):
+        print(f"warning: {len(files) - d.raw_path_used} file(s) took the pydicom path", file=sys.stderr)
     return len(files)
 
 
@@ -48,15 +58,16 @@ def child(mode: str, src: Path, dst: Path, workers: int) -> dict:
     dst.mkdir(parents=True, exist_ok=True)
     accession = str(pydicom.dcmread(files[0], stop_before_pixels=True).get("AccessionNumber", ""))
     t0 = time.perf_counter()
-    if mode == "relay":
+    if mode in ("relay", "relay+verify"):
+        verify = mode == "relay+verify"
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
             chunks = [[str(f) for f in files[i::workers]] for i in range(workers)]
             with ProcessPoolExecutor(workers) as pool:
-                sum(pool.map(_relay_worker, [(c, str(dst), accession) for c in chunks]))
+                sum(pool.map(_relay_worker, [(c, str(dst), accession, verify) for c in chunks]))
         else:
-            _relay_worker(([str(f) for f in files], str(dst), accession))
+            _relay_worker(([str(f) for f in files], str(dst), accession, verify))
     elif mode == "pydicom":
         for f in files:
             pydicom.dcmread(f).save_as(dst / f.name)
@@ -107,8 +118,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="benchmark de-identification")
     ap.add_argument("--instances", type=int, default=500)
     ap.add_argument("--rss-sizes", default="500,2000", help="study sizes for the peak-RSS measurement of the relay")
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--repeat", type=int, default=2, help="best of N for the relay and pydicom timings")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="also measure the relay with a pool of N processes (default: the machine's cores)")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N for the relay and pydicom timings")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--work-dir", type=Path, default=None)
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -126,30 +138,48 @@ def main(argv=None) -> int:
         src = work / f"study-{args.instances}"
         print(f"generating a {args.instances}-instance 512x512 16-bit CT study in {src} ...")
         generate_ct_study(src, n_instances=args.instances, n_series=2, seed="bench")
-        print(f"\nthroughput, {args.instances} instances, {args.workers} worker(s) for the relay, best of {args.repeat}:")
-        results = {}
+        print(f"\nthroughput, {args.instances} instances, one core unless stated, best of {args.repeat} for the relay "
+              f"and pydicom, one run for the peers:")
+        results: dict[str, dict] = {}
         for mode in MODES:
             if args.no_peers and mode in PEER_MODULES:
                 continue
-            reps = args.repeat if mode in ("relay", "pydicom") else 1
-            runs = [r for r in (measure(mode, src, work, args.workers if mode == "relay" else 1) for _ in range(reps)) if r]
+            reps = args.repeat if mode not in PEER_MODULES else 1
+            runs = [r for r in (measure(mode, src, work, 1) for _ in range(reps)) if r]
             if runs:
                 results[mode] = min(runs, key=lambda r: r["seconds"])
-        floor = results.get("pydicom")
-        relay = results.get("relay")
+        if args.workers > 1:
+            runs = [r for r in (measure("relay", src, work, args.workers) for _ in range(args.repeat)) if r]
+            if runs:
+                results[f"relay, {args.workers} workers"] = min(runs, key=lambda r: r["seconds"])
+        rate = {m: r["files"] / r["seconds"] for m, r in results.items()}
+        peers = [m for m in PEER_MODULES if m in rate]
+        fastest_peer = max(peers, key=lambda m: rate[m]) if peers else None
+        print()
+        print("| tool | files/s | seconds | peak RSS (MiB) | x pydicom read+write | relay (1 core) is x faster |")
+        print("|---|---:|---:|---:|---:|---:|")
         for mode, r in results.items():
-            rate = r["files"] / r["seconds"]
-            vs_floor = f"{rate / (floor['files'] / floor['seconds']):5.2f}x pydicom" if floor else ""
-            vs_relay = f"relay is {(relay['files'] / relay['seconds']) / rate:5.2f}x faster" if relay and mode != "relay" else ""
-            print(f"  {mode:17s} {rate:8.1f} files/s  {r['seconds']:7.2f} s  peak RSS {r['rss_kb'] / 1024:7.1f} MiB  {vs_floor}  {vs_relay}")
+            vs_floor = f"{rate[mode] / rate['pydicom']:.2f}" if "pydicom" in rate else ""
+            vs = f"{rate['relay'] / rate[mode]:.2f}" if "relay" in rate and not mode.startswith("relay") else ""
+            print(f"| {mode} | {rate[mode]:.0f} | {r['seconds']:.2f} | {r['rss_kb'] / 1024:.0f} | {vs_floor} | {vs} |")
+        if fastest_peer and "relay" in rate:
+            print(f"\nrelay vs the fastest peer ({fastest_peer}): {rate['relay'] / rate[fastest_peer]:.2f}x; "
+                  f"vs the pydicom floor: {rate['relay'] / rate.get('pydicom', float('nan')):.2f}x")
+        if "relay+verify" in rate and "relay" in rate:
+            per_file = 1e3 * (1 / rate["relay+verify"] - 1 / rate["relay"])
+            print(f"verification (LeakCheck.add per original + find_leaks over the outputs): {per_file:.2f} ms/file")
         print("\npeak RSS of the relay by study size:")
+        print("| instances | mode | workers | files/s | peak RSS (MiB) |")
+        print("|---:|---|---:|---:|---:|")
         for n in [int(x) for x in args.rss_sizes.split(",") if x.strip()]:
             study = src if n == args.instances else work / f"study-{n}"
             if n != args.instances:
                 generate_ct_study(study, n_instances=n, n_series=2, seed=f"bench{n}")
-            r = measure("relay", study, work, args.workers)
-            if r:
-                print(f"  {n:6d} instances: {r['files'] / r['seconds']:8.1f} files/s, peak RSS {r['rss_kb'] / 1024:7.1f} MiB")
+            runs = [("relay", 1), ("relay+verify", 1)] + ([("relay", args.workers)] if args.workers > 1 else [])
+            for mode, w in runs:
+                r = measure(mode, study, work, w)
+                if r:
+                    print(f"| {n} | {mode} | {w} | {r['files'] / r['seconds']:.0f} | {r['rss_kb'] / 1024:.0f} |")
             if study != src:
                 shutil.rmtree(study, ignore_errors=True)
         print(f"\n(children's max RSS seen by this process: {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.1f} MiB)")

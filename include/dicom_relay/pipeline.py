@@ -12,6 +12,7 @@ Every step is safe to run again: work already done and verified is not done twic
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import functools
 from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
@@ -311,7 +312,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     """De-identify every instance into the batch's staging folder, then verify no original value survived."""
     import pydicom
 
-    from .deid import Deidentifier, DeidOptions, find_leaks, identifying_values
+    from .deid import DeidError, Deidentifier, DeidOptions, find_leaks, identifying_values
 
     _require_batch(store, batch_id)
     paths = BatchPaths(settings, batch_id)
@@ -340,7 +341,11 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
             identity = identities[patient_key(str(header.get("PatientID", "") or "").strip(),
                                               str(header.get("StudyInstanceUID", "") or "").strip())]
             originals |= identifying_values(header, deid_options, identity)
-            result = deidentifier.deidentify_file(src, paths.deid, identity)
+            try:
+                result = deidentifier.deidentify_file(src, paths.deid, identity)
+            except DeidError as exc:
+                _reraise_if_out_of_space(exc)
+                raise
             if result.quarantine_reason:
                 label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)
                 number += 1
@@ -383,6 +388,18 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         "studies": sorted({c["deid_study_instance_uid"] for c in done}),
         "verified_no_leak": True,
     }
+
+
+def _reraise_if_out_of_space(exc: BaseException) -> None:
+    """A full (or over-quota) work area is transient, not a problem of the instance.
+
+    The engine reports every write failure as a ``DeidError`` (its message names only the exception type); the
+    ``OSError`` underneath says whether the disk was full. Raise that as an ``OSError`` so that
+    ``replace_identifiers`` records "no space left on device" as a transient error.
+    """
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise OSError(cause.errno, os.strerror(cause.errno)) from None
 
 
 def _pass_through(batch_id: str, paths: BatchPaths, store: StatusStore) -> dict:

@@ -192,7 +192,7 @@ def test_release_refusals(settings, tmp_path):
     assert cli.main(["quarantine", "list", "no-such-batch"]) == 1
 
 
-def test_requeue_refusals_need_no_airflow(settings, tmp_path, capsys):
+def test_requeue_refusals_need_no_airflow(settings, tmp_path, capsys, monkeypatch):
     store = StatusStore(settings.db_url)
     store.migrate()
     store.create_batch("20260101T000000-aaaaaa", "ACC-SECRET")
@@ -206,7 +206,8 @@ def test_requeue_refusals_need_no_airflow(settings, tmp_path, capsys):
     # The command line: no Airflow settings, a clear message and exit 1.
     assert cli.main(["requeue", "20260101T000000-aaaaaa", "--force"]) == 1
     assert "AIRFLOW_URL" in capsys.readouterr().err
-    os.environ.update({"AIRFLOW_URL": "http://127.0.0.1:1", "AIRFLOW_USER": "admin", "AIRFLOW_PASSWORD": "x"})
+    for key, value in {"AIRFLOW_URL": "http://127.0.0.1:1", "AIRFLOW_USER": "admin", "AIRFLOW_PASSWORD": "x"}.items():
+        monkeypatch.setenv(key, value)
     assert cli.main(["requeue", "20260101T000000-aaaaaa"]) == 1
     assert "DONE" in capsys.readouterr().err
     assert cli.main(["requeue", "20260101T000000-aaaaaa", "--force"]) == 1

@@ -10,7 +10,7 @@ from dicom_relay.deid.errors import DeidError, LeakError
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import provenance
 from dicom_relay.deid.uids import remap_uid
-from dicom_relay.deid.verify import Leak, find_leaks, identifying_values
+from dicom_relay.deid.verify import Leak, LeakCheck, find_leaks, identifying_values
 
 __all__ = [
     "DeidError",
@@ -18,6 +18,7 @@ __all__ = [
     "DeidResult",
     "Deidentifier",
     "Leak",
+    "LeakCheck",
     "LeakError",
     "PatientIdentity",
     "find_leaks",

@@ -19,11 +19,13 @@ How one instance is processed (:meth:`Deidentifier.deidentify_dataset`):
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
@@ -36,13 +38,14 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
-from dicom_relay.deid import codes, fastio
+from dicom_relay.deid import codes, fastio, rawpath
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.errors import DeidError
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import resolve_compound, rules_for, safe_private, sop_family
 from dicom_relay.deid.text import TextCleaner
 from dicom_relay.deid.uids import UidMapper
+from dicom_relay.deid.verify import LeakCheck, _collect
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
 PATIENT_NAME = 0x00100010
@@ -131,6 +134,19 @@ def _marking_elements(options: DeidOptions, implicit: bool, little: bool) -> dic
     return out
 
 
+_POOL_DEIDENTIFIERS: dict = {}
+
+
+def _pool_job(args):
+    """One file in a worker process of :meth:`Deidentifier.deidentify_files` (one Deidentifier per process)."""
+    key, options, src, dst_dir, identity, collect = args
+    d = _POOL_DEIDENTIFIERS.get((key, options))
+    if d is None:
+        d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
+    result = d.deidentify_file(src, dst_dir, identity)
+    return result, (_collect(src, options, identity) if collect else None)
+
+
 @dataclass(frozen=True)
 class PatientIdentity:
     """What the identifier service returned for one patient: pseudonym, day offset, accession pseudonyms."""
@@ -181,6 +197,9 @@ class Deidentifier:
             or o.retain_patient_characteristics or o.retain_device_identity
         )
         self._safe = safe_private() if self._rules.private_action == "C" else frozenset()
+        # The raw fast path (rawpath.py) covers option sets that need neither a text cleaner nor a safe list.
+        self._raw_ok = not self._needs_cleaner and not self._safe
+        self.raw_path_used = 0  # files that took the fast path (for tests and the bench)
 
     # --- public API ---------------------------------------------------------------------------------------
     def remap_uid(self, uid: str) -> str:
@@ -193,12 +212,17 @@ class Deidentifier:
 
     def quarantine_reason(self, ds: Dataset) -> str | None:
         """Why ``ds`` must be held back (pixels may show identifying text), or None. No PHI in the reason."""
+        return self._quarantine(
+            str(ds.get("BurnedInAnnotation", "") or ""), str(ds.get("SOPClassUID", "")), str(ds.get("Modality", "") or "")
+        )
+
+    def _quarantine(self, burned_in: str, sop_class: str, modality: str) -> str | None:
         o = self.options
-        if o.quarantine_burned_in and str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
+        if o.quarantine_burned_in and burned_in.strip().upper() == "YES":
             return "BurnedInAnnotation is YES: pixel data may show identifying text"
-        if o.quarantine_secondary_capture and str(ds.get("SOPClassUID", "")) in SECONDARY_CAPTURE:
+        if o.quarantine_secondary_capture and sop_class in SECONDARY_CAPTURE:
             return "secondary capture SOP class: pixel data may show identifying text"
-        modality = str(ds.get("Modality", "") or "").strip().upper()
+        modality = modality.strip().upper()
         if modality and modality in o.quarantine_modalities:
             return f"modality {modality}: pixel data commonly shows identifying text"
         return None
@@ -221,6 +245,15 @@ class Deidentifier:
     def deidentify_file(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
         """De-identify one file into ``dst_dir/<new SOP Instance UID>.dcm``, or hold it back."""
         src, dst_dir = Path(src), Path(dst_dir)
+        if self._raw_ok:
+            result = self._deidentify_raw(src, dst_dir, identity)
+            if result is not None:
+                self.raw_path_used += 1
+                return result
+        return self._deidentify_file_pydicom(src, dst_dir, identity)
+
+    def _deidentify_file_pydicom(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
+        """The reference path: pydicom reads the header, the dataset walk, pydicom-compatible writing."""
         try:
             header = fastio.read_header(src)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
@@ -256,6 +289,217 @@ class Deidentifier:
             str(ds.SOPClassUID),
             None,
         )
+
+    def deidentify_files(
+        self,
+        jobs: Iterable[tuple[Path, PatientIdentity]],
+        dst_dir: Path,
+        *,
+        workers: int = 1,
+        check: LeakCheck | None = None,
+    ) -> list[DeidResult]:
+        """:meth:`deidentify_file` for many ``(source, identity)`` pairs; results in input order.
+
+        With ``check``, each original is registered with its output (:meth:`LeakCheck.add`). ``workers`` > 1
+        uses a process pool of that many processes (large studies: de-identification is CPU bound and each
+        file is independent; UIDs and pseudonyms are keyed, so the output does not depend on the split). The
+        first error is raised, as in a loop. In a daemonic process (which cannot have children) it runs here.
+        """
+        jobs = [(Path(src), identity) for src, identity in jobs]
+        dst_dir = Path(dst_dir)
+        pooled = workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon
+        if not pooled:
+            out = []
+            for src, identity in jobs:
+                result = self.deidentify_file(src, dst_dir, identity)
+                if check is not None:
+                    check.add(src, identity, result.path)
+                out.append(result)
+            return out
+        from concurrent.futures import ProcessPoolExecutor
+
+        args = [(self._secret_key, self.options, src, dst_dir, identity, check is not None) for src, identity in jobs]
+        with ProcessPoolExecutor(workers) as pool:
+            done = list(pool.map(_pool_job, args, chunksize=max(1, len(args) // (workers * 8))))
+        for (src, _), (result, collected) in zip(jobs, done):
+            if check is not None:
+                check._add_collected(collected, result.path)
+        return [result for result, _ in done]
+
+    # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
+    def _deidentify_raw(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult | None:
+        """De-identify ``src`` on its raw bytes; None when the file needs the pydicom path.
+
+        Same order of checks as the pydicom path: readable, SOP UIDs present, quarantine, then the identity.
+        """
+        try:
+            fd = os.open(src, os.O_RDONLY)
+        except OSError:
+            return None  # the pydicom path raises the error
+        try:
+            try:
+                buf, meta, _, elems, pixel_at, implicit, size = rawpath.read_file(fd)
+                top = {el.tag: el for el in elems}
+                val = lambda tag: rawpath.ascii_value(buf, top[tag]) if tag in top else ""  # noqa: E731
+                sop_uid, sop_class = val(rawpath.SOP_INSTANCE), val(rawpath.SOP_CLASS)
+                if not sop_uid or not sop_class:
+                    raise rawpath.Fallback  # the pydicom path gives the precise error
+                burned, modality = val(rawpath.BURNED_IN), val(rawpath.MODALITY)
+                if "\\" in burned + modality + sop_class:
+                    raise rawpath.Fallback
+                reason = self._quarantine(burned, sop_class, modality)
+                if reason is not None:
+                    return DeidResult(
+                        None, self.remap_uid(sop_uid), self.remap_uid(val(rawpath.SERIES_UID)),
+                        self.remap_uid(val(rawpath.STUDY_UID)), sop_class, reason,
+                    )
+                if not isinstance(identity, PatientIdentity):
+                    raise DeidError("identity must be a PatientIdentity")
+                if not identity.patient_pseudonym:
+                    raise DeidError("the patient pseudonym is empty")
+                ctx = _Ctx(identity, sop_family(sop_class), None)
+                out = dict(self._raw_walk(buf, elems, ctx, NORMAL, implicit))
+                for tag, elem in _marking_elements(self.options, implicit, True).items():
+                    out[tag] = rawpath.frame(tag, None if implicit else elem.VR.encode(), elem.value, implicit)
+                pseudo = rawpath.padded(identity.patient_pseudonym, "PN")
+                for tag, vr in ((PATIENT_NAME, b"PN"), (PATIENT_ID, b"LO")):
+                    el = top.get(tag)
+                    out[tag] = rawpath.frame(tag, vr if el is None else el.fvr, pseudo, implicit)
+                new_sop = rawpath.chunk_value(out[rawpath.SOP_INSTANCE], implicit)
+                new_class = rawpath.chunk_value(out[rawpath.SOP_CLASS], implicit)
+                get = lambda tag: rawpath.chunk_value(out[tag], implicit) if tag in out else ""  # noqa: E731
+                meta_class = meta.get(0x00020002) or new_class
+                head = b"".join((
+                    b"\0" * 128, b"DICM", rawpath.encode_meta(meta_class, new_sop, meta[0x00020010]),
+                    *(out[t] for t in sorted(out)),
+                ))
+                tail = rawpath.find_tail(fd, pixel_at, size, implicit, buf)
+            except (rawpath.Fallback, struct.error, RecursionError, OSError):
+                return None  # the pydicom path decides (and raises the precise error, if any)
+            dst_dir.mkdir(parents=True, exist_ok=True)
+            dst = dst_dir / f"{new_sop}.dcm"
+            try:
+                rawpath.write_output(dst, head, fd, tail)
+            except (OSError, ValueError, TypeError) as exc:
+                raise DeidError(f"could not write the de-identified instance ({type(exc).__name__})") from None
+        finally:
+            os.close(fd)
+        return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None)
+
+    def _raw_walk(self, buf: bytes, elems: list, ctx: _Ctx, mode: int, implicit: bool) -> list[tuple[int, bytes]]:
+        """:meth:`_walk` on raw elements: the (tag, encoded element) pairs of the output, in tag order."""
+        out: list[tuple[int, bytes]] = []
+        add = out.append
+        exact = self._exact
+        frame = rawpath.frame
+        jitter = ctx.identity.jitter_days
+        for el in elems:
+            tag = el.tag
+            group = tag >> 16
+            if group & 1:
+                continue  # private: removed (the safe list takes the pydicom path)
+            if not tag & 0xFFFF and group != 2:
+                continue  # group length
+            if tag in (PATIENT_NAME, PATIENT_ID, ACCESSION_NUMBER):
+                if tag == ACCESSION_NUMBER:
+                    original = rawpath.text_value(buf, el).strip()
+                    if not original:
+                        add((tag, frame(tag, el.fvr, b"", implicit)))
+                        continue
+                    new = ctx.identity.accession_pseudonyms.get(original)
+                    if not new:
+                        raise DeidError("AccessionNumber is present but the identity has no pseudonym for it")
+                else:
+                    new = ctx.identity.patient_pseudonym
+                add((tag, frame(tag, el.fvr, rawpath.padded(new, ""), implicit)))
+                continue
+            rule = exact.get(tag)
+            vr = el.vr
+            if rule is None:
+                if 0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E:
+                    continue
+                if vr in DATE_VRS:
+                    self._raw_date(buf, el, vr, "X", jitter, implicit, add)
+                elif vr == "SQ":
+                    add((tag, self._raw_seq(buf, el, ctx, mode, implicit)))
+                elif mode == DUMMYMODE and tag in CONTENT_TEXT:
+                    add((tag, rawpath.encode_new(tag, vr, DUMMY[vr], implicit)))
+                else:
+                    add((tag, buf[el.start : el.vend]))
+                continue
+            act, _, keyword, basic = rule
+            if "/" in act:
+                act = resolve_compound(act, keyword, ctx.family)
+            if act == "K":
+                if vr == "SQ":
+                    add((tag, self._raw_seq(buf, el, ctx, mode, implicit)))
+                else:
+                    add((tag, buf[el.start : el.vend]))
+            elif act == "X":
+                continue
+            elif act == "Z":
+                if vr == "SQ":
+                    add((tag, rawpath.encode_sequence(tag, [], False, implicit)))
+                else:
+                    add((tag, frame(tag, el.fvr, b"", implicit)))
+            elif act == "U":
+                if vr == "SQ":
+                    add((tag, self._raw_seq(buf, el, ctx, mode, implicit)))
+                else:
+                    self._raw_uids(buf, el, implicit, add)
+            elif act == "D":
+                if vr == "SQ":
+                    add((tag, self._raw_seq(buf, el, ctx, DUMMYMODE, implicit)))
+                elif vr == "UI":
+                    self._raw_uids(buf, el, implicit, add)
+                elif vr in DATE_VRS and self.options.dates != "remove":
+                    self._raw_date(buf, el, vr, "Z", jitter, implicit, add)
+                else:
+                    add((tag, rawpath.encode_new(tag, vr, DUMMY.get(vr, "ANONYMIZED"), implicit)))
+            elif act == "C":
+                if vr in DATE_VRS:
+                    self._raw_date(buf, el, vr, "X" if basic == "X" else "Z", jitter, implicit, add)
+                elif vr == "SQ":
+                    add((tag, self._raw_seq(buf, el, ctx, max(mode, CLEAN), implicit)))
+                elif vr in BINARY_VRS:
+                    continue
+                else:
+                    add((tag, buf[el.start : el.vend]))  # no cleaner on this path: the text is kept as it is
+            else:  # pragma: no cover - the table loader validates the action codes
+                raise DeidError(f"unknown action for {keyword or hex(tag)}")
+        return out
+
+    def _raw_seq(self, buf: bytes, el, ctx: _Ctx, mode: int, implicit: bool) -> bytes:
+        items = [(undef, [c for _, c in self._raw_walk(buf, elems, ctx, mode, implicit)]) for undef, elems in el.items]
+        return rawpath.encode_sequence(el.tag, items, el.undef, implicit)
+
+    def _raw_uids(self, buf: bytes, el, implicit: bool, add) -> None:
+        text = rawpath.ascii_value(buf, el)
+        if not text:
+            add((el.tag, buf[el.start : el.vend]))
+            return
+        new = "\\".join(self._uid(x) for x in text.split("\\"))
+        add((el.tag, rawpath.frame(el.tag, el.fvr, rawpath.padded(new, "UI"), implicit)))
+
+    def _raw_date(self, buf: bytes, el, vr: str, on_failure: str, jitter: int, implicit: bool, add) -> None:
+        mode = self.options.dates
+        if mode == "full":
+            add((el.tag, buf[el.start : el.vend]))
+            return
+        if mode == "remove":
+            return
+        text = rawpath.ascii_value(buf, el)
+        if not text:
+            add((el.tag, buf[el.start : el.vend]))
+            return
+        new = shift_value(vr, text, jitter)
+        if new is None:
+            if on_failure != "X":
+                add((el.tag, rawpath.frame(el.tag, el.fvr, b"", implicit)))
+        elif new != text:
+            add((el.tag, rawpath.frame(el.tag, el.fvr, rawpath.padded(new, vr), implicit)))
+        else:
+            add((el.tag, buf[el.start : el.vend]))
 
     # --- the walk -----------------------------------------------------------------------------------------
     def _walk(self, ds: Dataset, ctx: _Ctx, mode: int) -> None:

@@ -188,6 +188,7 @@ def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
 
 def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     """Wait until the folder's batch has a finished run (retries included); return the batch."""
+    from dicom_relay.inbox import run_id_for
     from dicom_relay.status import StatusStore
 
     from .airflow import AirflowClient
@@ -199,12 +200,13 @@ def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     def finished() -> bool:
         store.migrate()
         batch = next((b for b in store.list_batches(limit=200) if b.folder == folder), None)
-        if batch is None or batch.run_id is None:
+        if batch is None:
             return False
         found["batch"] = batch
         if batch.status in ("DONE", "EMPTY"):
             return True
-        return client.get(f"/dags/process_study/dagRuns/{batch.run_id}")["state"] in ("success", "failed")
+        run = client.request("GET", f"/dags/process_study/dagRuns/{run_id_for(batch.batch_id)}")
+        return run.status_code == 200 and run.json()["state"] in ("success", "failed")
 
     wait_until(finished, timeout, "sample study delivery", interval=2)
     return store.get_batch(found["batch"].batch_id)
@@ -227,6 +229,12 @@ def up(run_dir: Path, sample: bool = True) -> int:
         print("dropped a generated CT study into the inbox; waiting for delivery ...", flush=True)
         batch = wait_for_batch(env, folder)
         print(f"sample batch {batch.batch_id}: {batch.status} {batch.counts}")
+        orthanc = batch.summary.get("send_orthanc", {})
+        gcs = batch.summary.get("send_gcs", {})
+        for study in orthanc.get("studies", []):
+            print(f"  Orthanc: study {study} ({orthanc.get('verified')} instances verified)")
+        for manifest in gcs.get("manifests", []):
+            print(f"  GCS:     gs://{gcs.get('bucket')}/{manifest.rsplit('/', 1)[0]}/ ({gcs.get('verified')} objects verified)")
         if batch.status != "DONE":
             print(json.dumps(batch.errors, indent=2))
             status = 1

@@ -1,0 +1,198 @@
+"""Verification of a batch (LeakCheck): shifted dates that equal other original dates, and what is searched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pydicom.data
+import pytest
+from pydicom.data import get_testdata_file
+
+from dicom_relay.deid import Deidentifier, DeidOptions, LeakCheck, PatientIdentity, find_leaks, identifying_values
+from dicom_relay.samples import generate_ct_study
+
+from .corpus import planted_dataset
+from .test_profile import OPTION_SETS
+
+JITTER = 10  # 20240314 + 10 days = 20240324, the date of the second study
+
+
+def _two_studies_ten_days_apart(tmp_path: Path):
+    """One patient, two studies in one batch: 20240314 and 20240324 (every date of an instance = its study date)."""
+    a = generate_ct_study(tmp_path / "in" / "a", n_instances=2, rows=8, columns=8, study_date="20240314")
+    b = generate_ct_study(tmp_path / "in" / "b", n_instances=2, rows=8, columns=8, study_date="20240324")
+    identity = PatientIdentity("PSEUDO-7", JITTER, {a.accession_number: "ACC-A", b.accession_number: "ACC-B"})
+    d = Deidentifier("k-leak")
+    check = LeakCheck(d.options)
+    flat: set[str] = set()
+    outputs = {}
+    for study in (a, b):
+        for src in sorted(study.folder.glob("*.dcm")):
+            r = d.deidentify_file(src, tmp_path / "out", identity)
+            flat |= identifying_values(pydicom.dcmread(src, stop_before_pixels=True), d.options, identity)
+            check.add(src, identity, r.path)
+            outputs.setdefault(study.study_date, []).append(r.path)
+    return check, flat, outputs, identity
+
+
+def test_a_shifted_date_equal_to_another_instances_original_date_is_not_a_leak(tmp_path: Path) -> None:
+    check, flat, outputs, _ = _two_studies_ten_days_apart(tmp_path)
+    a_out = outputs["20240314"]
+    assert pydicom.dcmread(a_out[0]).StudyDate == "20240324"  # the original date of study B
+    # The flat set cannot tell where a date came from: it refuses this batch (fail-closed, but wrong).
+    assert any("Date" in leak.location for leak in find_leaks(flat, a_out))
+    # LeakCheck knows which output came from which original and where each date was: the batch passes.
+    assert check.find_leaks() == []
+
+
+def test_an_unshifted_date_is_still_caught(tmp_path: Path) -> None:
+    check, _, outputs, _ = _two_studies_ten_days_apart(tmp_path)
+    path = outputs["20240314"][0]
+    ds = pydicom.dcmread(path)
+    ds.ContentDate = "20240314"  # the engine "forgot" to shift this attribute
+    ds.save_as(path)
+    leaks = check.find_leaks()
+    assert [(leak.file, leak.location) for leak in leaks] == [(path.name, "ContentDate")]
+    assert "20240314" not in leaks[0].message
+
+
+def test_an_original_date_in_free_text_or_a_uid_is_caught_in_any_output(tmp_path: Path) -> None:
+    check, _, outputs, _ = _two_studies_ten_days_apart(tmp_path)
+    path = outputs["20240324"][0]
+    ds = pydicom.dcmread(path)
+    ds.ImageComments = "follow-up of the exam of 20240314"  # study A's original date, in study B's output
+    ds.save_as(path)
+    assert [leak.location for leak in check.find_leaks()] == ["ImageComments"]
+
+
+def test_names_ids_and_uids_stay_global(tmp_path: Path) -> None:
+    check, _, outputs, identity = _two_studies_ten_days_apart(tmp_path)
+    a_src = pydicom.dcmread(sorted((tmp_path / "in" / "a").glob("*.dcm"))[0])
+    path = outputs["20240324"][1]
+    ds = pydicom.dcmread(path)
+    ds.ImageComments = f"prior {a_src.PatientID}"
+    ds.ReferencedSOPInstanceUID = a_src.SOPInstanceUID  # an original UID of the other study
+    ds.save_as(path)
+    assert sorted(leak.location for leak in check.find_leaks()) == ["ImageComments", "ReferencedSOPInstanceUID"]
+
+
+def test_an_output_not_registered_gets_the_strict_rule(tmp_path: Path) -> None:
+    check, _, outputs, _ = _two_studies_ten_days_apart(tmp_path)
+    stray = tmp_path / "stray.dcm"
+    stray.write_bytes(outputs["20240314"][0].read_bytes())
+    assert check.find_leaks([stray])  # 20240324 is an original date of study B: without a mapping, a leak
+    assert check.find_leaks(outputs["20240314"]) == []
+
+
+def test_jpeg_text_in_encapsulated_pixel_data_is_found_native_pixels_are_not_searched(tmp_path: Path) -> None:
+    no_hold = DeidOptions(quarantine_secondary_capture=False, quarantine_modalities=(), quarantine_burned_in=False)
+    d = Deidentifier("k", no_hold)
+    src = Path(get_testdata_file("JPEG2000.dcm"))
+    r = d.deidentify_file(src, tmp_path / "j", PatientIdentity("P", 3, {}))
+    data = bytearray(r.path.read_bytes())
+    secret = b"MRN0012345"
+    at = len(data) - 200  # inside the last fragment of the codestream
+    data[at : at + len(secret)] = secret
+    r.path.write_bytes(bytes(data))
+    assert [leak.location for leak in find_leaks([secret.decode()], [r.path])] == ["pixel data (encapsulated)"]
+    # Short values are not searched in compressed bytes (they would match by chance).
+    data[at : at + 4] = b"ABCD"
+    r.path.write_bytes(bytes(data))
+    assert find_leaks(["ABCD"], [r.path]) == []
+    # Native pixel data is copied byte for byte from the original and holds samples, not text: not searched.
+    study = generate_ct_study(tmp_path / "ct", n_instances=1, rows=8, columns=8)
+    r = d.deidentify_file(next(study.folder.glob("*.dcm")), tmp_path / "c", PatientIdentity("P", 3, {study.accession_number: "A"}))
+    data = bytearray(r.path.read_bytes())
+    data[-16:-6] = secret
+    r.path.write_bytes(bytes(data))
+    assert find_leaks([secret.decode()], [r.path]) == []
+    assert find_leaks([secret.decode()[:6]], [r.path]) == []
+
+
+def test_inside_a_uid_only_a_whole_component_is_a_leak(tmp_path: Path) -> None:
+    study = generate_ct_study(tmp_path / "in", n_instances=1, rows=8, columns=8)
+    r = Deidentifier("k").deidentify_file(next(study.folder.glob("*.dcm")), tmp_path / "o", PatientIdentity("P", 3, {study.accession_number: "A"}))
+    ds = pydicom.dcmread(r.path)
+    digits = ds.SOPInstanceUID[10:16]  # six digits from the middle of a replacement UID: found by chance only
+    assert digits.isdigit() and find_leaks([digits], [r.path]) == []
+    ds.ReferencedSOPInstanceUID = f"1.2.{digits}.7"
+    ds.save_as(r.path)
+    assert [leak.location for leak in find_leaks([digits], [r.path])] == ["ReferencedSOPInstanceUID"]
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "CT_small.dcm"])
+def test_find_leaks_reads_outputs_the_fast_reader_cannot(name: str, tmp_path: Path) -> None:
+    src = Path(get_testdata_file(name))
+    original = pydicom.dcmread(src)
+    identity = PatientIdentity("P", 3, {str(original.get("AccessionNumber", "")): "A"})
+    d = Deidentifier("k")
+    r = d.deidentify_file(src, tmp_path / "o", identity)
+    check = LeakCheck(d.options)
+    check.add(src, identity, r.path)
+    assert check.find_leaks() == []
+    ds = pydicom.dcmread(r.path)
+    ds.ImageComments = str(original.PatientName)
+    ds.save_as(r.path)
+    assert {leak.location for leak in check.find_leaks()} == {"ImageComments"}  # the name and its components
+
+
+def test_deidentify_files_with_a_pool_gives_the_same_files_and_registers_outputs(tmp_path: Path) -> None:
+    a = generate_ct_study(tmp_path / "in" / "a", n_instances=5, rows=8, columns=8, study_date="20240314")
+    b = generate_ct_study(tmp_path / "in" / "b", n_instances=4, rows=8, columns=8, study_date="20240324")
+    identity = PatientIdentity("PSEUDO-7", JITTER, {a.accession_number: "ACC-A", b.accession_number: "ACC-B"})
+    jobs = [(src, identity) for study in (a, b) for src in sorted(study.folder.glob("*.dcm"))]
+    d = Deidentifier("k-pool")
+    results = {}
+    for workers in (1, 2):
+        check = LeakCheck(d.options)
+        results[workers] = d.deidentify_files(jobs, tmp_path / f"out{workers}", workers=workers, check=check)
+        assert check.find_leaks() == []  # the multi-day batch passes: outputs are registered with their originals
+        assert len(check._outputs) == len(jobs)
+    assert [r.sop_instance_uid for r in results[1]] == [r.sop_instance_uid for r in results[2]]
+    for r1, r2 in zip(results[1], results[2]):
+        assert r1.path.read_bytes() == r2.path.read_bytes()
+    with pytest.raises(Exception, match="AccessionNumber"):
+        d.deidentify_files([(src, PatientIdentity("P", 1, {})) for src, _ in jobs], tmp_path / "bad", workers=2)
+
+
+@pytest.mark.parametrize("name", ["chrH31.dcm", "chrRuss.dcm", "chrX1.dcm", "chrGreek.dcm"])
+def test_non_ascii_names_are_found_whatever_the_character_set(name: str, tmp_path: Path) -> None:
+    src = Path(pydicom.data.__file__).parent / "charset_files" / name
+    original = pydicom.dcmread(src)
+    identity = PatientIdentity("P", 3, {str(original.get("AccessionNumber", "") or ""): "A"})
+    d = Deidentifier("k", DeidOptions(quarantine_secondary_capture=False, quarantine_modalities=()))
+    r = d.deidentify_file(src, tmp_path / "o", identity)
+    check = LeakCheck(d.options)
+    check.add(src, identity, r.path)
+    assert check.find_leaks() == []
+    name_value = str(original.PatientName)
+    assert not name_value.isascii()
+    ds = pydicom.dcmread(r.path)
+    ds.ImageComments = f"prior: {name_value}"  # written in the file's own character set
+    ds.save_as(r.path)
+    leaks = check.find_leaks()
+    assert "ImageComments" in {leak.location for leak in leaks}
+    # The non-ASCII value itself (not only its ASCII components) is found, in whatever bytes the charset gives.
+    assert any(not check.values[leak.value_index].isascii() for leak in leaks if leak.location == "ImageComments")
+
+
+@pytest.mark.parametrize("name", sorted(OPTION_SETS))
+def test_the_planted_corpus_passes_leakcheck_under_every_option_set(name: str, tmp_path: Path) -> None:
+    ds, planted = planted_dataset()
+    src = tmp_path / "src.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    identity = PatientIdentity("PSEUDO", -3, {planted[0x00080050]: "ACC-PSEUDO"})
+    d = Deidentifier("k", OPTION_SETS[name])
+    r = d.deidentify_file(src, tmp_path / "out", identity)
+    check = LeakCheck(d.options)
+    check.add(src, identity, r.path)
+    # Nested dates of the corpus collide after the shift (depth 4 shifted by -3 days = depth 1's original): the
+    # per-place rule lets this pass, and still catches the one date put back unshifted below.
+    assert check.find_leaks() == [], name
+    if d.options.dates != "modified":
+        return
+    out = pydicom.dcmread(r.path)
+    out.DerivationCodeSequence[0].AnatomicRegionSequence[0].StudyDate = ds.DerivationCodeSequence[0].AnatomicRegionSequence[0].StudyDate
+    out.save_as(r.path)
+    assert [leak.location for leak in check.find_leaks()] == ["DerivationCodeSequence[0].AnatomicRegionSequence[0].StudyDate"]
