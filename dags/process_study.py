@@ -7,19 +7,14 @@ Started by watch_inbox with the run id ``batch__<batch_id>``, or by hand:
 The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SEND_TO_ORTHANC / SEND_TO_GOOGLE.
 """
 
-import os
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param, get_current_context, task
 
-from dicom_relay.airflow.tasks import run_step
+from dicom_relay.airflow.tasks import record_task_failure, run_step
 from dicom_relay.config import Settings
 
 defaults = Settings.from_env()
-# Airflow's retries of a task (on top of the destinations' own retry budget inside one attempt). The fault-injection
-# suite shortens the delay so that a killed task is retried within seconds; production keeps 3 x 20 s, doubling.
-RETRIES = int(os.environ.get("RELAY_TASK_RETRIES", "3"))
-RETRY_DELAY = timedelta(seconds=float(os.environ.get("RELAY_TASK_RETRY_DELAY_SECONDS", "20")))
 
 with DAG(
     dag_id="process_study",
@@ -37,10 +32,11 @@ with DAG(
         "deid_options": Param({}, type="object", description="PS3.15 profile options, see docs/DEIDENTIFICATION.md"),
     },
     default_args={
-        "retries": RETRIES,
-        "retry_delay": RETRY_DELAY,
+        "retries": defaults.task_retries,
+        "retry_delay": timedelta(seconds=defaults.task_retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": record_task_failure,
     },
 ) as dag:
 

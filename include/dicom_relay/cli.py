@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+import psycopg
+
 from .config import ConfigError, Settings
 from .errors import RelayError
 
@@ -247,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except (ConfigError, RelayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError:
+        # Not the driver's text: it can quote the URL, password included.
+        print("error: cannot reach the status database (RELAY_DB_URL). After `make run`, "
+              "load the stack's settings first: . .run/stack.env", file=sys.stderr)
         return 2
 
 

@@ -90,6 +90,14 @@ class Settings:
     # Destination retry budget inside one task attempt (Airflow retries come on top).
     send_attempts: int = 4
     send_backoff_seconds: float = 1.0
+    # How long google-cloud-storage keeps retrying one request (5xx, dropped connections) by itself.
+    gcs_retry_seconds: float = 60.0
+
+    # Airflow's retries of a process_study task, the first delay (doubling), and how many times the
+    # rerun_errors DAG retries a batch whose errors are transient before leaving it for a person.
+    task_retries: int = 3
+    task_retry_delay_seconds: float = 20.0
+    max_reruns: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -145,6 +153,10 @@ class Settings:
             gcs_prefix=s("RELAY_GCS_PREFIX", d.gcs_prefix),
             send_attempts=num("RELAY_SEND_ATTEMPTS", d.send_attempts, int),
             send_backoff_seconds=num("RELAY_SEND_BACKOFF_SECONDS", d.send_backoff_seconds, float),
+            gcs_retry_seconds=num("RELAY_GCS_RETRY_SECONDS", d.gcs_retry_seconds, float),
+            task_retries=num("RELAY_TASK_RETRIES", d.task_retries, int),
+            task_retry_delay_seconds=num("RELAY_TASK_RETRY_DELAY_SECONDS", d.task_retry_delay_seconds, float),
+            max_reruns=max(0, num("RELAY_MAX_RERUNS", d.max_reruns, int)),
         )
 
     def with_overrides(self, **overrides) -> "Settings":

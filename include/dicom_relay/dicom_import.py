@@ -70,6 +70,33 @@ def _text(ds, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
+PIXEL_DATA_TAGS = {b"\xe0\x7f\x10\x00": "<", b"\x7f\xe0\x00\x10": ">"}
+SEQUENCE_DELIMITER = {"<": b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", ">": b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"}
+
+
+def _pixel_data_complete(fp, size: int) -> bool:
+    """True unless the Pixel Data element where the header read stopped runs past the end of the file.
+
+    Import reads headers only, so without this a file cut short in its pixel data would be indexed, delivered
+    cut short, and its original deleted. ``fp`` is positioned where ``stop_before_pixels`` stopped.
+    """
+    start = fp.tell()
+    head = fp.read(12)
+    order = PIXEL_DATA_TAGS.get(head[:4])
+    if order is None:
+        return True  # no pixel data (or a layout we do not check, e.g. deflated): nothing to compare
+    explicit = head[4:6].isalpha()
+    if explicit:
+        length, value_start = int.from_bytes(head[8:12], "little" if order == "<" else "big"), start + 12
+    else:
+        length, value_start = int.from_bytes(head[4:8], "little" if order == "<" else "big"), start + 8
+    if length == 0xFFFFFFFF:
+        # Encapsulated (compressed) pixel data ends with a Sequence Delimitation Item.
+        fp.seek(max(0, size - 8))
+        return fp.read(8) == SEQUENCE_DELIMITER[order]
+    return value_start + length <= size
+
+
 def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
     """Index one file, or say (without PHI) why it is not a usable instance."""
     try:
@@ -79,7 +106,10 @@ def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
     if size == 0:
         return Rejected(relpath, "is empty (0 bytes)")
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=INDEX_TAGS)
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=INDEX_TAGS)
+            if not _pixel_data_complete(fp, size):
+                return Rejected(relpath, "is truncated (its pixel data is shorter than declared)")
     except InvalidDicomError:
         # Files without the 128-byte preamble and DICM prefix exist in the wild; accept them only if the
         # forced read finds the identifying UIDs of an instance.

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import PermanentError
 from .status import Batch, StatusStore
 
@@ -52,14 +52,11 @@ class OperationError(PermanentError):
 
 
 def max_reruns(env=None) -> int:
-    # TODO(lead): move RELAY_MAX_RERUNS into config.Settings.
-    env = os.environ if env is None else env
-    raw = env.get("RELAY_MAX_RERUNS", "3") or "3"
+    """RELAY_MAX_RERUNS (see config.Settings.max_reruns)."""
     try:
-        value = int(raw)
-    except ValueError:
-        raise OperationError(f"RELAY_MAX_RERUNS must be a whole number, got {raw!r}") from None
-    return max(0, value)
+        return Settings.from_env(env).max_reruns
+    except ConfigError as exc:
+        raise OperationError(str(exc)) from None
 
 
 def rerun_run_id(batch_id: str, n: int) -> str:

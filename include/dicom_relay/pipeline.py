@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import inbox
-from .config import Settings
+from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .status import Instance, StatusStore
@@ -87,9 +87,9 @@ def step(name: str) -> Callable:
 
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
         @functools.wraps(fn)
-        def run(batch_id: str, settings: Settings, options: RunOptions | None = None, **kw) -> dict:
+        def run(batch_id: str, settings: Settings, options: RunOptions | None = None, *,
+                params: dict | None = None, **kw) -> dict:
             store = StatusStore(settings.db_url)
-            options = options or RunOptions.resolve(settings)
             started = time.monotonic()
             store.migrate()
             batch = store.get_batch(batch_id)
@@ -97,6 +97,10 @@ def step(name: str) -> Callable:
                 # A rerun of a finished batch: everything was delivered and verified; there is nothing to redo.
                 return {"batch_id": batch_id, "skipped": "the batch is already DONE"}
             try:
+                try:
+                    options = options or RunOptions.resolve(settings, params)
+                except ConfigError as exc:
+                    raise PermanentError(f"the run's options are not valid: {exc}") from None
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
                 store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status)
@@ -169,10 +173,14 @@ def _quarantine(paths: BatchPaths, relpath: str, reason: str, number: int) -> st
 
 
 def _next_quarantine_number(paths: BatchPaths) -> int:
+    """One more than the highest label ever used in this batch (labels are never handed out twice)."""
+    used = [0]
     index_file = paths.quarantine / "index.json"
-    if not index_file.exists():
-        return 1
-    return len(json.loads(index_file.read_text())) + 1
+    if index_file.exists():
+        used += [int(label[1:]) for label in json.loads(index_file.read_text()) if label[1:].isdigit()]
+    if paths.quarantine.exists():
+        used += [int(p.name[1:]) for p in paths.quarantine.iterdir() if p.is_dir() and p.name[1:].isdigit()]
+    return max(used) + 1
 
 
 def _index(paths: BatchPaths) -> FolderIndex:

@@ -53,9 +53,15 @@ def dropped(stack, tmp_path_factory):
         dropped_at[name] = time.time()
     store = StatusStore(stack.env["RELAY_DB_URL"])
 
+    client = stack.airflow.client()
+
     def all_finished() -> bool:
         batches = [b for b in store.list_batches(limit=100) if b.folder in studies]
-        return len(batches) == len(studies) and all(b.status in ("DONE", "ERROR", "EMPTY") for b in batches)
+        if len(batches) != len(studies) or not all(b.status in ("DONE", "ERROR", "EMPTY") for b in batches):
+            return False
+        # The batch is DONE a moment before Airflow marks its run finished: wait for both.
+        states = {r["dag_run_id"]: r["state"] for r in client.dag_runs("process_study")}
+        return all(states.get(f"batch__{b.batch_id}") in ("success", "failed") for b in batches)
 
     wait_until(all_finished, 600, "all three batches finished", interval=1)
     finished_at = time.time()

@@ -32,12 +32,26 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
     if not batch_id:
         raise AirflowFailException("the run has no batch_id param; trigger with --conf '{\"batch_id\": ...}'")
     settings = Settings.from_env()
-    options = pipeline.RunOptions.resolve(settings, params)
     kwargs = {"run_id": context["run_id"]} if name == "import" else {}
     try:
-        return STEPS[name](batch_id, settings, options, **kwargs)
+        return STEPS[name](batch_id, settings, params=params, **kwargs)
     except PermanentError as exc:
         raise AirflowFailException(str(exc)) from None
+
+
+def record_task_failure(context: dict[str, Any]) -> None:
+    """Last resort (``on_failure_callback``): a task that failed for good without the pipeline recording why
+    (killed, timed out, its worker lost) still leaves the batch ERROR with a reason, never silently NEW."""
+    batch_id = (context.get("params") or {}).get("batch_id")
+    if not batch_id:
+        return
+    store = StatusStore(Settings.from_env().db_url)
+    batch = store.get_batch(batch_id)
+    if batch is None or batch.status in ("ERROR", "EMPTY", "DONE"):
+        return
+    task_id = getattr(context.get("task_instance") or context.get("ti"), "task_id", "task")
+    store.add_error(batch_id, task_id, "the task failed in Airflow after its retries (killed, timed out or its "
+                    "worker lost); see the task log", transient=True)
 
 
 def claim_folders() -> list[dict[str, Any]]:

@@ -121,10 +121,8 @@ class GcsDestination:
     @classmethod
     def from_settings(cls, settings, **kwargs) -> "GcsDestination":
         # How long the client library keeps retrying one request (5xx, dropped connections) before the relay's own
-        # attempts (RELAY_SEND_ATTEMPTS) take over; RELAY_GCS_RETRY_SECONDS, 60 s by default.
-        raw = os.environ.get("RELAY_GCS_RETRY_SECONDS", "").strip()
-        if raw:
-            kwargs.setdefault("retry_deadline", float(raw))
+        # attempts (RELAY_SEND_ATTEMPTS) take over: RELAY_GCS_RETRY_SECONDS.
+        kwargs.setdefault("retry_deadline", settings.gcs_retry_seconds)
         return cls(bucket=settings.gcs_bucket, project=settings.gcs_project, prefix=settings.gcs_prefix, **kwargs)
 
     # ---- client ------------------------------------------------------------------------------------------------
