@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,6 +106,9 @@ def measure(mode: str, src: Path, work: Path, workers: int = 1) -> dict | None:
             return None
     dst = work / f"out-{mode}"
     shutil.rmtree(dst, ignore_errors=True)
+    # Write back the previous run's files (and the generated study) first: otherwise the kernel flushes them
+    # during the next measurement, whichever tool that is.
+    os.sync()
     cmd = [sys.executable, __file__, "--child", mode, "--src", str(src), "--dst", str(dst), "--workers", str(workers)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     shutil.rmtree(dst, ignore_errors=True)
@@ -138,30 +142,33 @@ def main(argv=None) -> int:
         src = work / f"study-{args.instances}"
         print(f"generating a {args.instances}-instance 512x512 16-bit CT study in {src} ...")
         generate_ct_study(src, n_instances=args.instances, n_series=2, seed="bench")
-        print(f"\nthroughput, {args.instances} instances, one core unless stated, best of {args.repeat} for the relay "
-              f"and pydicom, one run for the peers:")
-        results: dict[str, dict] = {}
-        for mode in MODES:
-            if args.no_peers and mode in PEER_MODULES:
-                continue
-            reps = args.repeat if mode not in PEER_MODULES else 1
-            runs = [r for r in (measure(mode, src, work, 1) for _ in range(reps)) if r]
-            if runs:
-                results[mode] = min(runs, key=lambda r: r["seconds"])
-        if args.workers > 1:
-            runs = [r for r in (measure("relay", src, work, args.workers) for _ in range(args.repeat)) if r]
-            if runs:
-                results[f"relay, {args.workers} workers"] = min(runs, key=lambda r: r["seconds"])
+        print(f"\nthroughput, {args.instances} instances, one core unless stated, {args.repeat} runs of the relay and "
+              f"pydicom (ratios use the best), one run of each peer:")
+        # Round robin (relay, relay+verify, pydicom, pool; peers in the first round only), so that load from
+        # other processes on the machine spreads over every tool instead of hitting one tool's runs.
+        plan = [m for m in MODES if not (args.no_peers and m in PEER_MODULES)]
+        pool_mode = f"relay, {args.workers} workers"
+        runs_by_mode: dict[str, list[dict]] = {}
+        for round_ in range(args.repeat):
+            for mode in plan + ([pool_mode] if args.workers > 1 else []):
+                if mode in PEER_MODULES and round_ > 0:
+                    continue
+                r = measure("relay" if mode == pool_mode else mode, src, work, args.workers if mode == pool_mode else 1)
+                if r:
+                    runs_by_mode.setdefault(mode, []).append(r)
+        results = {m: min(rs, key=lambda r: r["seconds"]) for m, rs in runs_by_mode.items()}
+        median = {m: statistics.median(r["files"] / r["seconds"] for r in rs) for m, rs in runs_by_mode.items()}
         rate = {m: r["files"] / r["seconds"] for m, r in results.items()}
         peers = [m for m in PEER_MODULES if m in rate]
         fastest_peer = max(peers, key=lambda m: rate[m]) if peers else None
         print()
-        print("| tool | files/s | seconds | peak RSS (MiB) | x pydicom read+write | relay (1 core) is x faster |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| tool | files/s (best) | files/s (median) | runs | peak RSS (MiB) | x pydicom read+write | relay (1 core) is x faster |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for mode, r in results.items():
             vs_floor = f"{rate[mode] / rate['pydicom']:.2f}" if "pydicom" in rate else ""
             vs = f"{rate['relay'] / rate[mode]:.2f}" if "relay" in rate and not mode.startswith("relay") else ""
-            print(f"| {mode} | {rate[mode]:.0f} | {r['seconds']:.2f} | {r['rss_kb'] / 1024:.0f} | {vs_floor} | {vs} |")
+            print(f"| {mode} | {rate[mode]:.0f} | {median[mode]:.0f} | {len(runs_by_mode[mode])} | "
+                  f"{r['rss_kb'] / 1024:.0f} | {vs_floor} | {vs} |")
         if fastest_peer and "relay" in rate:
             print(f"\nrelay vs the fastest peer ({fastest_peer}): {rate['relay'] / rate[fastest_peer]:.2f}x; "
                   f"vs the pydicom floor: {rate['relay'] / rate.get('pydicom', float('nan')):.2f}x")

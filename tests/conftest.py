@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.orthanc",
     "tests.fixtures.gcs",
     "tests.fixtures.identifier_service",
+    "tests.fixtures.relay",
 ]

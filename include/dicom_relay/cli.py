@@ -140,36 +140,35 @@ def cmd_quarantine_release(args, settings: Settings) -> int:
 
 def cmd_deidentify(args, settings: Settings) -> int:
     """De-identify a folder offline with the embedded keyed provider (no service, no database, no Airflow)."""
-    from .deid import Deidentifier, DeidOptions, find_leaks, identifying_values
+    from .deid import Deidentifier, DeidOptions, LeakCheck
     from .dicom_import import index_folder
     from .identifiers import LocalProvider
     from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping, _patient_key
 
-    import pydicom
-
     if not settings.secret_key:
         print("error: set RELAY_SECRET_KEY (the key of the local pseudonyms and of the UID hash)", file=sys.stderr)
         return 2
-    options = DeidOptions.from_mapping(dict(args.option or []))
+    options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.in_dir)
     entities = build_entities(index, settings.identifier_id_source)
     provider = LocalProvider(settings.secret_key)
     identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
     deidentifier = Deidentifier(settings.secret_key, options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    written, held, originals, outputs = 0, 0, set(), []
+    written, held, outputs = 0, 0, []
+    check = LeakCheck(options)
     for inst in index.instances:
         src = args.in_dir / inst.relpath
         identity = identities[_patient_key(inst)]
-        originals |= identifying_values(pydicom.dcmread(src, stop_before_pixels=True), options, identity)
         result = deidentifier.deidentify_file(src, args.out_dir, identity)
+        check.add(src, identity, result.path)
         if result.quarantine_reason:
             held += 1
             print(f"held back: file {held} of the input ({result.quarantine_reason})", file=sys.stderr)
         else:
             written += 1
             outputs.append(result.path)
-    leaks = find_leaks(originals, outputs)
+    leaks = check.find_leaks(outputs)
     for leak in leaks[:20]:
         print(f"LEAK: {leak.message}", file=sys.stderr)
     print(json.dumps({"written": written, "held_back": held, "not_dicom": len(index.rejected), "leaks": len(leaks)}))

@@ -320,7 +320,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     """De-identify every instance into the batch's staging folder, then verify no original value survived."""
     import pydicom
 
-    from .deid import DeidError, Deidentifier, DeidOptions, find_leaks, identifying_values
+    from .deid import DeidError, Deidentifier, DeidOptions, LeakCheck
 
     _require_batch(store, batch_id)
     paths = BatchPaths(settings, batch_id)
@@ -336,7 +336,9 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     store.set_instance_state(batch_id, "PROCESSING", [i.relpath for i in todo])
     changes = []
     held_back = 0
-    originals: set[str] = set()
+    # Knows which output came from which original, so that a shifted date that happens to equal another
+    # instance's original date (a study over several days) is not taken for a leak.
+    check = LeakCheck(deid_options)
     number = _next_quarantine_number(paths)
     try:
         for inst in todo:
@@ -348,12 +350,12 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 raise PermanentError("an instance became unreadable after import") from None
             identity = identities[patient_key(str(header.get("PatientID", "") or "").strip(),
                                               str(header.get("StudyInstanceUID", "") or "").strip())]
-            originals |= identifying_values(header, deid_options, identity)
             try:
                 result = deidentifier.deidentify_file(src, paths.deid, identity)
             except DeidError as exc:
                 _reraise_if_out_of_space(exc)
                 raise
+            check.add(header, identity, result.path)
             if result.quarantine_reason:
                 label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)
                 number += 1
@@ -369,7 +371,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 "deid_sop_instance_uid": result.sop_instance_uid,
                 "deid_relpath": str(result.path.relative_to(paths.root)),
             }))
-        leaks = find_leaks(originals, sorted(paths.deid.glob("*.dcm")))
+        leaks = check.find_leaks(sorted(paths.deid.glob("*.dcm")))
     except OSError as exc:
         # A full disk or an unwritable work area: nothing half-written may be sent; originals are untouched.
         shutil.rmtree(paths.deid, ignore_errors=True)
@@ -605,3 +607,14 @@ def _remove_empty_dirs(folder: Path) -> None:
     for root, dirs, files in os.walk(folder, topdown=False):
         if not os.listdir(root):
             os.rmdir(root)
+
+
+#: The process_study steps, in order, by task id.
+STEPS: dict[str, Callable[..., dict]] = {
+    "import": import_batch,
+    "get_identifiers": get_identifiers,
+    "replace_identifiers": replace_identifiers,
+    "send_orthanc": send_orthanc,
+    "send_gcs": send_gcs,
+    "cleanup": cleanup,
+}

@@ -13,8 +13,7 @@ from dicom_relay.samples import SampleStudy, drop_atomically
 from dicom_relay.stack.gcs import emulator_client
 from dicom_relay.status import StatusStore
 
-STEPS = [pipeline.import_batch, pipeline.get_identifiers, pipeline.replace_identifiers,
-         pipeline.send_orthanc, pipeline.send_gcs, pipeline.cleanup]
+STEPS = list(pipeline.STEPS.values())
 
 
 def claim_one(settings, source: Path, name: str) -> str:

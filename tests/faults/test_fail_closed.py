@@ -20,6 +20,7 @@ from dicom_relay.config import Settings
 from dicom_relay.errors import PermanentError, RelayError
 from dicom_relay.samples import generate_ct_study
 from dicom_relay.stack.gcs import emulator_client
+from dicom_relay.stack.local import relay_env
 from dicom_relay.status import StatusStore
 
 from .helpers import STEPS, claim_one, delivery, digests, run_all
@@ -28,25 +29,11 @@ pytestmark = pytest.mark.integration
 
 
 def base_env(tmp_path: Path, relay_db_url, orthanc, gcs_bucket, identifier_url: str, token: str = "") -> dict:
-    return {
-        "RELAY_INBOX": str(tmp_path / "inbox"),
-        "RELAY_WORK_DIR": str(tmp_path / "relay"),
-        "RELAY_DB_URL": relay_db_url,
-        "RELAY_STABLE_SECONDS": "0",
-        "RELAY_SECRET_KEY": "fault-suite-secret-key",
-        "RELAY_IDENTIFIER_URL": identifier_url,
-        "RELAY_IDENTIFIER_TOKEN": token,
-        "RELAY_IDENTIFIER_RETRIES": "0",
-        "ORTHANC_HOST": orthanc.host,
-        "ORTHANC_DICOM_PORT": str(orthanc.dicom_port),
-        "ORTHANC_AE_TITLE": orthanc.ae_title,
-        "ORTHANC_URL": orthanc.url,
-        "ORTHANC_USER": orthanc.user,
-        "ORTHANC_PASSWORD": orthanc.password,
-        "RELAY_GCS_BUCKET": gcs_bucket,
-        "RELAY_SEND_ATTEMPTS": "2",
-        "RELAY_SEND_BACKOFF_SECONDS": "0.1",
-    }
+    env = relay_env(tmp_path / "inbox", tmp_path / "relay", relay_db_url, orthanc, gcs_bucket, identifier_url, token,
+                    "fault-suite-secret-key")
+    env.update({"RELAY_STABLE_SECONDS": "0", "RELAY_IDENTIFIER_RETRIES": "0", "RELAY_SEND_ATTEMPTS": "2",
+                "RELAY_SEND_BACKOFF_SECONDS": "0.1"})
+    return env
 
 
 # ---- a pseudonym missing -----------------------------------------------------------------------------------------

@@ -22,32 +22,12 @@ from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.integration
 
-STEPS = [pipeline.import_batch, pipeline.get_identifiers, pipeline.replace_identifiers,
-         pipeline.send_orthanc, pipeline.send_gcs, pipeline.cleanup]
+STEPS = list(pipeline.STEPS.values())
 
 
 @pytest.fixture
-def settings(tmp_path, relay_db_url, orthanc, gcs_bucket, gcs_emulator, identifier_service) -> Settings:
-    env = {
-        "RELAY_INBOX": str(tmp_path / "inbox"),
-        "RELAY_WORK_DIR": str(tmp_path / "relay"),
-        "RELAY_DB_URL": relay_db_url,
-        "RELAY_STABLE_SECONDS": "0",
-        "RELAY_SECRET_KEY": "test-secret-key-for-pipeline",
-        "RELAY_IDENTIFIER_URL": identifier_service.url,
-        "RELAY_IDENTIFIER_TOKEN": identifier_service.token,
-        "ORTHANC_HOST": orthanc.host,
-        "ORTHANC_DICOM_PORT": str(orthanc.dicom_port),
-        "ORTHANC_AE_TITLE": orthanc.ae_title,
-        "ORTHANC_URL": orthanc.url,
-        "ORTHANC_USER": orthanc.user,
-        "ORTHANC_PASSWORD": orthanc.password,
-        "RELAY_GCS_BUCKET": gcs_bucket,
-        "RELAY_SEND_ATTEMPTS": "2",
-        "RELAY_SEND_BACKOFF_SECONDS": "0.1",
-    }
-    (tmp_path / "inbox").mkdir()
-    return Settings.from_env(env)
+def settings(relay_settings) -> Settings:
+    return relay_settings
 
 
 def claim_one(settings: Settings, source: Path, name: str) -> str:

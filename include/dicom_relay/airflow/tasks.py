@@ -16,14 +16,7 @@ from dicom_relay.config import Settings
 from dicom_relay.errors import PermanentError
 from dicom_relay.status import StatusStore
 
-STEPS: dict[str, Callable[..., dict]] = {
-    "import": pipeline.import_batch,
-    "get_identifiers": pipeline.get_identifiers,
-    "replace_identifiers": pipeline.replace_identifiers,
-    "send_orthanc": pipeline.send_orthanc,
-    "send_gcs": pipeline.send_gcs,
-    "cleanup": pipeline.cleanup,
-}
+STEPS = pipeline.STEPS
 
 
 def run_step(name: str, context: dict[str, Any]) -> dict:

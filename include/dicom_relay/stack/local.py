@@ -60,6 +60,26 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
     os.chmod(path, 0o600)
 
 
+def relay_env(inbox: Path, work_dir: Path, db_url: str, orthanc, gcs_bucket: str, identifier_url: str,
+              identifier_token: str, secret_key: str) -> dict[str, str]:
+    """The relay's settings (as environment variables) for services started by ``dicom_relay.stack``."""
+    return {
+        "RELAY_INBOX": str(inbox),
+        "RELAY_WORK_DIR": str(work_dir),
+        "RELAY_DB_URL": db_url,
+        "RELAY_SECRET_KEY": secret_key,
+        "RELAY_IDENTIFIER_URL": identifier_url,
+        "RELAY_IDENTIFIER_TOKEN": identifier_token,
+        "ORTHANC_HOST": orthanc.host,
+        "ORTHANC_DICOM_PORT": str(orthanc.dicom_port),
+        "ORTHANC_AE_TITLE": orthanc.ae_title,
+        "ORTHANC_URL": orthanc.url,
+        "ORTHANC_USER": orthanc.user,
+        "ORTHANC_PASSWORD": orthanc.password,
+        "RELAY_GCS_BUCKET": gcs_bucket,
+    }
+
+
 @dataclass
 class Stack:
     run_dir: Path
@@ -121,20 +141,9 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
         work.mkdir(exist_ok=True)
         stack.env = {
             **base,
-            "RELAY_INBOX": str(inbox),
-            "RELAY_WORK_DIR": str(work),
-            "RELAY_DB_URL": pg.url("relay"),
-            "RELAY_SECRET_KEY": keys["relay_secret_key"],
-            "RELAY_IDENTIFIER_URL": ids.url,
-            "RELAY_IDENTIFIER_TOKEN": keys["identifier_token"],
-            "ORTHANC_HOST": orthanc.host,
-            "ORTHANC_DICOM_PORT": str(orthanc.dicom_port),
-            "ORTHANC_AE_TITLE": orthanc.ae_title,
-            "ORTHANC_URL": orthanc.url,
-            "ORTHANC_USER": orthanc.user,
-            "ORTHANC_PASSWORD": orthanc.password,
+            **relay_env(inbox, work, pg.url("relay"), orthanc, bucket, ids.url, keys["identifier_token"],
+                        keys["relay_secret_key"]),
             "STORAGE_EMULATOR_HOST": gcs.host,
-            "RELAY_GCS_BUCKET": bucket,
             "RELAY_PYTHON": sys.executable,
         }
         if with_airflow:

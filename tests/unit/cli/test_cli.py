@@ -1,0 +1,93 @@
+"""The dicom-relay command as a person runs it: a real subprocess, real files, a real status database."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pydicom
+import pytest
+
+from dicom_relay.samples import generate_ct_study
+from dicom_relay.status import Instance, StatusStore
+
+
+def relay(*args, env=None, **kw):
+    base = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    return subprocess.run([sys.executable, "-m", "dicom_relay.cli", *args], env={**base, **(env or {})},
+                          capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return generate_ct_study(tmp_path_factory.mktemp("cli") / "ACC-CLI-1", patient_id="MRN-CLI-42",
+                             n_instances=3, n_series=2, rows=32, columns=32)
+
+
+def test_deidentify_offline_then_verify(study, tmp_path):
+    out = tmp_path / "out"
+    r = relay("deidentify", str(study.folder), str(out), env={"RELAY_SECRET_KEY": "cli-test-key"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == {"written": 3, "held_back": 0, "not_dicom": 0, "leaks": 0}
+    files = sorted(out.glob("*.dcm"))
+    assert len(files) == 3
+    ds = pydicom.dcmread(files[0])
+    assert ds.PatientIdentityRemoved == "YES" and ds.PatientID != study.patient_id
+    for f in files:
+        data = f.read_bytes()
+        for value in study.identifiers():
+            assert value.encode() not in data
+    # Same key, same pseudonyms and UIDs: a second run writes byte-identical files.
+    again = tmp_path / "again"
+    relay("deidentify", str(study.folder), str(again), env={"RELAY_SECRET_KEY": "cli-test-key"})
+    assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted(again.glob("*.dcm"))]
+    assert relay("verify", str(study.folder), str(out)).returncode == 0
+
+
+def test_verify_finds_the_originals_in_a_copy(study, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(study.folder, copy)
+    r = relay("verify", str(study.folder), str(copy))
+    assert r.returncode == 1
+    assert "LEAK" in r.stdout
+    assert study.patient_id not in r.stdout  # the report names attributes, not the values
+
+
+def test_deidentify_needs_a_key(study, tmp_path):
+    r = relay("deidentify", str(study.folder), str(tmp_path / "o"))
+    assert r.returncode == 2 and "RELAY_SECRET_KEY" in r.stderr
+
+
+def test_deidentify_takes_profile_options(study, tmp_path):
+    out = tmp_path / "full"
+    r = relay("deidentify", str(study.folder), str(out), "--option", "dates=full",
+              env={"RELAY_SECRET_KEY": "k"})
+    assert r.returncode == 0, r.stderr
+    ds = pydicom.dcmread(next(out.glob("*.dcm")))
+    assert ds.StudyDate == study.study_date
+    assert ds.LongitudinalTemporalInformationModified == "UNMODIFIED"
+    bad = relay("deidentify", str(study.folder), str(out), "--option", "retain_everything=yes",
+                env={"RELAY_SECRET_KEY": "k"})
+    assert bad.returncode != 0
+
+
+def test_status_lists_batches_without_folder_names(relay_db_url):
+    store = StatusStore(relay_db_url)
+    store.migrate()
+    store.create_batch("20260101T000000-aaaaaa", "ACC-SECRET-FOLDER")
+    store.add_instances("20260101T000000-aaaaaa", [Instance("20260101T000000-aaaaaa", "a.dcm", "NEW")])
+    store.add_error("20260101T000000-aaaaaa", "import", "file q0001 is not a DICOM file; kept in quarantine", status=None)
+    r = relay("status", "--json", env={"RELAY_DB_URL": relay_db_url})
+    assert r.returncode == 0, r.stderr
+    [batch] = json.loads(r.stdout)
+    assert batch["batch_id"] == "20260101T000000-aaaaaa" and batch["instances"] == {"NEW": 1}
+    assert batch["has_error"] is True
+    text = relay("status", "--errors", env={"RELAY_DB_URL": relay_db_url})
+    assert "q0001" in text.stdout
+    assert "ACC-SECRET-FOLDER" not in r.stdout + text.stdout
+
+
+def test_status_without_database_says_what_to_do():
+    r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
+    assert r.returncode == 2
+    assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr
