@@ -25,6 +25,7 @@ test-fast: setup
 
 ## Benchmarks are not tests: they print ratios against peers measured in the same run.
 bench: setup
+	@$(PY) -m pip install -q -r requirements-bench.txt
 	@$(PY) scripts/bench_deid.py
 
 clean: stop

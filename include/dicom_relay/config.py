@@ -86,6 +86,8 @@ class Settings:
     # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run; a run's
     # ``deid_options`` param overrides them one by one.
     deid_options: dict = field(default_factory=dict)
+    # Processes that de-identify a large study (0: one per core).
+    deid_workers: int = 0
 
     # Destination retry budget inside one task attempt (Airflow retries come on top).
     send_attempts: int = 4
@@ -127,6 +129,7 @@ class Settings:
 
         return cls(
             deid_options=deid_options,
+            deid_workers=num("RELAY_DEID_WORKERS", d.deid_workers, int) or (os.cpu_count() or 1),
             inbox=Path(s("RELAY_INBOX", str(d.inbox))),
             work_dir=Path(s("RELAY_WORK_DIR", str(d.work_dir))),
             stable_seconds=num("RELAY_STABLE_SECONDS", d.stable_seconds, float),

@@ -37,6 +37,8 @@ DEID = "deid"
 IDENTIFIERS_FILE = "identifiers.json"
 ACCESSION_SOURCE = "DCM Accession #"
 GCS_PARALLEL_UPLOADS = 8
+# Below this many instances a process pool costs more than it saves.
+DEID_POOL_MIN_INSTANCES = 200
 
 
 def _utcnow() -> dt.datetime:
@@ -341,21 +343,25 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     check = LeakCheck(deid_options)
     number = _next_quarantine_number(paths)
     try:
+        jobs = []
         for inst in todo:
             src = paths.incoming / inst.relpath
-            # One header read serves both the pseudonym lookup and the values the verification looks for.
             try:
-                header = pydicom.dcmread(src, stop_before_pixels=True, force=True)
+                header = pydicom.dcmread(src, stop_before_pixels=True, force=True,
+                                         specific_tags=["PatientID", "StudyInstanceUID"])
             except Exception:  # noqa: BLE001 - the file changed since import
                 raise PermanentError("an instance became unreadable after import") from None
-            identity = identities[patient_key(str(header.get("PatientID", "") or "").strip(),
-                                              str(header.get("StudyInstanceUID", "") or "").strip())]
-            try:
-                result = deidentifier.deidentify_file(src, paths.deid, identity)
-            except DeidError as exc:
-                _reraise_if_out_of_space(exc)
-                raise
-            check.add(header, identity, result.path)
+            jobs.append((src, identities[patient_key(str(header.get("PatientID", "") or "").strip(),
+                                                     str(header.get("StudyInstanceUID", "") or "").strip())]))
+        # De-identification is CPU-bound and each file independent (UIDs and pseudonyms are keyed, so the split
+        # does not change the output): large studies use every core.
+        workers = settings.deid_workers if len(jobs) >= DEID_POOL_MIN_INSTANCES else 1
+        try:
+            results = deidentifier.deidentify_files(jobs, paths.deid, workers=workers, check=check)
+        except DeidError as exc:
+            _reraise_if_out_of_space(exc, paths.deid)
+            raise
+        for inst, (src, identity), result in zip(todo, jobs, results):
             if result.quarantine_reason:
                 label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)
                 number += 1
@@ -400,16 +406,23 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     }
 
 
-def _reraise_if_out_of_space(exc: BaseException) -> None:
+def _reraise_if_out_of_space(exc: BaseException, out_dir: Path) -> None:
     """A full (or over-quota) work area is transient, not a problem of the instance.
 
     The engine reports every write failure as a ``DeidError`` (its message names only the exception type); the
-    ``OSError`` underneath says whether the disk was full. Raise that as an ``OSError`` so that
+    ``OSError`` underneath says whether the disk was full. From a worker process that cause does not travel, so
+    the free space of the output folder is asked as well. Raise it as an ``OSError`` so that
     ``replace_identifiers`` records "no space left on device" as a transient error.
     """
     cause = exc.__cause__ or exc.__context__
     if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
         raise OSError(cause.errno, os.strerror(cause.errno)) from None
+    try:
+        stats = os.statvfs(out_dir)
+    except OSError:
+        return
+    if stats.f_bavail * stats.f_frsize < 1024 * 1024:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
 
 
 def _pass_through(batch_id: str, paths: BatchPaths, store: StatusStore) -> dict:

@@ -147,3 +147,21 @@ def test_empty_folder_is_empty_not_lost(settings, tmp_path):
     with pytest.raises(PermanentError, match="no readable DICOM"):
         pipeline.import_batch(batch_id, settings)
     assert StatusStore(settings.db_url).get_batch(batch_id).status == "EMPTY"
+
+
+def test_large_study_uses_a_process_pool_with_identical_output(settings, tmp_path):
+    n = pipeline.DEID_POOL_MIN_INSTANCES + 10
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-POOL", n_instances=n, n_series=3, rows=8, columns=8)
+    batch_id = claim_one(settings, study.folder, "ACC-POOL")
+    for step in STEPS[:2]:
+        step(batch_id, settings)
+    deid_dir = settings.batches_dir / batch_id / "deid"
+    pooled = settings.with_overrides(deid_workers=2)
+    summary = pipeline.replace_identifiers(batch_id, pooled)
+    assert summary["deidentified"] == n and summary["verified_no_leak"] is True
+    first = {p.name: p.read_bytes() for p in deid_dir.iterdir()}
+    pipeline.replace_identifiers(batch_id, settings.with_overrides(deid_workers=1))
+    assert {p.name: p.read_bytes() for p in deid_dir.iterdir()} == first
+    for data in first.values():
+        for value in study.identifiers():
+            assert value.encode() not in data
