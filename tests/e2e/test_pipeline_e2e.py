@@ -217,3 +217,18 @@ def test_relay_batches_page_requires_login_and_hides_folders(stack, dropped):
     assert "dicom-relay batches" in page
     for name in dropped["studies"]:
         assert name not in page and name not in json.dumps(batches)
+
+
+def test_no_identifier_or_secret_in_any_log(stack, dropped):
+    """Every Airflow log (tasks, scheduler, triggerer, dag-processor) and every service log of the stack is free of
+    the planted identifiers, the folder names, and the stack's secrets."""
+    from dicom_relay.stack.faults import files_under, scan_files
+
+    run_dir = Path(stack.env["RELAY_INBOX"]).parent
+    home = Path(stack.env["AIRFLOW_HOME"])
+    paths = files_under(home / "logs") + files_under(run_dir, suffixes=(".log",), skip=[home / "logs"])
+    names = {p.name for p in paths}
+    assert any("process_study" in str(p) for p in paths) and "identifier-service.log" in names, names
+    secrets = [stack.env[k] for k in ("RELAY_SECRET_KEY", "ORTHANC_PASSWORD", "RELAY_IDENTIFIER_TOKEN")]
+    leaks = scan_files(paths, planted(dropped) + list(dropped["studies"]) + ["MRN-E2E-PENDING"] + secrets)
+    assert leaks == [], [str(leak) for leak in leaks[:5]]
