@@ -7,14 +7,12 @@ the refusal to send identified data to the cloud, bad files in a batch.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pydicom
 import pytest
 import requests
 
-from dicom_relay import inbox, pipeline
+from dicom_relay import pipeline
 from dicom_relay.config import Settings
 from dicom_relay.errors import PermanentError, TransientError
 from dicom_relay.samples import drop_atomically, generate_ct_study

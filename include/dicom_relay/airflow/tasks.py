@@ -7,7 +7,7 @@ the batch's errors.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import requests
 
@@ -117,12 +117,4 @@ def start_airflow(
     )
     client = handle.client()
     wait_until(lambda: {"watch_inbox", "process_study"} <= client.dag_ids(), timeout, "airflow DAG parsing")
-    return handle
-
-
-def adopt_airflow(run_dir: Path, env: dict[str, str], url: str, password: str) -> AirflowHandle:
-    """Find an Airflow that ``start_airflow`` started earlier (``make run`` called twice)."""
-    handle = AirflowHandle(Path(run_dir) / "airflow", url, "admin", password, env)
-    for component in COMPONENTS:
-        handle.processes[component] = ManagedProcess(f"airflow-{component}", [], Path(run_dir))
     return handle

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .airflow import COMPONENTS, AirflowHandle, adopt_airflow, start_airflow
+from .airflow import COMPONENTS, AirflowHandle, start_airflow
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
 from .orthanc import start_orthanc

@@ -3,7 +3,6 @@
 import asyncio
 import json
 
-import pytest
 
 from dicom_relay import inbox
 from dicom_relay.airflow.triggers import InboxTrigger

@@ -2,7 +2,6 @@
 
 import os
 
-import pydicom
 from pydicom.data import get_testdata_file
 
 from dicom_relay.dicom_import import index_folder
