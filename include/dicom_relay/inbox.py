@@ -182,16 +182,24 @@ def mark_dispatched(batches_dir: Path, batch_id: str) -> None:
     (batches_dir / batch_id / DISPATCHED).touch()
 
 
+def waiting_work(inbox: Path, batches_dir: Path, stable_seconds: float) -> int:
+    """How much is waiting for the dispatcher: finished quiet folders, claims awaiting their run, and claims a
+    crash interrupted before the rename. Cheap: used by the trigger's poll."""
+    return (len(finished_folders(inbox, stable_seconds)) + len(undispatched(batches_dir))
+            + len(interrupted_claims(batches_dir)))
+
+
 def has_work(inbox: Path, batches_dir: Path, stable_seconds: float) -> bool:
-    """Cheap check used by the trigger: a finished quiet folder waits, or a claim waits for its run."""
-    return bool(finished_folders(inbox, stable_seconds)) or bool(undispatched(batches_dir)) or _interrupted(batches_dir)
+    return waiting_work(inbox, batches_dir, stable_seconds) > 0
 
 
-def _interrupted(batches_dir: Path) -> bool:
+def interrupted_claims(batches_dir: Path) -> list[Path]:
+    """Claim folders with a ``claim.json`` but neither the moved folder nor the dispatched marker."""
     if not batches_dir.exists():
-        return False
-    return any(
-        e.is_dir() and not os.path.exists(os.path.join(e.path, INCOMING)) and os.path.exists(os.path.join(e.path, CLAIM_FILE))
+        return []
+    return [
+        Path(e.path) for e in os.scandir(batches_dir)
+        if e.is_dir() and not os.path.exists(os.path.join(e.path, INCOMING))
+        and os.path.exists(os.path.join(e.path, CLAIM_FILE))
         and not os.path.exists(os.path.join(e.path, DISPATCHED))
-        for e in os.scandir(batches_dir)
-    )
+    ]

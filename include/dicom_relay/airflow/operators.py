@@ -24,7 +24,7 @@ class WaitForInboxOperator(BaseOperator):
             stable_seconds=settings.stable_seconds,
             poll_seconds=settings.poll_seconds,
         )
-        waiting = trigger._waiting()
+        waiting = trigger.waiting()
         if waiting:
             return waiting
         self.defer(trigger=trigger, method_name="execute_complete")

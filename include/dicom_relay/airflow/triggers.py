@@ -36,14 +36,13 @@ class InboxTrigger(BaseTrigger):
             },
         )
 
-    def _waiting(self) -> int:
-        folders = inbox.finished_folders(Path(self.inbox_dir), self.stable_seconds)
-        claims = inbox.undispatched(Path(self.batches_dir))
-        return len(folders) + len(claims) + int(inbox._interrupted(Path(self.batches_dir)))
+    def waiting(self) -> int:
+        """How much work waits now (a count, never names)."""
+        return inbox.waiting_work(Path(self.inbox_dir), Path(self.batches_dir), self.stable_seconds)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
-            waiting = await asyncio.to_thread(self._waiting)
+            waiting = await asyncio.to_thread(self.waiting)
             if waiting:
                 yield TriggerEvent({"waiting": waiting})
                 return
