@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import inbox
 from .config import ConfigError, Settings
 from .errors import PermanentError
 from .status import Batch, StatusStore
@@ -168,6 +169,8 @@ def decide_reruns(store: StatusStore, limit: int | None = None,
     """
     store.migrate()
     limit = max_reruns() if limit is None else limit
+    if run_state is not None:
+        mark_stuck(store, run_state)
     decisions = []
     for batch in store.batches_in("ERROR"):
         d = decide(batch, limit, run_state)
@@ -181,6 +184,30 @@ def decide_reruns(store: StatusStore, limit: int | None = None,
                 store.record_decision(batch.batch_id, {"decision": "leave", "reason": d.reason})
         decisions.append(d)
     return decisions
+
+
+# Statuses a batch has while a run works on it; a batch left in one of them by a failed run is stuck.
+IN_FLIGHT = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT")
+
+
+def mark_stuck(store: StatusStore, run_state: Callable[[str], str | None]) -> list[str]:
+    """Put batches whose run failed without recording why (the status database or the task's worker was lost,
+    so neither the step nor the failure callback could write) into ERROR, as a transient failure.
+
+    Without this such a batch would stay PROCESSING (or NEW) forever with its files kept but nobody told.
+    Only a run Airflow reports as ``failed`` counts: a run not yet created, queued or running is left alone.
+    Returns the batch ids marked.
+    """
+    marked = []
+    for status in IN_FLIGHT:
+        for batch in store.batches_in(status):
+            run_id = batch.run_id or inbox.run_id_for(batch.batch_id)
+            if run_state(run_id) == "failed":
+                store.add_error(batch.batch_id, "rerun_errors",
+                                f"its run {run_id} failed without recording why (the status database or the "
+                                "task's worker was lost); treated as transient", transient=True)
+                marked.append(batch.batch_id)
+    return marked
 
 
 def runs_to_request(decisions: Iterable[dict]) -> list[dict]:

@@ -172,3 +172,19 @@ def test_run_started_at_follows_each_run(store):
     assert store.get_batch("b-start").run_started_at == first
     store.set_status("b-start", "PROCESSING")
     assert store.get_batch("b-start").run_started_at > first
+
+
+def test_batch_left_in_flight_by_a_failed_run_is_marked_and_rerun(store):
+    store.create_batch("b-stuck", FOLDER)
+    store.set_status("b-stuck", "PROCESSING", run_id="batch__b-stuck")  # then the worker and the database went away
+    store.create_batch("b-queued", FOLDER)  # NEW, its run not created yet
+    store.create_batch("b-running", FOLDER)
+    store.set_status("b-running", "PROCESSING", run_id="batch__b-running")
+    states = {"batch__b-stuck": "failed", "batch__b-running": "running"}
+    decisions = decisions_by_batch(store, limit=3, run_state=states.get)
+    assert decisions["b-stuck"].decision == "rerun"
+    batch = store.get_batch("b-stuck")
+    assert batch.status == "ERROR" and batch.errors[-1]["transient"] is True
+    assert "b-queued" not in decisions and "b-running" not in decisions
+    assert store.get_batch("b-queued").status == "NEW" and store.get_batch("b-running").status == "PROCESSING"
+    assert FOLDER not in json.dumps(batch.errors)
