@@ -95,7 +95,9 @@ def step(name: str) -> Callable:
             started = time.monotonic()
             store.migrate()
             batch = store.get_batch(batch_id)
-            if batch is not None and batch.status == "DONE":
+            if batch is None:
+                raise PermanentError(f"batch {batch_id} is not known to the status table")
+            if batch.status == "DONE":
                 # A rerun of a finished batch: everything was delivered and verified; there is nothing to redo.
                 return {"batch_id": batch_id, "skipped": "the batch is already DONE"}
             try:
@@ -152,13 +154,6 @@ def mark_dispatched(settings: Settings, batch_ids: list[str]) -> int:
 
 # -- process_study ----------------------------------------------------------------------------------------------
 
-def _require_batch(store: StatusStore, batch_id: str):
-    batch = store.get_batch(batch_id)
-    if batch is None:
-        raise PermanentError(f"batch {batch_id} is not known to the status table")
-    return batch
-
-
 def _quarantine(paths: BatchPaths, relpath: str, reason: str, number: int) -> str:
     """Move a file of ``incoming`` into quarantine; return the label errors use for it (never its name)."""
     label = f"q{number:04d}"
@@ -194,7 +189,6 @@ def _index(paths: BatchPaths) -> FolderIndex:
 @step("import")
 def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore, run_id: str | None = None) -> dict:
     """Index the claimed folder; hold back what is not a readable instance; record the instances."""
-    _require_batch(store, batch_id)
     store.set_status(batch_id, "PROCESSING", run_id=run_id)
     paths = BatchPaths(settings, batch_id)
     index = _index(paths)
@@ -294,7 +288,6 @@ def get_identifiers(batch_id: str, settings: Settings, options: RunOptions, stor
     """Ask the identifier provider for a pseudonym and a date shift per patient, and per accession number."""
     from .identifiers import provider_from_settings
 
-    _require_batch(store, batch_id)
     if not options.deidentify:
         return {"skipped": "deidentify is off for this run"}
     paths = BatchPaths(settings, batch_id)
@@ -324,7 +317,6 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
 
     from .deid import DeidError, Deidentifier, DeidOptions, LeakCheck
 
-    _require_batch(store, batch_id)
     paths = BatchPaths(settings, batch_id)
     if not options.deidentify:
         return _pass_through(batch_id, paths, store)
@@ -477,7 +469,6 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
     """C-STORE what Orthanc does not hold yet, then verify through its REST API that it holds every instance."""
     from .destinations.orthanc import OrthancDestination
 
-    _require_batch(store, batch_id)
     if not options.send_orthanc:
         return {"skipped": "send_orthanc is off for this run"}
     paths = BatchPaths(settings, batch_id)
@@ -515,7 +506,6 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
     """Upload each de-identified instance, verify its checksum, and write a manifest per study."""
     from .destinations.gcs import GcsDestination
 
-    _require_batch(store, batch_id)
     if not options.send_gcs:
         return {"skipped": "send_gcs is off for this run"}
     if not options.deidentify:
@@ -583,7 +573,6 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
 @step("cleanup")
 def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
     """Delete originals and staging, but only once every enabled destination has verified every instance."""
-    _require_batch(store, batch_id)
     paths = BatchPaths(settings, batch_id)
     _mark_sent_if_complete(store, batch_id, options)
     instances = store.instances(batch_id)

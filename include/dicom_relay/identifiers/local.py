@@ -27,7 +27,6 @@ from dicom_relay.identifiers.models import (
     EntityResult,
     ItemResult,
     identity_key,
-    shift_date,
     validate_entities,
 )
 
@@ -73,23 +72,6 @@ class LocalProvider:
         results = []
         for entity in entities:
             jitter = self.jitter(entity.id_source, entity.id)
-            results.append(
-                EntityResult(
-                    id=entity.id,
-                    id_source=entity.id_source,
-                    suid=self.patient_pseudonym(entity.id_source, entity.id),
-                    jitter=jitter,
-                    jittered_timestamp=shift_date(entity.id_timestamp, jitter),
-                    items=tuple(
-                        ItemResult(
-                            id=item.id,
-                            id_source=item.id_source,
-                            suid=self.item_pseudonym(item.id_source, item.id),
-                            jitter=jitter,
-                            jittered_timestamp=shift_date(item.id_timestamp, jitter),
-                        )
-                        for item in entity.items
-                    ),
-                )
-            )
+            items = (ItemResult.answer(item, self.item_pseudonym(item.id_source, item.id), jitter) for item in entity.items)
+            results.append(EntityResult.answer(entity, self.patient_pseudonym(entity.id_source, entity.id), jitter, items))
         return results

@@ -72,6 +72,12 @@ class ItemResult:
     jitter: int
     jittered_timestamp: str | None = _hidden()
 
+    @classmethod
+    def answer(cls, item: "Item", suid: str, jitter: int) -> "ItemResult":
+        """The answer for ``item``: its pseudonym, and its date moved by its patient's jitter."""
+        return cls(id=item.id, id_source=item.id_source, suid=suid, jitter=jitter,
+                   jittered_timestamp=shift_date(item.id_timestamp, jitter))
+
 
 @dataclass(frozen=True)
 class EntityResult:
@@ -84,6 +90,12 @@ class EntityResult:
 
     def __post_init__(self):
         object.__setattr__(self, "items", tuple(self.items))
+
+    @classmethod
+    def answer(cls, entity: "Entity", suid: str, jitter: int, items: Iterable[ItemResult]) -> "EntityResult":
+        """The answer for ``entity``: its pseudonym and jitter, its date moved, its items' answers."""
+        return cls(id=entity.id, id_source=entity.id_source, suid=suid, jitter=jitter,
+                   jittered_timestamp=shift_date(entity.id_timestamp, jitter), items=tuple(items))
 
 
 # --------------------------------------------------------------------------------------------------- dates
@@ -271,23 +283,6 @@ def results_from_answer(body: object, entities: Sequence[Entity]) -> list[Entity
                 raise IdentifierError(
                     f"the identifier service answered a jitter for {where_item} that differs from its patient's"
                 )
-            items.append(
-                ItemResult(
-                    id=item.id,
-                    id_source=item.id_source,
-                    suid=_check_suid(raw_item.get("suid"), item.id, where_item),
-                    jitter=jitter,
-                    jittered_timestamp=shift_date(item.id_timestamp, jitter),
-                )
-            )
-        results.append(
-            EntityResult(
-                id=entity.id,
-                id_source=entity.id_source,
-                suid=suid,
-                jitter=jitter,
-                jittered_timestamp=shift_date(entity.id_timestamp, jitter),
-                items=tuple(items),
-            )
-        )
+            items.append(ItemResult.answer(item, _check_suid(raw_item.get("suid"), item.id, where_item), jitter))
+        results.append(EntityResult.answer(entity, suid, jitter, items))
     return results

@@ -39,7 +39,6 @@ from dicom_relay.identifiers.models import (
     entities_from_request,
     identity_key,
     results_body,
-    shift_date,
 )
 
 log = logging.getLogger("dicom_relay.identifiers.service")
@@ -143,25 +142,8 @@ class PseudonymStore:
                         )
                         counts["items"] += 1
                         counts["new_items"] += new_item
-                        items.append(
-                            ItemResult(
-                                id=item.id,
-                                id_source=item.id_source,
-                                suid=item_suid,
-                                jitter=jitter,
-                                jittered_timestamp=shift_date(item.id_timestamp, jitter),
-                            )
-                        )
-                    results.append(
-                        EntityResult(
-                            id=entity.id,
-                            id_source=entity.id_source,
-                            suid=suid,
-                            jitter=jitter,
-                            jittered_timestamp=shift_date(entity.id_timestamp, jitter),
-                            items=tuple(items),
-                        )
-                    )
+                        items.append(ItemResult.answer(item, item_suid, jitter))
+                    results.append(EntityResult.answer(entity, suid, jitter, items))
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
