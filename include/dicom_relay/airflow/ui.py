@@ -32,19 +32,21 @@ def render(batches: list[dict]) -> str:
         counts = " ".join(f"{k}={v}" for k, v in sorted(b["instances"].items())) or "-"
         errors = "<br>".join(html.escape(f"{e['task']}: {e['message']}") for e in b["errors"]) or ""
         colour = STATUS_COLOURS.get(b["status"], "#2471a3")
+        decision = b.get("last_decision") or {}
+        decided = html.escape(f"{decision['decision']}: {decision.get('reason', '')}") if decision else ""
         rows.append(
-            f"<tr><td><code>{html.escape(b['batch_id'])}</code></td>"
+            f"<tr><td class='nw'><code>{html.escape(b['batch_id'])}</code></td>"
             f"<td style='color:{colour};font-weight:bold'>{html.escape(b['status'])}</td>"
-            f"<td>{html.escape(counts)}</td><td><code>{html.escape(b['run_id'] or '-')}</code></td>"
-            f"<td>{html.escape(b['updated_at'][:19])}</td><td class='err'>{errors}</td></tr>"
+            f"<td>{html.escape(counts)}</td><td class='nw'><code>{html.escape(b['run_id'] or '-')}</code></td>"
+            f"<td class='nw'>{html.escape(b['updated_at'][:19].replace('T', ' '))}</td><td class='err'>{errors}</td><td>{decided}</td></tr>"
         )
-    body = "".join(rows) or "<tr><td colspan=6>No batches yet.</td></tr>"
+    body = "".join(rows) or "<tr><td colspan=7>No batches yet.</td></tr>"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Relay batches</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;width:100%}}
-td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}.err{{font-size:.85em;color:#922}}</style>
+td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:top}}.err{{font-size:.85em;color:#922}}.nw{{white-space:nowrap}}</style>
 </head><body><h2>dicom-relay batches</h2>
 <p>Statuses from the relay's own tables. Batches are named by batch id; folder names are not shown.</p>
-<table><tr><th>Batch</th><th>Status</th><th>Instances</th><th>Airflow run</th><th>Updated (UTC)</th><th>Errors</th></tr>
+<table><tr><th>Batch</th><th>Status</th><th>Instances</th><th>Airflow run</th><th>Updated (UTC)</th><th>Errors</th><th>Last rerun decision</th></tr>
 {body}</table></body></html>"""
 
 
