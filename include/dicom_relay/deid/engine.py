@@ -42,7 +42,7 @@ from dicom_relay.deid import codes, fastio, rawpath
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.errors import DeidError
 from dicom_relay.deid.options import DeidOptions
-from dicom_relay.deid.table import resolve_compound, rules_for, safe_private, sop_family
+from dicom_relay.deid.table import NESTED, resolve_compound, rules_for, safe_private, sop_family
 from dicom_relay.deid.text import TextCleaner
 from dicom_relay.deid.uids import UidMapper
 from dicom_relay.deid.verify import LeakCheck, _collect
@@ -172,12 +172,16 @@ class DeidResult:
 
 
 class _Ctx:
-    __slots__ = ("identity", "family", "cleaner")
+    """Per instance: ``family`` is the key of :func:`resolve_compound` (the SOP Class UID at the top level);
+    ``nested`` is the context for sequence items, where the IOD's top-level types do not apply."""
+
+    __slots__ = ("identity", "family", "cleaner", "nested")
 
     def __init__(self, identity: PatientIdentity, family: str, cleaner: TextCleaner | None):
         self.identity = identity
         self.family = family
         self.cleaner = cleaner
+        self.nested = self if family == NESTED else _Ctx(identity, NESTED, cleaner)
 
 
 class Deidentifier:
@@ -470,6 +474,7 @@ class Deidentifier:
         return out
 
     def _raw_seq(self, buf: bytes, el, ctx: _Ctx, mode: int, implicit: bool) -> bytes:
+        ctx = ctx.nested
         items = [(undef, [c for _, c in self._raw_walk(buf, elems, ctx, mode, implicit)]) for undef, elems in el.items]
         return rawpath.encode_sequence(el.tag, items, el.undef, implicit)
 
@@ -584,6 +589,7 @@ class Deidentifier:
         seq = ds[tag].value
         if not seq:
             return
+        ctx = ctx.nested
         for item in seq:
             self._walk(item, ctx, mode)
 

@@ -6,7 +6,7 @@ only looks up the tags actually present in an instance instead of walking with a
 
 Action codes (PS3.15 E.1.1): X remove, Z zero length, D dummy value, U replace UID (consistently), K keep,
 C clean. Compound actions (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) depend on whether the instance's IOD requires the
-attribute: :func:`resolve_compound` decides, per SOP class family.
+attribute: :func:`resolve_compound` decides, per SOP class, from ``data/iod_types.json``.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from typing import Any
-
-from pydicom.uid import UID_dictionary
 
 from dicom_relay.deid.options import DeidOptions
 
@@ -103,87 +101,73 @@ def rules_for(options: DeidOptions) -> Rules:
 
 
 # --- Compound actions -------------------------------------------------------------------------------------
-# PS3.15 E.1.1: X/Z = X unless Z is required by the IOD (Type 2), X/D = X unless D is required (Type 1),
-# Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the contained
-# UIDs must be replaced (Type 1). The types below come from the IOD module tables of PS3.3 for the families of
-# SOP classes the relay sees; "*" is every other SOP class. An attribute or family not listed is unknown,
-# and then the branch of the strongest requirement is taken (D, Z, or U*): it holds no identity and keeps
-# the file valid whichever type the attribute really has.
+# PS3.15 E.1.1: X/Z = X unless Z is required to keep the IOD valid (Type 2), X/D = X unless D is required
+# (Type 1), Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the
+# contained UIDs must be replaced (Type 1). The types come from data/iod_types.json (scripts/build_iod_types.py,
+# from highdicom's copy of the PS3.3 IOD and module tables): per SOP class, the strongest Type of each
+# compound-action attribute at the top level of the IOD, whatever the usage (M, C, U) of the module it is in,
+# since a C or U module that is present requires its Type 1 and 2 attributes.
 
-IOD_TYPES: dict[str, dict[str, str]] = {
-    # General Study module
-    "ReferencedStudySequence": {"*": "3"},
-    "RequestedProcedureDescription": {"*": "3"},
-    # Patient module: Patient ID is Type 2 (and is replaced by the pseudonym anyway); Sex Neutered is 2C.
-    "PatientID": {"*": "2"},
-    "PatientSexNeutered": {"*": "2"},
-    # General Series module
-    "SeriesDate": {"*": "3"},
-    "SeriesTime": {"*": "3"},
-    "OperatorsName": {"rt": "2", "*": "3"},  # RT Series module: Type 2
-    "OperatorIdentificationSequence": {"*": "3"},
-    "ProtocolName": {"*": "3"},
-    "ReferencedPerformedProcedureStepSequence": {"sr": "2", "*": "3"},  # SR Document Series: Type 2
-    # General Equipment module (Type 3); Enhanced General Equipment makes the serial number Type 1.
-    "InstitutionName": {"*": "3"},
-    "InstitutionCodeSequence": {"*": "3"},
-    "StationName": {"*": "3"},
-    "DeviceSerialNumber": {"enhanced": "1", "*": "3"},
-    # General Image / General Acquisition / SOP Common
-    "AcquisitionDate": {"*": "3"},
-    "AcquisitionTime": {"*": "3"},
-    "AcquisitionDateTime": {"enhanced": "1", "*": "3"},
-    "ContentDate": {"sr": "1", "enhanced": "1", "*": "2"},
-    "ContentTime": {"sr": "1", "enhanced": "1", "*": "2"},
-    "InstanceCreationDate": {"*": "3"},
-    "InstanceCreationTime": {"*": "3"},
-    "ReferencedImageSequence": {"*": "3"},
-    "SourceImageSequence": {"*": "3"},
-    # Contrast/Bolus module: agent Type 2 (Enhanced Contrast/Bolus: Type 1 agent sequence, not this one).
-    "ContrastBolusAgent": {"*": "2"},
-    # DX Detector / acquisition
-    "DetectorID": {"*": "3"},
-    "DateOfLastDetectorCalibration": {"*": "3"},
-    "TimeOfLastDetectorCalibration": {"*": "3"},
-    "AcquisitionDeviceProcessingDescription": {"*": "3"},
-    # Presentation states: Content Identification macro, Content Creator's Name Type 2.
-    "ContentCreatorName": {"*": "2"},
-    # RT General Plan: RT Plan Date and Time Type 2; RT Treatment Machine: machine name Type 2;
-    # RT Approval: Reviewer Name 2C.
-    "RTPlanDate": {"rt": "2", "*": "3"},
-    "RTPlanTime": {"rt": "2", "*": "3"},
-    "TreatmentMachineName": {"rt": "2"},
-    "ReviewerName": {"rt": "2"},
-}
+IOD_TYPES_RESOURCE = "iod_types.json"
+_TYPE_CLASS = {"1": "1", "1C": "1", "2": "2", "2C": "2", "3": "3"}
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=1)
+def load_iod_types() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    """(provenance, SOP Class UID -> {keyword: "<Type>@<module usage>"}) of the shipped IOD types."""
+    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", IOD_TYPES_RESOURCE).read_text())
+    iods = raw["iods"]
+    return raw["provenance"], {uid: iods[iod] for uid, iod in raw["sop_classes"].items()}
+
+
+def iod_types_provenance() -> dict[str, Any]:
+    return load_iod_types()[0]
+
+
+def attribute_type(keyword: str, sop_class_uid: str) -> str | None:
+    """The Type (1, 1C, 2, 2C, 3) of a compound-action attribute at the top level of the SOP class's IOD.
+
+    ``"3"`` when the IOD is known and none of its modules has the attribute (the IOD does not require it);
+    None when the SOP class is unknown or the standard gives no type.
+    """
+    types = load_iod_types()[1].get(sop_class_uid)
+    if types is None:
+        return None
+    kind = types.get(keyword)
+    if kind is None:
+        return "3"
+    kind = kind.split("@")[0]
+    return kind if kind in _TYPE_CLASS else None
+
+
 def sop_family(sop_class_uid: str) -> str:
-    """A coarse grouping of SOP classes by the module set of their IOD: sr, rt, enhanced, ps, image."""
-    name = UID_dictionary.get(sop_class_uid, ("",))[0]
-    if "Presentation State" in name:
-        return "ps"
-    if " SR " in f" {name} " or "Key Object" in name or "Structured" in name:
-        return "sr"
-    if name.startswith("RT ") or name.startswith("Radiation"):
-        return "rt"
-    if "Enhanced" in name or "Legacy Converted" in name or name.startswith(("Segmentation", "Breast Tomosynthesis")):
-        return "enhanced"
-    return "image"
+    """The key :func:`resolve_compound` takes for an instance: its SOP Class UID (stripped).
+
+    Kept under its old name for callers; the resolution used to be per coarse family of SOP classes.
+    """
+    return sop_class_uid.strip().rstrip("\x00").strip()
 
 
-def resolve_compound(action: str, keyword: str, family: str) -> str:
-    """One of X, Z, D or U for a compound action, given the SOP class family of the instance."""
+NESTED = ""  # the key inside sequences: no SOP class, so the safe fallback
+
+
+@lru_cache(maxsize=8192)
+def resolve_compound(action: str, keyword: str, sop_class_uid: str) -> str:
+    """One of X, Z, D or U for a compound action, given the SOP Class UID of the instance.
+
+    Pass :data:`NESTED` (``""``) for attributes inside sequences: their type belongs to the sequence's macro,
+    not to the IOD, and the safe fallback is taken. Cached: one dict lookup per element after the first.
+    """
     if "/" not in action:
         return action
     choices = action.replace("*", "").split("/")
-    known = IOD_TYPES.get(keyword, {})
-    kind = known.get(family, known.get("*"))
-    if kind == "3" and "X" in choices:
-        return "X"
+    kind = _TYPE_CLASS.get(attribute_type(keyword, sop_class_uid) or "") if sop_class_uid else None
+    if kind == "3":
+        return choices[0]  # not required: the first (least) branch, X, or Z for Z/D
     if kind == "2" and "Z" in choices:
         return "Z"
-    # Type 1, Type 2 without a Z branch, or unknown: the strongest branch keeps the file valid.
+    # Type 1, Type 2 without a Z branch, or unknown: the strongest branch keeps the file valid and holds no
+    # identity (D dummy, U replaced UIDs, Z empty).
     for strongest in ("D", "U", "Z", "X"):
         if strongest in choices:
             return strongest
