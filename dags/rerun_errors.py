@@ -8,10 +8,10 @@ also recorded on the batch (``dicom-relay status``). See dicom_relay.operations 
 
 from datetime import datetime, timedelta
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, task
 
 from dicom_relay.airflow import tasks
+from dicom_relay.airflow.operators import start_process_study_runs
 
 with DAG(
     dag_id="rerun_errors",
@@ -34,10 +34,4 @@ with DAG(
         return tasks.reruns_to_request(decisions)
 
     runs = reruns(decide())
-    TriggerDagRunOperator.partial(
-        task_id="start_reruns",
-        trigger_dag_id="process_study",
-        logical_date=None,
-        skip_when_already_exists=True,
-        wait_for_completion=False,
-    ).expand_kwargs(runs)
+    start_process_study_runs("start_reruns", runs)

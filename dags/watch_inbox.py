@@ -6,11 +6,10 @@ is derived from the batch id (``batch__<batch_id>``), and a second request for t
 
 from datetime import datetime
 
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, task
 
 from dicom_relay.airflow import tasks
-from dicom_relay.airflow.operators import WaitForInboxOperator
+from dicom_relay.airflow.operators import WaitForInboxOperator, start_process_study_runs
 
 with DAG(
     dag_id="watch_inbox",
@@ -32,11 +31,5 @@ with DAG(
         return tasks.mark_dispatched(runs)
 
     runs = claim_folders()
-    start = TriggerDagRunOperator.partial(
-        task_id="start_runs",
-        trigger_dag_id="process_study",
-        logical_date=None,
-        skip_when_already_exists=True,
-        wait_for_completion=False,
-    ).expand_kwargs(runs)
+    start = start_process_study_runs("start_runs", runs)
     wait >> runs >> start >> mark_dispatched(runs)

@@ -31,3 +31,20 @@ class WaitForInboxOperator(BaseOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> int:
         return int((event or {}).get("waiting", 0))
+
+
+def start_process_study_runs(task_id: str, runs):
+    """One ``process_study`` run per ``{trigger_run_id, conf}`` in ``runs`` (an XComArg).
+
+    The run ids are deterministic, so asking twice for the same one is *skipped* (HTTP 409), not failed: this is
+    what makes "exactly one run per folder" survive restarts of the dispatcher.
+    """
+    from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+
+    return TriggerDagRunOperator.partial(
+        task_id=task_id,
+        trigger_dag_id="process_study",
+        logical_date=None,
+        skip_when_already_exists=True,
+        wait_for_completion=False,
+    ).expand_kwargs(runs)
