@@ -22,21 +22,18 @@ by quarantine label. Only ``QuarantineEntry.relpath`` holds a file path, for ``q
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from . import inbox
+from . import inbox, quarantine
 from .config import ConfigError, Settings
 from .errors import PermanentError
 from .status import Batch, StatusStore
 
 PROCESS_DAG = "process_study"
-QUARANTINE = "quarantine"
-INDEX_FILE = "index.json"
 INCOMING = "incoming"
 # Entries of ``errors`` that describe a held-back file, not a failure of the batch (written by the pipeline's
 # import and replace_identifiers with ``status=None``, and by :func:`release`).
@@ -284,20 +281,7 @@ def _check_batch_id(batch_id: str) -> None:
 
 def _quarantine_dir(settings: Settings, batch_id: str) -> Path:
     _check_batch_id(batch_id)
-    return settings.batches_dir / batch_id / QUARANTINE
-
-
-def _read_index(qdir: Path) -> dict[str, dict]:
-    path = qdir / INDEX_FILE
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())
-
-
-def _write_index(qdir: Path, entries: dict[str, dict]) -> None:
-    tmp = qdir / (INDEX_FILE + ".partial")
-    tmp.write_text(json.dumps(entries, indent=2))
-    os.replace(tmp, qdir / INDEX_FILE)
+    return settings.batches_dir / batch_id / quarantine.QUARANTINE
 
 
 def _size(folder: Path) -> int | None:
@@ -325,7 +309,7 @@ def quarantine_entries(settings: Settings, batch_id: str | None = None, include_
     found = []
     for bid in batch_ids:
         qdir = _quarantine_dir(settings, bid)
-        for label, entry in sorted(_read_index(qdir).items()):
+        for label, entry in sorted(quarantine.read_index(qdir).items()):
             if entry.get("released_at") and not include_released:
                 continue
             found.append(QuarantineEntry(bid, label, entry.get("reason", ""), _size(qdir / label), entry.get("relpath", ""),
@@ -361,7 +345,7 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
         raise OperationError(f"no batch {batch_id}")
     if batch.status in _BUSY:
         raise OperationError(f"batch {batch_id} is {batch.status}: a run is working on it; release when it has ended")
-    entries = _read_index(qdir)
+    entries = quarantine.read_index(qdir)
     entry = entries.get(label)
     if entry is None:
         raise OperationError(f"batch {batch_id} has no quarantined file {label}")
@@ -383,7 +367,7 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
     os.rename(source, target)
     _remove_empty_dirs(source.parent, qdir)
     entries[label] = {**entry, "released_at": _now().isoformat(timespec="seconds")}
-    _write_index(qdir, entries)
+    quarantine.write_index(qdir, entries)
     # A file held back by replace_identifiers has an instance row in ERROR: make it work again.
     store.set_instance_state(batch_id, "NEW", [relpath], from_states=("ERROR",))
     store.add_error(batch_id, "quarantine",

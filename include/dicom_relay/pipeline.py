@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import inbox
+from . import inbox, quarantine
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
@@ -32,7 +32,6 @@ from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
 
-QUARANTINE = "quarantine"
 DEID = "deid"
 IDENTIFIERS_FILE = "identifiers.json"
 ACCESSION_SOURCE = "DCM Accession #"
@@ -80,7 +79,7 @@ class BatchPaths:
         self.root = settings.batches_dir / batch_id
         self.incoming = self.root / inbox.INCOMING
         self.deid = self.root / DEID
-        self.quarantine = self.root / QUARANTINE
+        self.quarantine = self.root / quarantine.QUARANTINE
         self.identifiers = self.root / IDENTIFIERS_FILE
 
 
@@ -154,32 +153,6 @@ def mark_dispatched(settings: Settings, batch_ids: list[str]) -> int:
 
 # -- process_study ----------------------------------------------------------------------------------------------
 
-def _quarantine(paths: BatchPaths, relpath: str, reason: str, number: int) -> str:
-    """Move a file of ``incoming`` into quarantine; return the label errors use for it (never its name)."""
-    label = f"q{number:04d}"
-    source = paths.incoming / relpath
-    target = paths.quarantine / label / relpath
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.exists() or source.is_symlink():
-        os.rename(source, target)
-    index_file = paths.quarantine / "index.json"
-    entries = json.loads(index_file.read_text()) if index_file.exists() else {}
-    entries[label] = {"relpath": relpath, "reason": reason}
-    index_file.write_text(json.dumps(entries, indent=2))
-    return label
-
-
-def _next_quarantine_number(paths: BatchPaths) -> int:
-    """One more than the highest label ever used in this batch (labels are never handed out twice)."""
-    used = [0]
-    index_file = paths.quarantine / "index.json"
-    if index_file.exists():
-        used += [int(label[1:]) for label in json.loads(index_file.read_text()) if label[1:].isdigit()]
-    if paths.quarantine.exists():
-        used += [int(p.name[1:]) for p in paths.quarantine.iterdir() if p.is_dir() and p.name[1:].isdigit()]
-    return max(used) + 1
-
-
 def _index(paths: BatchPaths) -> FolderIndex:
     if not paths.incoming.is_dir():
         raise PermanentError("the batch has no incoming folder (already cleaned up, or never claimed)")
@@ -192,9 +165,9 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
     store.set_status(batch_id, "PROCESSING", run_id=run_id)
     paths = BatchPaths(settings, batch_id)
     index = _index(paths)
-    number = _next_quarantine_number(paths)
+    number = quarantine.next_number(paths.quarantine)
     for rejected in index.rejected:
-        label = _quarantine(paths, rejected.relpath, rejected.reason, number)
+        label = quarantine.hold(paths.incoming, paths.quarantine, rejected.relpath, rejected.reason, number)
         number += 1
         store.add_error(batch_id, "import", f"file {label} {rejected.reason}; kept in quarantine", status=None)
     known = {i.relpath for i in store.instances(batch_id)}
@@ -333,7 +306,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     # Knows which output came from which original, so that a shifted date that happens to equal another
     # instance's original date (a study over several days) is not taken for a leak.
     check = LeakCheck(deid_options)
-    number = _next_quarantine_number(paths)
+    number = quarantine.next_number(paths.quarantine)
     try:
         jobs = []
         for inst in todo:
@@ -355,7 +328,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
             raise
         for inst, (src, identity), result in zip(todo, jobs, results):
             if result.quarantine_reason:
-                label = _quarantine(paths, inst.relpath, result.quarantine_reason, number)
+                label = quarantine.hold(paths.incoming, paths.quarantine, inst.relpath, result.quarantine_reason, number)
                 number += 1
                 held_back += 1
                 store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
@@ -439,15 +412,17 @@ def _ready_to_send(store: StatusStore, batch_id: str) -> list[Instance]:
 
 
 def _mark_sent_if_complete(store: StatusStore, batch_id: str, options: RunOptions) -> int:
-    changes = []
-    for inst in _ready_to_send(store, batch_id):
-        if (not options.send_orthanc or inst.sent_orthanc_at) and (not options.send_gcs or inst.sent_gcs_at):
-            if inst.state != "SENT":
-                changes.append((inst.relpath, {"state": "SENT"}))
-    store.update_instances(batch_id, changes)
-    if all(i.state in ("SENT", "DONE", "ERROR") for i in store.instances(batch_id)):
+    """Instances verified at every enabled destination become SENT; the batch too once none is left to send."""
+    instances = store.instances(batch_id)
+    sent = [
+        i.relpath for i in instances
+        if i.state == "DONEPROCESSING"
+        and (not options.send_orthanc or i.sent_orthanc_at) and (not options.send_gcs or i.sent_gcs_at)
+    ]
+    store.update_instances(batch_id, [(relpath, {"state": "SENT"}) for relpath in sent])
+    if all(i.state in ("SENT", "DONE", "ERROR") or i.relpath in sent for i in instances):
         store.set_status(batch_id, "SENT")
-    return len(changes)
+    return len(sent)
 
 
 def _retrying(what: str, settings: Settings, fn: Callable[[], Any]) -> Any:
@@ -552,8 +527,9 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         finally:
             store.update_instances(batch_id, done)
     manifests = []
-    for study_uid, instances in sorted(studies.items()):
-        instances = [i for i in store.instances(batch_id) if i.deid_study_instance_uid == study_uid and i.gcs_object]
+    delivered = [i for i in store.instances(batch_id) if i.gcs_object]  # one read: with this run's uploads
+    for study_uid in sorted(studies):
+        instances = [i for i in delivered if i.deid_study_instance_uid == study_uid]
         manifest = {
             "batch_id": batch_id,
             "patient_pseudonym": instances[0].patient_pseudonym if instances else None,
@@ -598,7 +574,7 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
     _remove_empty_dirs(paths.incoming)
     paths.identifiers.unlink(missing_ok=True)
     store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
-    kept = sum(1 for _ in paths.quarantine.rglob("*") if _.is_file() and _.name != "index.json") if paths.quarantine.exists() else 0
+    kept = quarantine.kept_files(paths.quarantine)
     store.set_status(batch_id, "DONE", finished=True)
     return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
 
