@@ -8,7 +8,7 @@ import sys
 import pydicom
 import pytest
 
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 from dicom_relay.status import Instance, StatusStore
 
 
