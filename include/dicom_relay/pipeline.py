@@ -295,7 +295,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         return _pass_through(batch_id, paths, store)
     identities = _load_identities(paths)
     deid_options = DeidOptions.from_mapping(options.deid)
-    deidentifier = Deidentifier(settings.secret_key, deid_options)
+    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), deid_options)
     # A rerun starts the staging folder afresh: output is deterministic, and a half-written file must not be sent.
     shutil.rmtree(paths.deid, ignore_errors=True)
     paths.deid.mkdir(parents=True)
