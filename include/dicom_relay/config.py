@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
 
+    @classmethod
+    def variables(cls) -> tuple[str, ...]:
+        """The environment variable of every setting, in field order."""
+        return tuple(str(f.validation_alias) for f in cls.model_fields.values())
+
     @property
     def batches_dir(self) -> Path:
         return self.work_dir / "batches"

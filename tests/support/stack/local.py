@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from dicom_relay.airflow_client import AirflowClient
 
 from .. import REPO
@@ -42,19 +44,11 @@ def _port(name: str) -> int:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, shell-quoted or not; comments skipped."""
-    env: dict[str, str] = {}
+    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, quoted or not, as python-dotenv reads them;
+    values are taken literally (no ``${...}`` expansion: compose's own .env is interpolated by compose)."""
     if not path.exists():
-        return env
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key = key.strip().removeprefix("export ").strip()
-        parts = shlex.split(value, comments=True)
-        env[key] = parts[0] if parts else ""
-    return env
+        return {}
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
