@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 from . import inbox, quarantine
 from .config import ConfigError, Settings
 from .errors import PermanentError
+from .files import remove_empty_dirs
 from .status import Batch, StatusStore
 
 PROCESS_DAG = "process_study"
@@ -317,18 +318,6 @@ def quarantine_entries(settings: Settings, batch_id: str | None = None, include_
     return found
 
 
-def _remove_empty_dirs(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its parents while they are empty, up to (not including) ``stop``."""
-    folder = folder.resolve()
-    stop = stop.resolve()
-    while folder != stop and stop in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
-
-
 def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -> dict:
     """Move a quarantined file back into the batch's ``incoming/`` at its original path, for a requeue to pick up.
 
@@ -365,7 +354,7 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
         raise OperationError(f"file {label}: a file already exists at its original path in incoming; not released")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(source, target)
-    _remove_empty_dirs(source.parent, qdir)
+    remove_empty_dirs(source.parent, qdir)
     entries[label] = {**entry, "released_at": _now().isoformat(timespec="seconds")}
     quarantine.write_index(qdir, entries)
     # A file held back by replace_identifiers has an instance row in ERROR: make it work again.

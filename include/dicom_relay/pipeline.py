@@ -28,6 +28,7 @@ from . import inbox, quarantine, retrying
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
+from .files import remove_empty_dirs, write_json_atomically
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
@@ -267,8 +268,7 @@ def get_identifiers(batch_id: str, settings: Settings, options: RunOptions, stor
     entities = build_entities(_index(paths), settings.identifier_id_source)
     provider = provider_from_settings(settings)
     mapping = pseudonym_mapping(entities, provider.lookup(batch_id, entities))
-    paths.identifiers.write_text(json.dumps({"provider": provider.name, "patients": mapping}))
-    os.chmod(paths.identifiers, 0o600)
+    write_json_atomically(paths.identifiers, {"provider": provider.name, "patients": mapping}, mode=0o600)
     return {
         "provider": provider.name,
         "patients": len(mapping),
@@ -563,20 +563,12 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
             removed += 1
     shutil.rmtree(paths.deid, ignore_errors=True)
     # Keep whatever is left in incoming (nothing, unless a file appeared after import) rather than lose it.
-    _remove_empty_dirs(paths.incoming)
+    remove_empty_dirs(paths.incoming)
     paths.identifiers.unlink(missing_ok=True)
     store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
     kept = quarantine.kept_files(paths.quarantine)
     store.set_status(batch_id, "DONE", finished=True)
     return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
-
-
-def _remove_empty_dirs(folder: Path) -> None:
-    if not folder.exists():
-        return
-    for root, dirs, files in os.walk(folder, topdown=False):
-        if not os.listdir(root):
-            os.rmdir(root)
 
 
 #: The process_study steps, in order, by task id.

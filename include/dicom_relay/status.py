@@ -243,15 +243,6 @@ class StatusStore:
                 (Jsonb({task: summary}), batch_id),
             )
 
-    def count_rerun(self, batch_id: str) -> int:
-        with self._connect() as conn:
-            row = conn.execute(
-                "UPDATE relay_batch SET rerun_count = rerun_count + 1, updated_at = now() WHERE batch_id = %s"
-                " RETURNING rerun_count",
-                (batch_id,),
-            ).fetchone()
-            return row["rerun_count"]
-
     # -- operations (migration 2; used by dicom_relay.operations) ----------------------------------------------
     def record_decision(self, batch_id: str, decision: dict, *, expect_rerun_count: int | None = None,
                         count_rerun: bool = False) -> Batch | None:
