@@ -1,5 +1,6 @@
 """``dicom-relay``: the command line for the person on call.
 
+    dicom-relay migrate
     dicom-relay status [--json] [--limit N] [--batch ID]
     dicom-relay requeue BATCH [--force]
     dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
@@ -37,7 +38,6 @@ def cmd_status(args, settings: Settings) -> int:
     from .status import StatusStore, to_json
 
     store = StatusStore(settings.db_url)
-    store.migrate()
     if args.batch:
         batch = store.get_batch(args.batch)
         batches = [batch] if batch else []
@@ -64,6 +64,14 @@ def cmd_status(args, settings: Settings) -> int:
             d = b.last_decision
             print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
                   + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    """Create or update the status tables; run once at start (compose init, make run), safe to run again."""
+    from .status import StatusStore
+
+    print(f"status tables at version {StatusStore(settings.db_url).migrate()}")
     return 0
 
 
@@ -202,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("migrate", help="create or update the status tables (once at start; safe to repeat)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("requeue", help="start a process_study run for a batch (Airflow REST API; AIRFLOW_URL, "
                                        "AIRFLOW_USER, AIRFLOW_PASSWORD); prints the run id")

@@ -165,7 +165,6 @@ def decide_reruns(store: StatusStore, limit: int | None = None,
     the same one. "leave" decisions are recorded when they change; "wait" decisions are not recorded (the
     batch keeps the decision it waits on).
     """
-    store.migrate()
     limit = max_reruns() if limit is None else limit
     if run_state is not None:
         mark_stuck(store, run_state)
@@ -222,7 +221,6 @@ def requeue(store: StatusStore, client, batch_id: str, force: bool = False) -> s
     DONE batch does nothing) and while the batch's run is still active, unless ``force``.
     """
     _check_batch_id(batch_id)
-    store.migrate()
     batch = store.get_batch(batch_id)
     if batch is None:
         raise OperationError(f"no batch {batch_id}")
@@ -328,7 +326,6 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
     if not _LABEL.match(label or ""):
         raise OperationError("a quarantine label looks like q0001 (see dicom-relay quarantine list)")
     qdir = _quarantine_dir(settings, batch_id)
-    store.migrate()
     batch = store.get_batch(batch_id)
     if batch is None:
         raise OperationError(f"no batch {batch_id}")

@@ -93,7 +93,6 @@ def step(name: str) -> Callable:
                 params: dict | None = None, **kw) -> dict:
             store = StatusStore(settings.db_url)
             started = time.monotonic()
-            store.migrate()
             batch = store.get_batch(batch_id)
             if batch is None:
                 raise PermanentError(f"batch {batch_id} is not known to the status table")
@@ -133,7 +132,6 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     requested, including ones claimed by an earlier cycle that crashed before requesting.
     """
     store = StatusStore(settings.db_url)
-    store.migrate()
     settings.batches_dir.mkdir(parents=True, exist_ok=True)
     inbox.recover_claims(settings.inbox, settings.batches_dir)
     for name in inbox.finished_folders(settings.inbox, settings.stable_seconds):

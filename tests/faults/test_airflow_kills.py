@@ -84,7 +84,6 @@ def store(stack) -> StatusStore:
 
 def batch_of(stack, folder: str):
     s = store(stack)
-    s.migrate()
     return next((b for b in s.list_batches(limit=200) if b.folder == folder), None)
 
 

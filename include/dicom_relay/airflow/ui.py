@@ -22,7 +22,6 @@ STATUS_COLOURS = {"DONE": "#1e8449", "ERROR": "#c0392b", "EMPTY": "#7f8c8d"}
 
 def _batches(limit: int, status: str | None) -> list[dict]:
     store = StatusStore(Settings.from_env().db_url)
-    store.migrate()
     return [b.public() for b in store.list_batches(limit=limit, status=status)]
 
 

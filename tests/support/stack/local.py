@@ -24,6 +24,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from dicom_relay.airflow_client import AirflowClient
+from dicom_relay.status import StatusStore
 
 from .. import REPO
 from .airflow import COMPONENTS, AirflowHandle, start_airflow
@@ -115,6 +116,7 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     try:
         pg = start_postgres(run_dir / "postgres", databases=("relay", "airflow"), durable=fixed_ports)
         stack.services.append(pg)
+        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does
         orthanc = start_orthanc(
             run_dir / "orthanc",
             http_port=_port("orthanc_http") if fixed_ports else None,
@@ -194,14 +196,12 @@ def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
 def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     """Wait until the folder's batch has a finished run (retries included); return the batch."""
     from dicom_relay.inbox import run_id_for
-    from dicom_relay.status import StatusStore
 
     store = StatusStore(env["RELAY_DB_URL"])
     client = AirflowClient(env["AIRFLOW_URL"], env["AIRFLOW_USER"], env["AIRFLOW_PASSWORD"])
     found = {}
 
     def finished() -> bool:
-        store.migrate()
         batch = next((b for b in store.list_batches(limit=200) if b.folder == folder), None)
         if batch is None:
             return False

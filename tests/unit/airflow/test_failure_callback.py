@@ -11,7 +11,6 @@ class TaskInstance:
 def test_unrecorded_failure_marks_batch_error_once(relay_db_url, monkeypatch):
     monkeypatch.setenv("RELAY_DB_URL", relay_db_url)
     store = StatusStore(relay_db_url)
-    store.migrate()
     store.create_batch("b-killed", "folder")
     store.set_status("b-killed", "PROCESSING")
     context = {"params": {"batch_id": "b-killed"}, "task_instance": TaskInstance()}

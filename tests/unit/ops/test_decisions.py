@@ -16,7 +16,6 @@ FOLDER = "ACC-SECRET-4711"  # folder names are PHI: never in a decision
 @pytest.fixture
 def store(relay_db_url) -> StatusStore:
     s = StatusStore(relay_db_url)
-    s.migrate()
     return s
 
 
