@@ -1,7 +1,11 @@
 """A task that fails for good without the pipeline recording why still leaves the batch ERROR with a reason."""
 
+import pytest
+
 from dicom_relay.airflow.tasks import record_task_failure
 from dicom_relay.status import StatusStore
+
+pytestmark = pytest.mark.integration
 
 
 class TaskInstance:

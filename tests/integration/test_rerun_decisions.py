@@ -10,6 +10,8 @@ import pytest
 from dicom_relay import operations
 from dicom_relay.status import StatusStore
 
+pytestmark = pytest.mark.integration
+
 FOLDER = "ACC-SECRET-4711"  # folder names are PHI: never in a decision
 
 

@@ -6,6 +6,8 @@ import pytest
 
 from dicom_relay.status import MIGRATIONS, Instance, StatusStore, StatusTablesMissing
 
+pytestmark = pytest.mark.integration
+
 
 def test_migrate_is_idempotent_and_concurrent(empty_db_url):
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
