@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
@@ -25,22 +25,6 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 class ConfigError(ValueError):
     """A setting is missing or does not parse; the message names the setting, never its secret value."""
-
-
-_BOOL = TypeAdapter(bool)
-
-
-def parse_bool(name: str, raw: Any, default: bool) -> bool:
-    """A true/false setting or option, with pydantic's words (``1/0``, ``true/false``, ``yes/no``, ``on/off``...).
-
-    An empty value means "not set" (``default``): a blank line in .env must not switch de-identification off.
-    """
-    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-        return default
-    try:
-        return _BOOL.validate_python(raw.strip() if isinstance(raw, str) else raw)
-    except ValidationError:
-        raise ConfigError(f"{name} must be true or false, got {raw!r}") from None
 
 
 def _env(name: str, *default: Any, **kw: Any) -> Any:
