@@ -25,7 +25,15 @@ import pytest
 import requests
 
 from tests.support.samples import drop_atomically, generate_ct_study
-from tests.support.faults import airflow_task_processes, files_under, scan_files, scan_texts, sigkill, wait_gone
+from tests.support.faults import (
+    airflow_task_processes,
+    files_under,
+    process_group_members,
+    scan_files,
+    scan_texts,
+    sigkill,
+    wait_gone,
+)
 from tests.support.stack.gcs import emulator_client
 from tests.support.stack.local import start_stack
 from tests.support.stack.process import wait_until
@@ -151,24 +159,11 @@ def kill_component(stack, name: str) -> list[int]:
     proc = stack.airflow.processes[name]
     pgid = proc.pid()
     assert pgid is not None and proc.is_running(), f"{name} is not running"
-    members = [p for p in _group_members(pgid)]
+    members = process_group_members(pgid)
     proc.signal(signal.SIGKILL)
     assert wait_gone(members, timeout=15), f"{name} survived SIGKILL"
     if proc.popen is not None:
         proc.popen.wait(timeout=10)
-    return members
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[2]) == pgid:
-                members.append(int(entry.name))
     return members
 
 

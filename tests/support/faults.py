@@ -379,6 +379,18 @@ def process_cmdlines() -> dict[int, str]:
     return found
 
 
+def process_group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid``."""
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and pid_alive(pid):
+                members.append(pid)
+        except ProcessLookupError:
+            continue
+    return sorted(members)
+
+
 def find_processes(*needles: str, exclude: Iterable[str] = ()) -> list[int]:
     """Pids whose command line holds every needle and none of ``exclude``."""
     exclude = tuple(exclude)
