@@ -8,8 +8,10 @@ setup:
 
 ## Set up and start the whole local stack (PostgreSQL, Orthanc, GCS emulator, identifier service, Airflow 3),
 ## drop a sample study into the inbox and wait until it is delivered. A second `make run` reuses the stack.
+## `make run EXECUTOR=celery`: the CeleryExecutor with Redis and two `airflow celery worker` processes.
+EXECUTOR ?= local
 run: setup
-	@$(PY) -m tests.support.stack.local up
+	@$(PY) -m tests.support.stack.local up --executor $(EXECUTOR)
 
 ## Stop exactly what `make run` started.
 stop:

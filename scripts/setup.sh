@@ -10,6 +10,7 @@ command -v /usr/sbin/Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

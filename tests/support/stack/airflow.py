@@ -1,6 +1,7 @@
 """A real Airflow 3 for the local stack and the end-to-end tests: api-server, scheduler, dag-processor, triggerer.
 
-LocalExecutor on a PostgreSQL metadata database, the SimpleAuthManager with one admin user (authentication on),
+LocalExecutor (or, given a ``CeleryConfig``, the CeleryExecutor with Redis as broker, the metadata database as
+result backend and ``celery_workers`` ``airflow celery worker`` processes) on a PostgreSQL metadata database, the SimpleAuthManager with one admin user (authentication on),
 the project's ``dags/`` and ``plugins/`` folders. Every port is chosen freely so two stacks (``make run`` and a
 test run) can live side by side.
 """
@@ -24,6 +25,30 @@ from .. import REPO
 from .process import ManagedProcess, free_port, wait_until
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def worker_name(i: int) -> str:
+    """The managed-process name of the i-th Celery worker (1-based): its pid file and log file carry it."""
+    return f"airflow-celery-worker-{i}"
+
+
+@dataclass
+class CeleryConfig:
+    """The CeleryExecutor's broker and result backend, and how many workers (each with ``concurrency`` slots)."""
+
+    broker_url: str = field(repr=False)
+    result_backend: str = field(repr=False)
+    workers: int = 2
+    concurrency: int = 2
+
+    def env(self) -> dict[str, str]:
+        # Same shape as docker-compose.yaml's x-airflow-common (tests/static/test_compose.py checks both).
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+        }
 
 
 @dataclass
@@ -53,7 +78,8 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str) -> dict[str, str]:
+def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str,
+                celery: CeleryConfig | None = None) -> dict[str, str]:
     secrets_file = home / "secrets.json"
     if secrets_file.exists():
         keys = json.loads(secrets_file.read_text())
@@ -90,19 +116,38 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": "100",
+        **(celery.env() if celery else {}),
     }
+
+
+def celery_worker(run_dir: Path, home: Path, env: Mapping[str, str], i: int, concurrency: int) -> ManagedProcess:
+    """The i-th ``airflow celery worker``: its own Celery node name (``worker-<i>@host``) and pid file, so that two
+    run side by side on one host; no log server (both would bind the same port; task logs are files under
+    ``AIRFLOW_HOME/logs`` that the api-server reads)."""
+    return ManagedProcess(
+        worker_name(i),
+        [airflow_bin(), "celery", "worker", "--celery-hostname", f"worker-{i}@%h", "--concurrency", str(concurrency),
+         "--pid", str(home / f"celery-worker-{i}.pid"), "--skip-serve-logs"],
+        Path(run_dir), env=env,
+    )
+
+
+def worker_ready(proc: ManagedProcess) -> bool:
+    """Celery prints ``celery@<node> ready.`` once it consumes from the broker."""
+    return " ready." in proc.log_tail(200)
 
 
 def start_airflow(
     run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
-    password: str | None = None, timeout: float = 240,
+    password: str | None = None, timeout: float = 240, celery: CeleryConfig | None = None,
 ) -> AirflowHandle:
-    """Migrate the metadata database, start the four components, and wait until both DAGs are parsed."""
+    """Migrate the metadata database, start the four components (and the Celery workers), and wait until both DAGs
+    are parsed (and every worker consumes)."""
     home = Path(run_dir) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     password = password or secrets.token_urlsafe(12)
-    env = airflow_env(home, metadata_db_url, port, relay_env, password)
+    env = airflow_env(home, metadata_db_url, port, relay_env, password, celery)
     full_env = {**os.environ, **env}
     migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
     if migrate.returncode != 0:
@@ -115,6 +160,13 @@ def start_airflow(
     handle.processes["api-server"].wait_ready(
         lambda: requests.get(f"{handle.url}/api/v2/monitor/health", timeout=2).status_code == 200, timeout
     )
+    for i in range(1, (celery.workers if celery else 0) + 1):
+        proc = celery_worker(run_dir, home, env, i, celery.concurrency)
+        proc.log_file.unlink(missing_ok=True)  # "ready." must be this start's
+        handle.processes[proc.name] = proc.start()
+    for name, proc in handle.processes.items():
+        if name.startswith("airflow-celery-worker-"):
+            proc.wait_ready(lambda p=proc: worker_ready(p), timeout)
     client = handle.client()
     wait_until(lambda: {"watch_inbox", "process_study"} <= client.dag_ids(), timeout, "airflow DAG parsing")
     return handle

@@ -1,10 +1,11 @@
 """The whole local stack, for ``make run`` / ``make stop`` and for the end-to-end tests.
 
-    python -m tests.support.stack.local up   [--run-dir .run] [--no-sample]
+    python -m tests.support.stack.local up   [--run-dir .run] [--no-sample] [--executor local|celery]
     python -m tests.support.stack.local down [--run-dir .run]
 
 ``up`` starts (or finds again) PostgreSQL, Orthanc, the GCS emulator, the identifier service and Airflow
-(api-server, scheduler, dag-processor, triggerer), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
+(api-server, scheduler, dag-processor, triggerer; with ``--executor celery`` also Redis and two
+``airflow celery worker`` processes under the CeleryExecutor), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
 generated sample CT study into the inbox the atomic way and waits until it is delivered. ``down`` stops exactly
 the processes ``up`` started (by their pid files).
 """
@@ -27,14 +28,18 @@ from dicom_relay.airflow_client import AirflowClient
 from dicom_relay.status import StatusStore
 
 from .. import REPO
-from .airflow import COMPONENTS, AirflowHandle, start_airflow
+from .airflow import COMPONENTS, AirflowHandle, CeleryConfig, start_airflow, worker_name
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
 from .orthanc import start_orthanc
 from .postgres import start_postgres
 from .process import ManagedProcess, free_port, port_open, wait_until
+from .redis import start_redis
 
+EXECUTORS = ("local", "celery")
+CELERY_WORKERS = 2
 SERVICE_NAMES = ("postgres", "orthanc", "gcs", "identifier-service", *(f"airflow-{c}" for c in COMPONENTS))
+CELERY_NAMES = ("redis", *(worker_name(i) for i in range(1, CELERY_WORKERS + 1)))
 # Ports a person would expect; a free one is taken instead when something else listens there.
 PREFERRED_PORTS = {"airflow": 8080, "orthanc_http": 8042, "orthanc_dicom": 4242, "gcs": 4443, "identifier": 8765}
 
@@ -92,23 +97,27 @@ class Stack:
 
 
 def _secrets(run_dir: Path) -> dict[str, str]:
+    """The stack's generated secrets, kept across restarts; a key a newer stack needs is added, none replaced."""
     path = run_dir / "secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {
-        "orthanc_password": secrets.token_urlsafe(16),
-        "airflow_password": secrets.token_urlsafe(12),
-        "identifier_token": secrets.token_urlsafe(24),
-        "relay_secret_key": secrets.token_urlsafe(32),
-    }
-    path.write_text(json.dumps(values))
-    os.chmod(path, 0o600)
+    values = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {"orthanc_password": 16, "airflow_password": 12, "identifier_token": 24, "relay_secret_key": 32,
+              "redis_password": 24}
+    missing = {k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values}
+    if missing:
+        values.update(missing)
+        path.write_text(json.dumps(values))
+        os.chmod(path, 0o600)
     return values
 
 
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
-                fixed_ports: bool = False) -> Stack:
-    """Start every service under ``run_dir``; return the stack and the environment that reaches it."""
+                fixed_ports: bool = False, executor: str = "local", celery_workers: int = CELERY_WORKERS) -> Stack:
+    """Start every service under ``run_dir``; return the stack and the environment that reaches it.
+
+    ``executor="celery"``: Redis (broker) and ``celery_workers`` Celery workers too, result backend in Airflow's
+    metadata database, as in docker-compose.yaml."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(run_dir)
@@ -144,10 +153,16 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
             "STORAGE_EMULATOR_HOST": gcs.host,
             "RELAY_PYTHON": sys.executable,
         }
+        celery = None
+        if with_airflow and executor == "celery":
+            redis = start_redis(run_dir / "redis", password=keys["redis_password"])
+            stack.services.append(redis)
+            celery = CeleryConfig(broker_url=redis.url(), result_backend="db+" + pg.url("airflow"),
+                                  workers=celery_workers)
         if with_airflow:
             af = start_airflow(
                 run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
-                port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"],
+                port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"], celery=celery,
             )
             stack.airflow = af
             stack.env.update(af.env)
@@ -161,19 +176,23 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     return stack
 
 
-def running(run_dir: Path) -> bool:
-    return all(ManagedProcess(name, [], run_dir_for(run_dir, name)).is_running() for name in SERVICE_NAMES)
+def running(run_dir: Path, executor: str = "local") -> bool:
+    names = SERVICE_NAMES + (CELERY_NAMES if executor == "celery" else ())
+    return all(ManagedProcess(name, [], run_dir_for(run_dir, name)).is_running() for name in names)
 
 
 def run_dir_for(run_dir: Path, name: str) -> Path:
     """Each service keeps its pid file in its own folder; Airflow's components in the stack's folder."""
-    sub = {"postgres": "postgres", "orthanc": "orthanc", "gcs": "gcs", "identifier-service": "identifier-service"}
+    sub = {"postgres": "postgres", "orthanc": "orthanc", "gcs": "gcs", "identifier-service": "identifier-service",
+           "redis": "redis"}
     return run_dir / sub[name] if name in sub else run_dir
 
 
 def stop_all(run_dir: Path) -> list[str]:
     stopped = []
-    for name in reversed(SERVICE_NAMES):
+    # Workers first (they run tasks), then Airflow, then the services (Redis before PostgreSQL).
+    for name in (*reversed(CELERY_NAMES[1:]), *reversed(SERVICE_NAMES[4:]), CELERY_NAMES[0],
+                 *reversed(SERVICE_NAMES[:4])):
         proc = ManagedProcess(name, [], run_dir_for(run_dir, name))
         if proc.pid() is not None:
             proc.stop()
@@ -215,16 +234,22 @@ def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     return store.get_batch(found["batch"].batch_id)
 
 
-def up(run_dir: Path, sample: bool = True) -> int:
+def stack_executor(env: dict[str, str]) -> str:
+    return "celery" if env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor" else "local"
+
+
+def up(run_dir: Path, sample: bool = True, executor: str = "local") -> int:
     status = 0
     env_file = run_dir / "stack.env"
-    if env_file.exists() and running(run_dir):
-        env = read_env_file(env_file)
+    previous = read_env_file(env_file)
+    if previous and stack_executor(previous) == executor and running(run_dir, executor):
+        env = previous
         print(f"dicom-relay stack already running (from {env_file}); reusing it.")
     else:
-        stop_all(run_dir)  # leftovers of a stack that half-died
-        print("starting PostgreSQL, Orthanc, GCS emulator, identifier service and Airflow 3 ...", flush=True)
-        stack = start_stack(run_dir, fixed_ports=True)
+        stop_all(run_dir)  # leftovers of a stack that half-died, or one with the other executor
+        extra = f" with the CeleryExecutor (Redis, {CELERY_WORKERS} workers)" if executor == "celery" else ""
+        print(f"starting PostgreSQL, Orthanc, GCS emulator, identifier service and Airflow 3{extra} ...", flush=True)
+        stack = start_stack(run_dir, fixed_ports=True, executor=executor)
         env = stack.env
         write_env_file(env_file, env)
     if sample:
@@ -259,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run")
     parser.add_argument("--no-sample", action="store_true")
+    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("EXECUTOR", "local") or "local")
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
     if args.command == "up":
-        return up(run_dir, sample=not args.no_sample)
+        return up(run_dir, sample=not args.no_sample, executor=args.executor)
     stopped = stop_all(run_dir)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0
