@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Seconds a finished folder must be quiet (no file changed) before it is claimed: guards against a sender
     # that renames before it has finished writing.
     stable_seconds: float = _env("RELAY_STABLE_SECONDS", 2.0)
-    poll_seconds: float = _env("RELAY_POLL_SECONDS", 2.0)
+    poll_seconds: float = _env("RELAY_POLL_SECONDS", 0.5)
 
     # The relay's own status tables (not Airflow's metadata database).
     db_url: str = _env("RELAY_DB_URL", "postgresql://relay@127.0.0.1:5432/relay")

@@ -490,7 +490,8 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
                     "sop_class_uid": inst.sop_class_uid or ""}
         # google-cloud-storage retries each request itself (RELAY_GCS_RETRY_SECONDS): no second layer here.
         result = gcs.upload(paths.root / inst.deid_relpath, name, metadata)
-        if not gcs.verify(result.object_name, result.md5_b64):
+        # GCS's own answer carries the stored MD5 (see GcsDestination.upload); read it back only when it did not.
+        if not result.verified and not gcs.verify(result.object_name, result.md5_b64):
             raise TransientError(f"GCS checksum of {result.object_name} does not match the uploaded file")
         return inst, result
 

@@ -114,6 +114,10 @@ def test_many_small_instances_store_without_delayed_ack_stalls(orthanc, tmp_path
 
     assert report.stored_count == 200
     assert elapsed < 5.0, f"200 C-STOREs took {elapsed:.2f}s: is TCP_NODELAY set on both ends?"
+    # Spread over several associations that ran side by side, every instance in the order given.
+    assert report.associations == 4
+    assert [o.path for o in report.outcomes] == paths
+    assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
 
 def test_compressed_instances_are_stored_in_their_own_transfer_syntax(orthanc, tmp_path):
