@@ -1,5 +1,5 @@
 # dicom-relay: the two commands a person needs are `make run` and `make test`.
-.PHONY: setup run stop test test-fast bench clean
+.PHONY: setup run stop test test-fast bench bench-e2e clean
 
 PY := .venv/bin/python
 
@@ -29,6 +29,12 @@ test-fast: setup
 bench: setup
 	@$(PY) -m pip install -q -r requirements-bench.txt
 	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_deid.py   # tests.support.samples generates the study
+
+## The relay end to end on its own stack (.run/bench-e2e): 500 and 2000 instances, three studies at once, and the
+## anchors (storescu, Orthanc REST, transfer_manager) on the same files; prints ratios and which goals hold.
+bench-e2e: setup
+	@$(PY) -m pip install -q -r requirements-bench.txt
+	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_e2e.py
 
 clean: stop
 	rm -rf .run
