@@ -277,8 +277,34 @@ def _resolve(action: str, keyword: str, sop_class_uid: str, path: tuple[int, ...
     return "X"
 
 
+@dataclass(frozen=True)
+class SafePrivate:
+    """One row of PS3.15 Table E.3.10-1 (Safe Private Attributes), as shipped in ``data/safe_private.json``."""
+
+    creator: str  # the Private Creator as the standard writes it
+    group: int  # the odd group
+    element: int  # the element within the private block (the low byte, 0x00-0xFF)
+    vr: str  # as the standard lists it ('' where it gives none)
+    vm: str
+    meaning: str  # the standard's description and notes
+
+
+@lru_cache(maxsize=1)
+def safe_private_table() -> tuple[dict[str, Any], tuple[SafePrivate, ...]]:
+    """(provenance, rows) of the shipped Table E.3.10-1 (built by ``scripts/build_safe_private.py``)."""
+    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", SAFE_PRIVATE_RESOURCE).read_text())
+    rows = tuple(
+        SafePrivate(r["creator"], int(r["group"], 16), int(r["element"], 16), r["vr"], r["vm"], r["meaning"])
+        for r in raw["rows"]
+    )
+    return raw["provenance"], rows
+
+
 @lru_cache(maxsize=1)
 def safe_private() -> frozenset[tuple[str, int, int]]:
-    """(private creator, group, element offset 0x00-0xFF) of the private attributes we consider safe."""
-    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", SAFE_PRIVATE_RESOURCE).read_text())
-    return frozenset((e["creator"].strip().upper(), int(e["group"], 16), int(e["element"], 16)) for e in raw["entries"])
+    """(private creator, group, element 0x00-0xFF) of the safe private attributes of Table E.3.10-1.
+
+    The creator is stripped and upper-cased: compare it with the stripped, upper-cased value of the block's
+    Private Creator element (private creators are matched case-insensitively here, since writers differ).
+    """
+    return frozenset((r.creator.strip().upper(), r.group, r.element) for r in safe_private_table()[1])
