@@ -103,18 +103,20 @@ def rules_for(options: DeidOptions) -> Rules:
 
 
 # --- Compound actions and the types along sequence paths ------------------------------------------------
-# PS3.15 E.1.1: X/Z = X unless Z is required to keep the IOD valid (Type 2), X/D = X unless D is required
-# (Type 1), Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the
-# contained UIDs must be replaced (Type 1); we take U for Type 2 references too (see _resolve). The types come from data/iod_types.json (scripts/build_iod_types.py,
-# from highdicom's copy of the PS3.3 IOD, module and macro tables): per module, the strongest Type of each
-# attribute the profile removes or empties, at each sequence path; per SOP class, the IOD's modules. Whatever the
-# usage (M, C, U) of a module, its Type 1 and 2 attributes count as required: a C or U module that is present
-# requires them, and the resolution only runs for attributes present in the instance.
+# PS3.15 E.1.1: X/Z = X unless Z is required to keep the IOD valid (Type 2), X/D = X unless D is required (Type
+# 1), Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the contained
+# UIDs must be replaced (Type 1); we take U for Type 2 references too (see _resolve). The types come from
+# data/iod_types.json (scripts/build_iod_types.py, from highdicom's copy of the PS3.3 IOD, module and macro
+# tables): per module, the strongest Type of each attribute the profile removes or empties, at each sequence path;
+# per SOP class, the IOD's modules. Whatever the usage (M, C, U) of a module, its Type 1 and 2 attributes count as
+# required: a C or U module that is present requires them, and the resolution only runs for attributes present in
+# the instance.
 #
 # The table also removes (X) or empties (Z) attributes that some IOD requires: a veterinary patient's Responsible
-# Person (Type 2C in the Patient module), a verified SR's Verifying Organization (Type 1 in the Verifying Observer
-# Sequence). :func:`rules_for` turns such a plain action into a conditional one, ``X/Z/D|X`` or ``Z/D|Z``: the
-# compound where the IOD gives the attribute a Type at that place, else the table's own action after the ``|``.
+# Person (Type 2C in the Patient module), a Presentation State's Presentation Creation Date (Type 1), a Referenced
+# Request Sequence's Requested Procedure ID (Type 2 in SR). :func:`rules_for` turns such a plain action into a
+# conditional one, ``X/Z/D|X`` or ``Z/D|Z``: the compound where the IOD gives the attribute a Type at that place,
+# else the table's own action after the ``|``.
 
 IOD_TYPES_RESOURCE = "iod_types.json"
 _TYPE_CLASS = {"1": "1", "1C": "1", "2": "2", "2C": "2", "3": "3"}
@@ -122,7 +124,7 @@ CONTENT_SEQUENCE = 0x0040A730  # the SR content tree nests without limit: paths 
 NESTED = ""  # the old key for attributes inside sequences (no SOP class): always the fallback branch
 _CONDITIONAL = {"X": "X/Z/D|X", "Z": "Z/D|Z"}
 
-_TypeIndex = dict[tuple[tuple[int, ...], str], str]  # (path of sequence tags, keyword) -> "1" | "2" | "3"
+_TypeIndex = dict[tuple[tuple[int, ...], str], str]  # (path of sequence tags, keyword) -> Type as written
 
 
 @lru_cache(maxsize=1)
@@ -131,11 +133,11 @@ def _iod_data() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
-def _module_index() -> dict[str, dict[tuple[tuple[int, ...], str], str]]:
+def _module_index() -> dict[str, _TypeIndex]:
     """module -> {(path of sequence tags, keyword): Type as written (1, 1C, 2, 2C, 3, ?)}."""
     from pydicom.datadict import tag_for_keyword
 
-    out: dict[str, dict[tuple[tuple[int, ...], str], str]] = {}
+    out: dict[str, _TypeIndex] = {}
     for module, types in _iod_data()["modules"].items():
         index = {}
         for key, kind in types.items():
@@ -149,7 +151,7 @@ def _module_index() -> dict[str, dict[tuple[tuple[int, ...], str], str]]:
 
 
 @lru_cache(maxsize=512)
-def _sop_index(sop_class_uid: str) -> dict[tuple[tuple[int, ...], str], str] | None:
+def _sop_index(sop_class_uid: str) -> _TypeIndex | None:
     """(path, keyword) -> strongest Type across the modules of the SOP class's IOD; None for an unknown class."""
     data = _iod_data()
     iod = data["sop_classes"].get(sop_class_uid)
@@ -157,7 +159,7 @@ def _sop_index(sop_class_uid: str) -> dict[tuple[tuple[int, ...], str], str] | N
         return None
     rank = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4, "?": 5}
     modules = _module_index()
-    merged: dict[tuple[tuple[int, ...], str], str] = {}
+    merged: _TypeIndex = {}
     for module, _usage in data["iods"][iod]:
         for key, kind in modules.get(module, {}).items():
             old = merged.get(key)
@@ -244,10 +246,11 @@ def resolve_compound(action: str, keyword: str, sop_class_uid: str, path: tuple[
     ``sop_class_uid`` is the instance's SOP Class UID (:func:`sop_family`); ``path`` the tags of the sequences
     that enclose the attribute, from the top level (``()`` at the top level). The branch follows the attribute's
     Type at that place of the IOD (:func:`attribute_type`): Type 3 (not required) the first branch, Type 2 Z
-    (U for a reference sequence, X/Z/U*: the references are kept with replaced UIDs), Type 1 the strongest. Where the data say nothing (unknown SOP class, :data:`NESTED`, a sequence the data do
-    not describe) a compound takes its strongest branch, which keeps the file valid and holds no identity (D
-    dummy, U replaced UIDs, Z empty), and a conditional action (``X/Z/D|X``) the table's own action. Plain
-    actions are returned as they are. Cached: one dict lookup per call after the first.
+    (U for a reference sequence, X/Z/U*: the references are kept with replaced UIDs), Type 1 the strongest.
+    Where the data say nothing (unknown SOP class, :data:`NESTED`, a sequence the data do not describe) a
+    compound takes its strongest branch, which keeps the file valid and holds no identity (D dummy, U replaced
+    UIDs, Z empty), and a conditional action (``X/Z/D|X``) the table's own action. Plain actions are returned
+    as they are. Cached: one dict lookup per call after the first.
     """
     if "/" not in action:
         return action
