@@ -120,6 +120,9 @@ def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
                     ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=INDEX_TAGS, force=True)
                 except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
                     return Rejected(relpath, "is not a DICOM file")
+                if not any(_text(ds, k) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")):
+                    # A forced read of a text, JSON or ZIP file "finds" elements too: none of them is a UID.
+                    return Rejected(relpath, "is not a DICOM file (no 'DICM' prefix and no instance UIDs)")
             sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", {}), "MediaStorageSOPClassUID")
             if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
                 return Rejected(relpath, "is a DICOMDIR (an index of files, not an instance)")

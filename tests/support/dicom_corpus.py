@@ -89,7 +89,7 @@ ASSERTIONS = {
     "new_iod_errors": "dciodvfy reports an error on the output that the original does not have",
     "false_leak": "a leak is reported that the independent scan does not confirm",
     "value_left": "an original identifying value is left in the output (independent scan)",
-    "cli_error": "the command line failed (exit code other than 0 or 1, or a crash)",
+    "cli_error": "dicom-relay deidentify or verify failed (exit code other than 0 or 1, or a crash)",
 }
 
 
@@ -124,8 +124,8 @@ def shipped_files() -> list[CorpusFile]:
     roots = _package_roots()
     files: list[CorpusFile] = []
     for path in sorted({str(Path(p).resolve()) for p in get_testdata_files()}):
-        if not os.path.isfile(path):
-            continue  # get_testdata_files also returns the folders of the DICOMDIR test sets
+        if not os.path.isfile(path) or "__pycache__" in Path(path).parts:
+            continue  # folders of the DICOMDIR test sets; Python's byte code caches come and go
         for source in ("pydicom", "pydicom-data"):
             root = roots.get(source)
             if root and path.startswith(str(root.resolve()) + os.sep):
@@ -213,6 +213,9 @@ def pydicom_verdict(path: str) -> dict:
                 ds = pydicom.dcmread(path)
             except InvalidDicomError:
                 ds = pydicom.dcmread(path, force=True)
+                if not any(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")):
+                    verdict["reason"] = "not DICOM (no 'DICM' prefix, no instance UIDs when forced)"
+                    return verdict
             meta = getattr(ds, "file_meta", None)
             ts = meta.get("TransferSyntaxUID") if meta is not None else None
             verdict["transfer_syntax"] = UID(ts).name if ts else None
@@ -544,8 +547,10 @@ def process_file(task: tuple[int, dict, str, str, bool]) -> dict:
     kept = kept_values(cf.path) if outputs else set()
     record["scan"] = sorted({k for o in outputs for k in scan_output(values, o, kept)})
     if outputs:
-        vrc, vout, _ = run_cli(["verify", str(in_dir), str(out_dir)], launch)
+        vrc, vout, verr = run_cli(["verify", str(in_dir), str(out_dir)], launch)
         record["verify"] = {"rc": vrc, "leaks": _leak_lines(vout)}
+        if vrc not in (0, 1):
+            record["verify"]["stderr"] = verr[-1500:]
     else:
         record["verify"] = None
     record["iod_errors_before"] = dciodvfy_errors(cf.path) if verdict["valid"] else []
@@ -581,8 +586,16 @@ def judge(record: dict) -> dict[str, str]:
     if record["scan"]:
         failures["value_left"] = "found: " + ", ".join(record["scan"])
     if record["cli"]["rc"] not in (0, 1) or outcome == "error":
-        failures["cli_error"] = f"exit code {record['cli']['rc']}: {record['cli'].get('stderr', '')[-300:]}"
+        failures["cli_error"] = f"deidentify exit code {record['cli']['rc']}: {record['cli'].get('stderr', '')[-300:]}"
+    verify = record.get("verify") or {}
+    if verify and verify["rc"] not in (0, 1):
+        failures["cli_error"] = f"verify exit code {verify['rc']}: {_last_line(verify.get('stderr', ''))}"
     return failures
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def process_together(files: list[CorpusFile], work: Path, launch: str, report: bool) -> dict:
@@ -598,7 +611,7 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
         names[rel] = cf.name
     cli = deidentify_folder(in_dir, out_dir, launch, report)
     outputs = sorted(str(p) for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else []
-    vrc, vout, _ = run_cli(["verify", str(in_dir), str(out_dir)], launch)
+    vrc, vout, verr = run_cli(["verify", str(in_dir), str(out_dir)], launch)
     values: dict[str, str] = {}
     kept: set[tuple[str, str]] = set()
     for rel in names:
@@ -613,7 +626,9 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
     per_file = {names[rel]: v for rel, v in cli["files"].items() if rel in names}
     failures: dict[str, str] = {}
     if cli["rc"] not in (0, 1):
-        failures["cli_error"] = f"exit code {cli['rc']}: {cli['stderr'][-300:]}"
+        failures["cli_error"] = f"deidentify exit code {cli['rc']}: {_last_line(cli['stderr'])}"
+    if vrc not in (0, 1):
+        failures["cli_error"] = f"verify exit code {vrc}: {_last_line(verr)}"
     reported = cli["leaks"] + _leak_lines(vout)
     if reported and not scan:
         failures["false_leak"] = "; ".join(reported[:5])
