@@ -142,12 +142,16 @@ def shipped_files() -> list[CorpusFile]:
 def add_trailing_padding(src: Path, dst: Path, n: int = PADDING_BYTES) -> None:
     """Copy ``src`` with a Data Set Trailing Padding element (FFFC,FFFC) OB of ``n`` zero bytes appended.
 
-    (FFFC,FFFC) is the last tag a data set can hold, so appending it keeps the elements in ascending order. The
-    transcodes are Explicit VR Little Endian encapsulated syntaxes.
+    (FFFC,FFFC) is the last tag a data set can hold, so appending it keeps the elements in ascending order; a
+    padding element the source already ends with is replaced. The transcodes are Explicit VR Little Endian
+    encapsulated syntaxes.
     """
     data = src.read_bytes()
-    element = b"\xfc\xff\xfc\xff" + b"OB\x00\x00" + n.to_bytes(4, "little") + b"\x00" * n
-    dst.write_bytes(data + element)
+    head = b"\xfc\xff\xfc\xffOB\x00\x00"
+    at = data.rfind(head)
+    if at >= 0 and at + 12 + int.from_bytes(data[at + 8:at + 12], "little") == len(data):
+        data = data[:at]  # the source already ends with padding (dcmtk keeps it): replace it, never repeat a tag
+    dst.write_bytes(data + head + n.to_bytes(4, "little") + b"\x00" * n)
 
 
 def transcodes(work: Path, shipped: list[CorpusFile]) -> list[CorpusFile]:
@@ -662,6 +666,8 @@ def run_corpus(work: Path, workers: int = 2, launch: str = "fork", only: str | N
               "cli_report": report, "launch": launch, "workers": workers}
     result["counts"] = counts(records)
     result["seconds"] = round(time.monotonic() - t0, 1)
+    result["generated_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    result["host"] = f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, pydicom {pydicom.__version__}"
     return result
 
 
