@@ -112,8 +112,8 @@ class _Walker:
                 raise _GiveUp  # an item or delimiter out of place
             if length != UNDEFINED_LENGTH:
                 self.skip(length, f"the value of {_tag_text(tag)}")
-            elif tag == PIXEL_DATA and depth == 0 and vr in (None, b"OB", b"OW"):
-                self.encapsulated(order)
+            elif tag == PIXEL_DATA and vr in (None, b"OB", b"OW"):
+                self.encapsulated(order)  # top level, or an Icon Image Sequence item's compressed icon
             elif vr == b"UN":
                 # UN of undefined length holds a sequence encoded in Implicit VR Little Endian (PS3.5 6.2.2).
                 self.sequence(True, "<", depth)

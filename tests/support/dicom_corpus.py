@@ -259,7 +259,7 @@ def pydicom_verdict(path: str) -> dict:
 _MASKS = [
     (re.compile(r"= <[^>]*>"), "= <*>"),  # values quoted by dciodvfy
     (re.compile(r'"[^"]*"'), '"*"'),
-    (re.compile(r"(?<![0-9A-Za-z])\d[\d.]*"), "#"),  # UIDs, numbers, counts
+    (re.compile(r"(?<![0-9A-Za-z])\d[\d.]*(?![0-9A-Za-z])"), "#"),  # UIDs, numbers, counts; not tags (0x0008)
 ]
 
 

@@ -196,3 +196,16 @@ def test_import_reads_headers_not_pixel_data(tmp_path):
         before = _bytes_read()
         assert isinstance(read_instance(path, path.name), IndexedInstance)
         assert _bytes_read() - before < 256 * 1024, f"{path.name}: import read the pixel data"
+
+
+def test_encapsulated_icon_inside_a_sequence_item_is_walked(tmp_path):
+    """An Icon Image Sequence item may hold encapsulated Pixel Data of its own (PS3.3 F.7): walked item by item."""
+    icon = _encapsulated(True)
+    item = _item(0xFFFEE000, icon + _item(0xFFFEE00D, b"", True), True, 0xFFFFFFFF)
+    seq = _element(0x00880200, b"SQ", item + _item(0xFFFEE0DD, b"", True), False, True, undefined=True)
+    data = _header(RLELossless) + seq + _encapsulated(True) + _padding(False, True)
+    path = _write(tmp_path, data)
+    assert isinstance(read_instance(path, path.name), IndexedInstance)
+    cut = _write(tmp_path, data[:len(data) - 100], "cut.dcm")
+    result = read_instance(cut, cut.name)
+    assert isinstance(result, Rejected) and "(FFFC,FFFC)" in result.reason, result
