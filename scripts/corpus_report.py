@@ -65,6 +65,11 @@ def render(result: dict) -> str:
         "own folder by `dicom-relay deidentify IN OUT` (RELAY_SECRET_KEY set); then all files together in one "
         "folder.",
         "",
+        "Run it yourself: `PYTHONPATH=include:. .venv/bin/python -m tests.support.dicom_corpus --out /tmp/corpus.json` "
+        "(one JSON record per file: outcome, reason, pydicom's verdict, dciodvfy errors before / after / new, leaks "
+        "reported, independent scan, checks failed); regenerate this page with "
+        "`PYTHONPATH=include:. .venv/bin/python scripts/corpus_report.py` (or `--from /tmp/corpus.json`).",
+        "",
         "Columns: *IOD errors* is the number of dciodvfy errors on the original / on the delivered output (messages "
         "normalised, values masked; *new* = errors of the output the original does not have). *Checks failed* "
         "names the conditions of issue 7 the file breaks (see below).",

@@ -90,6 +90,7 @@ ASSERTIONS = {
     "false_leak": "a leak is reported that the independent scan does not confirm",
     "value_left": "an original identifying value is left in the output (independent scan)",
     "cli_error": "dicom-relay deidentify or verify failed (exit code other than 0 or 1, or a crash)",
+    "harness_error": "the harness itself failed on the file (a tool missing, a timeout...)",
 }
 
 
@@ -523,7 +524,21 @@ def _safe_name(name: str) -> str:
 
 
 def process_file(task: tuple[int, dict, str, str, bool]) -> dict:
-    """Everything about one corpus file, alone in its folder. Runs in a pool worker."""
+    """Everything about one corpus file, alone in its folder. Runs in a pool worker; a failure of the harness
+    itself is recorded (``harness_error``) so that one file cannot hide the results of the others."""
+    try:
+        return _process_file(task)
+    except Exception:  # noqa: BLE001
+        _, cf_dict, _, _, _ = task
+        return {**cf_dict, "folder": None, "pydicom": {"valid": None, "reason": None, "transfer_syntax": None,
+                                                        "sop_class": None},
+                "outcome": "error", "reason": "harness error", "output": None, "cli": {"rc": None, "summary": {},
+                                                                                        "leaks": []},
+                "verify": None, "scan": [], "iod_errors_before": [], "iod_errors_after": None, "iod_errors_new": [],
+                "failures": {"harness_error": traceback.format_exc()[-1500:]}, "seconds": None}
+
+
+def _process_file(task: tuple[int, dict, str, str, bool]) -> dict:
     index, cf_dict, work, launch, report = task
     warnings.simplefilter("ignore")  # pydicom's warnings on odd test files: the record says what matters
     cf = CorpusFile(**cf_dict)
@@ -602,8 +617,13 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def process_together(files: list[CorpusFile], work: Path, launch: str, report: bool) -> dict:
-    """All corpus files in one folder: one deidentify run, then ``dicom-relay verify`` and the scan over all."""
+def process_together(files: list[CorpusFile], work: Path, launch: str, report: bool,
+                     valid: dict[str, bool] | None = None) -> dict:
+    """All corpus files in one folder: one deidentify run, then ``dicom-relay verify`` and the scan over all.
+
+    ``valid``: corpus name -> pydicom's verdict; with the command line's ``--report``, a valid file rejected (a
+    duplicate SOP Instance UID is not a rejection) or an invalid one not rejected fails here too.
+    """
     t0 = time.monotonic()
     warnings.simplefilter("ignore")
     in_dir, out_dir = work / "together" / "in", work / "together" / "out"
@@ -636,6 +656,13 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
     reported = cli["leaks"] + _leak_lines(vout)
     if reported and not scan:
         failures["false_leak"] = "; ".join(reported[:5])
+    if valid and per_file:
+        wrong = [n for n, o in per_file.items() if valid.get(n) and o["outcome"] == "rejected"]
+        if wrong:
+            failures["valid_rejected"] = "; ".join(f"{n}: {per_file[n]['reason']}" for n in wrong[:10])
+        wrong = [n for n, o in per_file.items() if valid.get(n) is False and o["outcome"] != "rejected"]
+        if wrong:
+            failures["invalid_not_rejected"] = "; ".join(f"{n}: {per_file[n]['outcome']}" for n in wrong[:10])
     if scan:
         failures["value_left"] = "; ".join(f"{k}: {', '.join(v)}" for k, v in list(scan.items())[:5])
     return {"files": len(files), "rc": cli["rc"], "summary": cli["summary"], "leaks": cli["leaks"],
@@ -662,7 +689,9 @@ def run_corpus(work: Path, workers: int = 2, launch: str = "fork", only: str | N
             records = pool.map(process_file, tasks, chunksize=1)
     else:
         records = [process_file(t) for t in tasks]
-    result = {"files": records, "together": process_together(files, work, launch, report) if together else None,
+    valid = {r["name"]: r["pydicom"]["valid"] for r in records}
+    result = {"files": records,
+              "together": process_together(files, work, launch, report, valid) if together else None,
               "cli_report": report, "launch": launch, "workers": workers}
     result["counts"] = counts(records)
     result["seconds"] = round(time.monotonic() - t0, 1)
