@@ -102,6 +102,17 @@ def render(result: dict) -> str:
                       f"{together['verify']['rc']}, summary `{json.dumps(together['verify']['summary'])}`."]
         for assertion, why in (together.get("failures") or {}).items():
             lines.append(f"- fails `{assertion}`: {_cell(_short(why, 600))}")
+        per_file = together.get("per_file") or {}
+        if per_file:
+            outcomes = Counter(o["outcome"] for o in per_file.values())
+            lines += ["", "Outcomes in that folder (from `--report`): "
+                      + ", ".join(f"{o} {outcomes[o]}" for o in OUTCOME_ORDER if outcomes.get(o)) + "."]
+            leaks = {n: o for n, o in per_file.items() if o["outcome"] == "leak"}
+            if leaks:
+                lines += ["", f"Leaks reported in that folder ({len(leaks)} files; outputs re-created and scanned "
+                              f"by the harness: {'values found' if together.get('scan') else 'no original value found'}"
+                              "):", "", "| File | Reported |", "|---|---|"]
+                lines += [f"| {_cell(n)} | {_cell(_short(o['reason'], 300))} |" for n, o in sorted(leaks.items())]
     lines += ["", "## Files", "",
               "| File | Source | Transfer syntax | SOP class | Outcome | Reason | IOD errors before / after | "
               "Checks failed |",

@@ -519,6 +519,34 @@ def _outcome_from_summary(cli: dict, relpath: str, in_dir: Path, out_dir: Path) 
     return {"outcome": "error", "reason": f"exit code {cli['rc']}", "output": None}
 
 
+def recreate_output(in_dir: Path, out_dir: Path) -> list[str]:
+    """The engine's output for the one instance of ``in_dir``, made as ``dicom-relay deidentify`` makes it (same
+    key, same offline pseudonym provider), without its verification; [] if that cannot be done."""
+    try:
+        from dicom_relay.config import Settings
+        from dicom_relay.deid import Deidentifier, DeidOptions
+        from dicom_relay.dicom_import import index_folder
+        from dicom_relay.folder_deid import instance_patient_key
+        from dicom_relay.identifiers import LocalProvider
+        from dicom_relay.pipeline import build_entities, identities_from_mapping, pseudonym_mapping
+
+        settings = Settings.from_env(_env())
+        index = index_folder(in_dir)
+        entities = build_entities(index, settings.identifier_id_source)
+        provider = LocalProvider(settings.secret_key)
+        identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
+        deidentifier = Deidentifier(settings.secret_key, DeidOptions.from_mapping(settings.deid_options))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for inst in index.instances:
+            result = deidentifier.deidentify_file(in_dir / inst.relpath, out_dir, identities[instance_patient_key(inst)])
+            if result.path is not None:
+                paths.append(str(result.path))
+        return paths
+    except Exception:  # noqa: BLE001 - an interface that moved: the leak stays unconfirmed, and says so
+        return []
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
@@ -562,9 +590,16 @@ def _process_file(task: tuple[int, dict, str, str, bool]) -> dict:
     if cli["rc"] not in (0, 1):
         record["cli"]["stderr"] = cli["stderr"][-1500:]
     outputs = sorted(str(p) for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else []
-    values = identifying_values(cf.path) if outputs else {}
-    kept = kept_values(cf.path) if outputs else set()
-    record["scan"] = sorted({k for o in outputs for k in scan_output(values, o, kept)})
+    scanned = outputs
+    record["scan_of"] = "output" if outputs else None
+    if not outputs and record["outcome"] == "leak":
+        # The command line removed the output it found a leak in (fail closed). To tell a real leak from a false
+        # one, the same engine call is made here, with the same key and identity, and its output is scanned.
+        scanned = recreate_output(in_dir, case / "recreated")
+        record["scan_of"] = "re-created output (the command line removed its own)" if scanned else None
+    values = identifying_values(cf.path) if scanned else {}
+    kept = kept_values(cf.path) if scanned else set()
+    record["scan"] = sorted({k for o in scanned for k in scan_output(values, o, kept)})
     if outputs:
         vrc, vout, verr = run_cli(["verify", str(in_dir), str(out_dir)], launch)
         record["verify"] = {"rc": vrc, "leaks": _leak_lines(vout)}
@@ -597,11 +632,13 @@ def judge(record: dict) -> dict[str, str]:
     if record.get("iod_errors_new"):
         failures["new_iod_errors"] = "; ".join(record["iod_errors_new"][:5])
     reported = list(record["cli"]["leaks"]) + list((record.get("verify") or {}).get("leaks") or [])
+    if outcome == "leak":
+        reported.append(reason or "leak")
     if record["cli"]["summary"].get("leaks") and not reported:
         reported = [f"{record['cli']['summary']['leaks']} leak(s)"]
     if reported and not record["scan"]:
         failures["false_leak"] = "; ".join(reported[:3]) + (
-            "" if record.get("output") else " (output removed: not confirmed by the scan)")
+            "" if record.get("scan_of") else " (no output to scan: not confirmed either way)")
     if record["scan"]:
         failures["value_left"] = "found: " + ", ".join(record["scan"])
     if record["cli"]["rc"] not in (0, 1) or outcome == "error":
@@ -642,8 +679,16 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
         for value, keyword in identifying_values(str(in_dir / rel)).items():
             values.setdefault(value, keyword)
         kept |= kept_values(str(in_dir / rel))
+    scanned = list(outputs)
+    leaked = [rel for rel, o in cli["files"].items() if o["outcome"] == "leak"]
+    if leaked:  # outputs removed by the command line: re-created (see recreate_output) to confirm or refute
+        again = work / "together" / "leaked"
+        again.mkdir(parents=True, exist_ok=True)
+        for rel in leaked:
+            shutil.copyfile(in_dir / rel, again / rel)
+        scanned += recreate_output(again, work / "together" / "recreated")
     scan: dict[str, list[str]] = {}
-    for out in outputs:
+    for out in scanned:
         found = scan_output(values, out, kept)
         if found:
             scan[os.path.basename(out)] = found
@@ -653,7 +698,7 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
         failures["cli_error"] = f"deidentify exit code {cli['rc']}: {_last_line(cli['stderr'])}"
     if vrc not in (0, 1):
         failures["cli_error"] = f"verify exit code {vrc}: {_last_line(verr)}"
-    reported = cli["leaks"] + _leak_lines(vout)
+    reported = cli["leaks"] + _leak_lines(vout) + [f"{rel}: {cli['files'][rel]['reason']}" for rel in leaked]
     if reported and not scan:
         failures["false_leak"] = "; ".join(reported[:5])
     if valid and per_file:
