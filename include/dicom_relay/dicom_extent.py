@@ -32,6 +32,8 @@ PIXEL_DATA = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+KNOWN_VRS = LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 MAX_DEPTH = 64  # deeper nesting than this is not a real data set; stop judging rather than recurse on
 
 
@@ -101,6 +103,19 @@ class _Walker:
         group, elem, length = _STRUCTS[order][0].unpack(raw)
         return group << 16 | elem, length
 
+    def _encoding_found(self, implicit: bool) -> bool:
+        """Whether the data set starting here is implicit VR, judged from its first element like pydicom does.
+
+        Writers exist that encode a sequence item (often inside a UN of undefined length) or a whole data set in
+        the other VR encoding than the transfer syntax says; read with the wrong one, a VR and a 2-byte length
+        would be taken for a 4-byte length and the file for truncated.
+        """
+        head = self.fp.read(8)
+        self.fp.seek(self.pos)
+        if len(head) < 8 or head[:2] == b"\xfe\xff" or head[:2] == b"\xff\xfe":
+            return implicit
+        return head[4:6] not in KNOWN_VRS
+
     def skip(self, length: int, tag: int | None = None, what: str | None = None) -> None:
         end = self.pos + length
         if end > self.size:
@@ -116,6 +131,7 @@ class _Walker:
         """Walk elements up to the end of the file (top level) or to the Item Delimitation Item (in an item)."""
         if depth > MAX_DEPTH:
             raise _GiveUp
+        implicit = self._encoding_found(implicit)
         while True:
             header = self.element_header(implicit, order, in_item)
             if header is None:
