@@ -290,3 +290,14 @@ def test_errors_name_the_syntax_not_the_patient():
     del ds.PixelData
     with pytest.raises(PixelCodecError, match="Pixel Data"):
         Frames.decode(ds)
+
+
+def test_enhanced_multiframe_uses_each_frames_window():
+    """Per-Frame Functional Groups win over the Shared ones (PS3.3 C.7.6.16), frame by frame."""
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    voi = pydicom.Dataset()
+    voi.WindowCenter, voi.WindowWidth = 3000, 10  # above every value of the image: frame 1 shows all black
+    ds.PerFrameFunctionalGroupsSequence[1].FrameVOILUTSequence = [voi]
+    frames = Frames.decode(ds)
+    assert frames.display(0).max() > 0
+    assert frames.display(1).max() == 0

@@ -7,10 +7,12 @@ JPEG-LS, JPEG 2000) and Pillow's libjpeg-turbo for JPEG Baseline.
 from __future__ import annotations
 
 import io
+from typing import Protocol
 
 import numpy as np
 import pydicom
 from PIL import Image, JpegImagePlugin
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.pixels import get_encoder
 from pydicom.pixels.utils import pack_bits
@@ -56,41 +58,48 @@ def output_syntax(source: UID, bits_stored: int) -> UID:
     return ExplicitVRLittleEndian  # any other decodable syntax: native, lossless, readable everywhere
 
 
-def write_pixels(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, source: UID, bits_stored: int,
-                 fragments: list[bytes]) -> UID:
-    """Encode ``stored`` (frames, rows, columns[, samples], colour space ``photometric``) into ``ds``."""
-    target = output_syntax(source, bits_stored)
+class Decoded(Protocol):
+    """What the writer needs to know of the decoded pixels (:class:`~dicom_relay.deid.pixels.codec.Frames`)."""
+
+    stored: np.ndarray  # (frames, rows, columns[, samples]) stored values
+    photometric: str  # colour space of ``stored`` as decoded
+    source_syntax: UID
+    source_photometric: str  # Photometric Interpretation of the source
+    source_planar: int  # Planar Configuration of the source (0 if absent)
+    bits_allocated: int
+    bits_stored: int
+    fragments: list[bytes]  # the source's encoded frames (empty for native sources)
+
+
+def write_pixels(ds: pydicom.Dataset, px: Decoded) -> UID:
+    """Encode ``px.stored`` into ``ds`` (Pixel Data and the attributes that follow it); return the syntax written."""
+    target = output_syntax(px.source_syntax, px.bits_stored)
     written: list[bytes] = []
     try:
         if target in NATIVE:
-            _write_native(ds, stored, photometric, target)
+            _write_native(ds, px, target)
         else:
-            written = _encode(ds, stored, photometric, source, target, bits_stored, fragments)
+            written = _encode(ds, px, target)
             _encapsulate(ds, written)
     except (ValueError, RuntimeError, OSError, NotImplementedError):
         # The encoder refused this bit depth / colour space combination: native is lossless and always readable.
         target = ExplicitVRLittleEndian
         written = []
-        _write_native(ds, stored, photometric, target)
-    _record_lossy(ds, stored, source, target, fragments, written)
+        _write_native(ds, px, target)
+    _record_lossy(ds, px, target, written)
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = target
     return target
 
 
-def _native_photometric(ds: pydicom.Dataset, photometric: str, target: UID) -> str:
-    source = str(ds.get("PhotometricInterpretation", photometric))
-    if source == "YBR_FULL_422" and ds.file_meta.TransferSyntaxUID in NATIVE and target in NATIVE:
-        return "YBR_FULL_422"
-    return "YBR_FULL" if photometric == "YBR_FULL_422" else photometric
-
-
-def _write_native(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, target: UID) -> None:
-    pi = _native_photometric(ds, photometric, target)
-    bits_allocated = int(ds.BitsAllocated)
-    planar = int(ds.get("PlanarConfiguration", 0) or 0) if stored.ndim == 4 else 0
-    if ds.file_meta.TransferSyntaxUID not in NATIVE:
-        planar = 0
-    if pi == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: Y1 Y2 Cb Cr per pair of columns, chroma of the pair's first
+def _write_native(ds: pydicom.Dataset, px: Decoded, target: UID) -> None:
+    stored = px.stored
+    # Native 4:2:2 stays 4:2:2 (blank() keeps chroma pairs whole); data decoded from JPEG is at full resolution.
+    subsampled = px.source_photometric == "YBR_FULL_422" and px.source_syntax in NATIVE
+    pi = "YBR_FULL_422" if subsampled else "YBR_FULL" if px.photometric == "YBR_FULL_422" else px.photometric
+    planar = px.source_planar if stored.ndim == 4 and px.source_syntax in NATIVE else 0
+    if subsampled:  # PS3.3 C.7.6.3.1.2: Y1 Y2 Cb Cr per pair of columns, chroma of the pair's first
         frames, rows, cols, _ = stored.shape
         luma = stored[..., 0].reshape(frames, rows, cols // 2, 2)
         data = np.concatenate([luma, stored[:, :, 0::2, 1:3]], axis=-1)
@@ -98,16 +107,16 @@ def _write_native(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, tar
         data = stored.transpose(0, 3, 1, 2)
     else:
         data = stored
-    if bits_allocated == 1:
+    if px.bits_allocated == 1:
         raw = pack_bits(np.ascontiguousarray(data).ravel())
     else:
-        dtype = np.dtype(f"{'i' if stored.dtype.kind == 'i' else 'u'}{bits_allocated // 8}")
+        dtype = np.dtype(f"{'i' if stored.dtype.kind == 'i' else 'u'}{px.bits_allocated // 8}")
         dtype = dtype.newbyteorder(">" if target == ExplicitVRBigEndian else "<")
         raw = np.ascontiguousarray(data).astype(dtype, copy=False).tobytes()
     if len(raw) % 2:
         raw += b"\x00"
     ds.PixelData = raw
-    ds["PixelData"].VR = "OB" if bits_allocated <= 8 else "OW"
+    ds["PixelData"].VR = "OB" if px.bits_allocated <= 8 else "OW"
     ds["PixelData"].is_undefined_length = False
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if keyword in ds:
@@ -124,13 +133,13 @@ def _j2k_photometric(source_pi: str, photometric: str, target: UID) -> str:
     return photometric
 
 
-def _encode(ds, stored, photometric, source, target, bits_stored, fragments) -> list[bytes]:
-    source_pi = str(ds.get("PhotometricInterpretation", photometric))
+def _encode(ds: pydicom.Dataset, px: Decoded, target: UID) -> list[bytes]:
+    stored, bits_stored, fragments = px.stored, px.bits_stored, px.fragments
     if target == JPEGBaseline8Bit:
-        return _jpeg_baseline(ds, stored, photometric, fragments)
-    pi = photometric
+        return _jpeg_baseline(ds, stored, px.photometric, fragments)
+    pi = px.photometric
     if target in (JPEG2000Lossless, JPEG2000):
-        pi = _j2k_photometric(source_pi, photometric, target)
+        pi = _j2k_photometric(px.source_photometric, px.photometric, target)
     if pi == "YBR_FULL_422":  # decoded at full resolution
         pi = "YBR_FULL"
     frames, rows, cols = stored.shape[:3]
@@ -214,8 +223,9 @@ def _encapsulate(ds: pydicom.Dataset, frames: list[bytes]) -> None:
     ds["PixelData"].is_undefined_length = True
 
 
-def _record_lossy(ds, stored, source, target, fragments, written) -> None:
+def _record_lossy(ds: pydicom.Dataset, px: Decoded, target: UID, written: list[bytes]) -> None:
     """PS3.3 C.7.6.1.1.5: once lossy, always "01"; one Ratio and one Method value per lossy step."""
+    stored, source, fragments = px.stored, px.source_syntax, px.fragments
     new_step = target in LOSSY
     if source not in LOSSY and not new_step:
         return
