@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ from pydicom.uid import (
 
 from dicom_relay.deid.pixels.codec import Frames, PixelCodecError
 
-warnings.filterwarnings("ignore", module="pydicom")
 
 PIXEL_KEYWORDS = {"PixelData", "PhotometricInterpretation", "PlanarConfiguration", "LossyImageCompression",
                   "LossyImageCompressionRatio", "LossyImageCompressionMethod", "ExtendedOffsetTable",

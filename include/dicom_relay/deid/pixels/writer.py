@@ -126,11 +126,13 @@ def _write_native(ds: pydicom.Dataset, px: Decoded, target: UID) -> None:
         ds.PlanarConfiguration = planar
 
 
-def _j2k_photometric(source_pi: str, photometric: str, target: UID) -> str:
-    """JPEG 2000 data stored with a colour transform (YBR_RCT / YBR_ICT, PS3.5 8.2.4) is decoded as RGB."""
-    if photometric == "RGB" and source_pi in ("YBR_RCT", "YBR_ICT"):
-        return "YBR_RCT" if target == JPEG2000Lossless else "YBR_ICT"
-    return photometric
+def _j2k_photometric(source_pi: str, photometric: str) -> str:
+    """Colour JPEG 2000 stored with a component transform (YBR_RCT / YBR_ICT) decodes to RGB; keep a transform.
+
+    PS3.5 8.2.4: JPEG 2000 Lossless with the reversible transform is YBR_RCT (pydicom's encoder applies it for any
+    interpretation but RGB); RGB sources stay RGB, without a transform.
+    """
+    return "YBR_RCT" if photometric == "RGB" and source_pi in ("YBR_RCT", "YBR_ICT") else photometric
 
 
 def _encode(ds: pydicom.Dataset, px: Decoded, target: UID) -> list[bytes]:
@@ -138,8 +140,8 @@ def _encode(ds: pydicom.Dataset, px: Decoded, target: UID) -> list[bytes]:
     if target == JPEGBaseline8Bit:
         return _jpeg_baseline(ds, stored, px.photometric, fragments)
     pi = px.photometric
-    if target in (JPEG2000Lossless, JPEG2000):
-        pi = _j2k_photometric(px.source_photometric, px.photometric, target)
+    if target == JPEG2000Lossless:
+        pi = _j2k_photometric(px.source_photometric, px.photometric)
     if pi == "YBR_FULL_422":  # decoded at full resolution
         pi = "YBR_FULL"
     frames, rows, cols = stored.shape[:3]
@@ -149,9 +151,6 @@ def _encode(ds: pydicom.Dataset, px: Decoded, target: UID) -> list[bytes]:
                    planar_configuration=0)
     if target == JPEGLSNearLossless:
         options["jls_error"] = _jpeg_ls_near(fragments[0])
-    if target == JPEG2000:
-        raw_frame = stored[0].nbytes
-        options["j2k_cr"] = [max(1.0, raw_frame * len(fragments) / max(1, sum(map(len, fragments))))]
     encoder = get_encoder(target)
     try:
         written = [bytes(f) for f in encoder.iter_encode(stored if frames > 1 else stored[0], **options)]
@@ -171,11 +170,13 @@ def _encode(ds: pydicom.Dataset, px: Decoded, target: UID) -> list[bytes]:
 
 def _jpeg_ls_near(codestream: bytes) -> int:
     """NEAR of a JPEG-LS codestream: the byte after the component list of its first SOS (ISO 14495-1 C.2.3)."""
-    at = codestream.find(b"\xff\xda")
-    if at < 0:
-        raise ValueError("JPEG-LS codestream without a start of scan")
-    components = codestream[at + 4]
-    return int(codestream[at + 5 + 2 * components])
+    at = 2  # after SOI; marker segments (SOF55, LSE, APPn...) each carry their own length
+    while at + 4 <= len(codestream) and codestream[at] == 0xFF:
+        if codestream[at + 1] == 0xDA:
+            components = codestream[at + 4]
+            return int(codestream[at + 5 + 2 * components])
+        at += 2 + int.from_bytes(codestream[at + 2:at + 4], "big")
+    raise ValueError("JPEG-LS codestream without a start of scan")
 
 
 def _jpeg_baseline(ds, stored, photometric, fragments) -> list[bytes]:
