@@ -222,7 +222,9 @@ def test_lossy_history_is_appended():
     for keyword in ("LossyImageCompression", "LossyImageCompressionMethod", "LossyImageCompressionRatio"):
         if keyword in unrecorded:
             del unrecorded[keyword]
-    Frames.decode(unrecorded).encode_into(unrecorded)
+    frames = Frames.decode(unrecorded)
+    frames.blank(0, [(0, 0, 5, 5)])
+    frames.encode_into(unrecorded)
     assert unrecorded.LossyImageCompression == "01"
     assert list(unrecorded.LossyImageCompressionMethod) == ["ISO_14495_1", "ISO_14495_1"]
 
@@ -230,6 +232,22 @@ def test_lossy_history_is_appended():
     Frames.decode(lossless_out).encode_into(lossless_out)  # written as JPEG 2000 Lossless: no new step
     assert lossless_out.LossyImageCompression == "01"
     assert lossless_out.PhotometricInterpretation == "YBR_RCT"
+
+
+def test_frames_left_alone_keep_their_codestream():
+    """Only the frames blank() changed are re-encoded: the others keep their source bytes (no second generation)."""
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
+    source = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+    frames = Frames.decode(ds)
+    frames.blank(3, [(0, 0, 40, 20)])
+    assert frames.encode_into(ds) == JPEG
+    written = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+    assert [i for i in range(ds.NumberOfFrames) if written[i] != source[i]] == [3]
+    assert len(ds.LossyImageCompressionMethod) == 2  # the source's step (unrecorded) and this one
+
+    untouched = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    Frames.decode(untouched).encode_into(untouched)  # nothing blanked: nothing re-encoded, no lossy step added
+    assert untouched.LossyImageCompressionMethod == "ISO_10918_1"
 
 
 def test_black_is_what_displays_black():

@@ -113,6 +113,7 @@ class Frames:
     signed: bool
     black: np.ndarray
     fragments: list[bytes] = field(default_factory=list)
+    changed_frames: set[int] = field(default_factory=set)
     _display: Display | None = None  # stored frame -> uint8 picture, chosen once per instance
     _even_columns: bool = False  # YBR_FULL_422 native: a blanked box covers whole pairs of pixels
 
@@ -181,6 +182,8 @@ class Frames:
             differs = region != (self.black if region.ndim == 3 else self.black[0])
             changed += int(np.count_nonzero(differs.any(axis=-1) if region.ndim == 3 else differs))
             region[...] = self.black if region.ndim == 3 else self.black[0]
+        if changed:
+            self.changed_frames.add(i)
         return changed
 
     def encode_into(self, ds: pydicom.Dataset) -> str:

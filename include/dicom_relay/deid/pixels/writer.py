@@ -69,24 +69,28 @@ class Decoded(Protocol):
     bits_allocated: int
     bits_stored: int
     fragments: list[bytes]  # the source's encoded frames (empty for native sources)
+    changed_frames: set[int]  # indices of the frames blank() changed
 
 
 def write_pixels(ds: pydicom.Dataset, px: Decoded) -> UID:
     """Encode ``px.stored`` into ``ds`` (Pixel Data and the attributes that follow it); return the syntax written."""
     target = output_syntax(px.source_syntax, px.bits_stored)
-    written: list[bytes] = []
+    encoded: dict[int, bytes] = {}  # the frames encoded here (not copied from the source)
     try:
         if target in NATIVE:
             _write_native(ds, px, target)
         else:
-            written = _encode(ds, px, target)
-            _encapsulate(ds, written)
+            # A frame blank() did not touch keeps its source codestream when the syntax is kept: no time spent,
+            # and no second generation for a lossy frame.
+            keep = set() if target != px.source_syntax else set(range(len(px.fragments))) - px.changed_frames
+            encoded = _encode(ds, px, target, [i for i in range(px.stored.shape[0]) if i not in keep])
+            _encapsulate(ds, [encoded[i] if i in encoded else px.fragments[i] for i in range(px.stored.shape[0])])
     except (ValueError, RuntimeError, OSError, NotImplementedError):
         # The encoder refused this bit depth / colour space combination: native is lossless and always readable.
         target = ExplicitVRLittleEndian
-        written = []
+        encoded = {}
         _write_native(ds, px, target)
-    _record_lossy(ds, px, target, written)
+    _record_lossy(ds, px, target, encoded)
     if not hasattr(ds, "file_meta"):
         ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = target
@@ -135,37 +139,29 @@ def _j2k_photometric(source_pi: str, photometric: str) -> str:
     return "YBR_RCT" if photometric == "RGB" and source_pi in ("YBR_RCT", "YBR_ICT") else photometric
 
 
-def _encode(ds: pydicom.Dataset, px: Decoded, target: UID) -> list[bytes]:
-    stored, bits_stored, fragments = px.stored, px.bits_stored, px.fragments
+def _encode(ds: pydicom.Dataset, px: Decoded, target: UID, indices: list[int]) -> dict[int, bytes]:
+    """Encode the frames ``indices`` in ``target``; set the Photometric Interpretation / Planar Configuration."""
     if target == JPEGBaseline8Bit:
-        return _jpeg_baseline(ds, stored, px.photometric, fragments)
-    pi = px.photometric
-    if target == JPEG2000Lossless:
-        pi = _j2k_photometric(px.source_photometric, px.photometric)
+        return _jpeg_baseline(ds, px, indices)
+    stored = px.stored
+    pi = _j2k_photometric(px.source_photometric, px.photometric) if target == JPEG2000Lossless else px.photometric
     if pi == "YBR_FULL_422":  # decoded at full resolution
         pi = "YBR_FULL"
-    frames, rows, cols = stored.shape[:3]
+    rows, cols = stored.shape[1:3]
     options = dict(rows=rows, columns=cols, samples_per_pixel=stored.shape[3] if stored.ndim == 4 else 1,
-                   number_of_frames=frames, bits_allocated=stored.dtype.itemsize * 8, bits_stored=bits_stored,
+                   number_of_frames=1, bits_allocated=stored.dtype.itemsize * 8, bits_stored=px.bits_stored,
                    pixel_representation=1 if stored.dtype.kind == "i" else 0, photometric_interpretation=pi,
                    planar_configuration=0)
     if target == JPEGLSNearLossless:
-        options["jls_error"] = _jpeg_ls_near(fragments[0])
+        options["jls_error"] = _jpeg_ls_near(px.fragments[0])
     encoder = get_encoder(target)
-    try:
-        written = [bytes(f) for f in encoder.iter_encode(stored if frames > 1 else stored[0], **options)]
-    except ValueError:
-        if target != RLELossless:
-            raise
-        # PS3.5 G allows any Bits Allocated that fits 15 segments; pydicom's profile table lists 8 and 16 only.
-        written = [bytes(f) for f in encoder.iter_encode(stored if frames > 1 else stored[0], validate=False,
-                                                            **options)]
+    # PS3.5 G allows RLE for any Bits Allocated that fits 15 segments; pydicom's profile table lists 8 and 16 only.
+    validate = target != RLELossless or px.bits_allocated <= 16
+    encoded = {i: bytes(encoder.encode(stored[i], validate=validate, **options)) for i in indices}
     ds.PhotometricInterpretation = pi
-    if stored.ndim == 4 and target != RLELossless:
+    if stored.ndim == 4 and (target != RLELossless or "PlanarConfiguration" not in ds):
         ds.PlanarConfiguration = 0  # PS3.5 8.2.3 / 8.2.4; for RLE it is irrelevant (G.2) and left as it was
-    elif stored.ndim == 4 and "PlanarConfiguration" not in ds:
-        ds.PlanarConfiguration = 0
-    return written
+    return encoded
 
 
 def _jpeg_ls_near(codestream: bytes) -> int:
@@ -179,35 +175,36 @@ def _jpeg_ls_near(codestream: bytes) -> int:
     raise ValueError("JPEG-LS codestream without a start of scan")
 
 
-def _jpeg_baseline(ds, stored, photometric, fragments) -> list[bytes]:
-    """One JPEG Baseline frame per source frame, with the source frame's quantisation tables and sub-sampling."""
-    if stored.dtype != np.uint8:
+def _jpeg_baseline(ds: pydicom.Dataset, px: Decoded, indices: list[int]) -> dict[int, bytes]:
+    """JPEG Baseline frames with each source frame's own quantisation tables and chroma sub-sampling."""
+    if px.stored.dtype != np.uint8:
         raise ValueError("JPEG Baseline needs 8-bit samples")
-    out = []
-    pi = photometric
-    for index, frame in enumerate(stored):
-        source = Image.open(io.BytesIO(fragments[min(index, len(fragments) - 1)]))
+    encoded = {}
+    pi = px.photometric
+    for index in indices:
+        frame = np.ascontiguousarray(px.stored[index])
+        source = Image.open(io.BytesIO(px.fragments[index]))
         tables = source.quantization
-        sampling = JpegImagePlugin.get_sampling(source) if frame.ndim == 3 else -1
         options = {}
         if frame.ndim == 2:
-            image = Image.frombuffer("L", frame.shape[::-1], np.ascontiguousarray(frame))
-            pi = photometric
-        elif photometric in ("YBR_FULL", "YBR_FULL_422"):
-            image = Image.frombuffer("YCbCr", (frame.shape[1], frame.shape[0]), np.ascontiguousarray(frame))
-            pi = "YBR_FULL" if sampling in (0, -1) else "YBR_FULL_422"
+            image = Image.frombuffer("L", (frame.shape[1], frame.shape[0]), frame)
+        elif px.photometric in ("YBR_FULL", "YBR_FULL_422"):
+            image = Image.frombuffer("YCbCr", (frame.shape[1], frame.shape[0]), frame)
+            sampling = JpegImagePlugin.get_sampling(source)
+            pi = "YBR_FULL" if sampling in (0, -1) else "YBR_FULL_422"  # PS3.5 8.2.1
             options["subsampling"] = max(sampling, 0)
         else:  # decoded as RGB: store R, G, B components without a colour transform (Adobe marker)
-            image = Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), np.ascontiguousarray(frame))
+            image = Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), frame)
             options.update(keep_rgb=True, subsampling=0)
-            tables = {0: tables[0]}
+            tables = {0: tables[0]}  # libjpeg quantises every RGB component with table 0
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", qtables=[tables[k] for k in sorted(tables)], **options)
-        out.append(buffer.getvalue())
-    ds.PhotometricInterpretation = pi
-    if stored.ndim == 4:
+        encoded[index] = buffer.getvalue()
+    if encoded:
+        ds.PhotometricInterpretation = pi
+    if px.stored.ndim == 4:
         ds.PlanarConfiguration = 0
-    return out
+    return encoded
 
 
 def _encapsulate(ds: pydicom.Dataset, frames: list[bytes]) -> None:
@@ -224,10 +221,10 @@ def _encapsulate(ds: pydicom.Dataset, frames: list[bytes]) -> None:
     ds["PixelData"].is_undefined_length = True
 
 
-def _record_lossy(ds: pydicom.Dataset, px: Decoded, target: UID, written: list[bytes]) -> None:
+def _record_lossy(ds: pydicom.Dataset, px: Decoded, target: UID, encoded: dict[int, bytes]) -> None:
     """PS3.3 C.7.6.1.1.5: once lossy, always "01"; one Ratio and one Method value per lossy step."""
     stored, source, fragments = px.stored, px.source_syntax, px.fragments
-    new_step = target in LOSSY
+    new_step = target in LOSSY and bool(encoded)
     if source not in LOSSY and not new_step:
         return
     methods = [str(v) for v in _values(ds, "LossyImageCompressionMethod")]
@@ -238,7 +235,7 @@ def _record_lossy(ds: pydicom.Dataset, px: Decoded, target: UID, written: list[b
         ratios.append(_ratio(raw, fragments))
     if new_step:
         methods.append(_METHOD[target])
-        ratios.append(_ratio(raw, written))
+        ratios.append(_ratio(stored[0].nbytes * len(encoded), list(encoded.values())))
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = methods if len(methods) > 1 else methods[0]
     ds.LossyImageCompressionRatio = ratios if len(ratios) > 1 else ratios[0]
