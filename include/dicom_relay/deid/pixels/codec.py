@@ -47,7 +47,8 @@ below the loss the source already had.
 Lossy Image Compression is "01" whenever the source or the output is lossy; a lossy step done here appends one
 Lossy Image Compression Ratio and one Method value (PS3.3 C.7.6.1.1.5), and the source's own lossy step is
 recorded first when the header did not record it. Photometric Interpretation and Planar Configuration follow the
-written syntax (PS3.5 8.2: 0 for JPEG-family, YBR_RCT / YBR_ICT for colour JPEG 2000 with a component transform).
+written syntax (PS3.5 8.2: Planar Configuration 0 for the JPEG family; colour JPEG 2000 stored with a component
+transform, YBR_RCT or YBR_ICT, is written YBR_RCT with the reversible one).
 Encapsulated output has a Basic Offset Table, and an Extended Offset Table only when a frame offset exceeds
 2**32 - 1 (PS3.5 A.4). If an encoder refuses the data (an unusual bit depth), Explicit VR Little Endian is written:
 lossless and readable everywhere.
@@ -62,7 +63,7 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSLossless, JPEGLSNearLossless, RLELossless
 
 from dicom_relay.deid.errors import DeidError
 from dicom_relay.deid.pixels.display import Display, black_and_display
@@ -78,9 +79,8 @@ class PixelCodecError(DeidError):
 
 # The fastest plugin that decodes the syntax, measured (CPU ms, 640x480 RGB): JPEG Baseline pillow 2.8 vs
 # pylibjpeg 7.2; JPEG-LS pyjpegls 10 vs pylibjpeg 42; RLE pylibjpeg 0.9 vs pydicom 4.8. Others: pydicom's order.
-_FASTEST = {"1.2.840.10008.1.2.4.50": "pillow", "1.2.840.10008.1.2.4.51": "pillow",
-            "1.2.840.10008.1.2.4.80": "pyjpegls", "1.2.840.10008.1.2.4.81": "pyjpegls",
-            "1.2.840.10008.1.2.5": "pylibjpeg"}
+_FASTEST = {JPEGBaseline8Bit: "pillow", JPEGExtended12Bit: "pillow", JPEGLSLossless: "pyjpegls",
+            JPEGLSNearLossless: "pyjpegls", RLELossless: "pylibjpeg"}
 
 
 def _decode(decoder, ds: pydicom.Dataset, syntax: UID) -> tuple[np.ndarray, dict]:
@@ -163,7 +163,7 @@ class Frames:
         return frames
 
     def display(self, i: int) -> np.ndarray:
-        """Frame ``i`` as a viewer shows it: uint8 (rows, columns) grey or (rows, columns, 3) RGB."""
+        """Frame ``i`` as a viewer shows it: uint8 (rows, columns) grey or (rows, columns, 3) RGB, a new array."""
         return self._display(i, self.stored[i])
 
     def blank(self, i: int, boxes: Iterable[Box]) -> int:

@@ -60,7 +60,7 @@ def black_and_display(ds: pydicom.Dataset, arr: np.ndarray, photometric: str, bi
         black = np.zeros(samples, dtype=arr.dtype)
         if shift:
             return black, lambda _, frame: (frame >> shift).astype(np.uint8)
-        return black, lambda _, frame: frame.astype(np.uint8, copy=False)
+        return black, lambda _, frame: frame.astype(np.uint8)  # a copy: drawing on it must not edit the pixels
     raise ValueError(f"photometric interpretation {photometric} not supported")
 
 
