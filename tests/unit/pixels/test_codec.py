@@ -196,7 +196,7 @@ TRANSCODES = [
 
 
 @pytest.mark.parametrize("tool, args, name, expected, lossless", TRANSCODES,
-                         ids=[f"{t[0]}{''.join(t[1]) if t[0] != 'compress' else t[1][0].name}-{t[2]}"
+                         ids=[f"{t[0]}{''.join(t[1]) if t[0] != 'compress' else t[1][0].keyword}-{t[2]}"
                               for t in TRANSCODES])
 def test_round_trip_transcoded(tool, args, name, expected, lossless, tmp_path):
     source = tmp_path / "in.dcm"

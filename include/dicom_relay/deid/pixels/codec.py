@@ -95,7 +95,7 @@ def _decode(decoder, ds: pydicom.Dataset, syntax: UID) -> tuple[np.ndarray, dict
     raise PixelCodecError(f"{syntax.name} pixel data not decodable: {reason}")
 
 
-@dataclass
+@dataclass(eq=False)
 class Frames:
     """Decoded pixel data of one instance, editable frame by frame, written back losslessly.
 
@@ -116,6 +116,10 @@ class Frames:
     changed_frames: set[int] = field(default_factory=set)
     _display: Display | None = None  # stored frame -> uint8 picture, chosen once per instance
     _even_columns: bool = False  # YBR_FULL_422 native: a blanked box covers whole pairs of pixels
+
+    def __repr__(self) -> str:  # no pixel values in logs
+        return (f"Frames({self.count} x {self.stored.shape[1:]} {self.stored.dtype}, {self.photometric}, "
+                f"from {self.source_syntax.name})")
 
     @property
     def count(self) -> int:
