@@ -1,4 +1,7 @@
-"""Compound actions resolved per SOP class from data/iod_types.json (built from highdicom's PS3.3 tables)."""
+"""Compound and conditional actions resolved per SOP class and sequence path from data/iod_types.json.
+
+The expected Types below are read off PS3.3 by hand (module and macro tables named in each comment).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -15,6 +19,7 @@ from dicom_relay.deid import Deidentifier, DeidOptions, PatientIdentity
 from dicom_relay.deid.table import (
     NESTED,
     attribute_type,
+    conditional_action,
     iod_types_provenance,
     load_iod_types,
     load_table,
@@ -31,11 +36,18 @@ UNKNOWN = "1.2.826.0.1.3680043.10.999.1"
 TYPES = {"1", "1C", "2", "2C", "3", "?"}
 
 
-def _compound_keywords() -> set[str]:
+def _path(*keywords: str) -> tuple[int, ...]:
+    return tuple(tag_for_keyword(k) for k in keywords)
+
+
+def _keywords(plain: bool) -> set[str]:
+    """Keywords with a compound action in any column (and, with ``plain``, an X or Z)."""
     return {
         r.keyword
         for r in load_table()[1]
-        if r.pattern == "exact" and r.keyword and any("/" in a for a in (r.basic, *r.options.values()))
+        if r.pattern == "exact"
+        and r.keyword
+        and any("/" in a or (plain and a in ("X", "Z")) for a in (r.basic, *r.options.values()))
     }
 
 
@@ -48,50 +60,110 @@ def test_the_table_has_provenance() -> None:
     raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", "iod_types.json").read_text())
     assert prov["sop_class_count"] == len(raw["sop_classes"]) == len(load_iod_types()[1]) >= 150
     assert set(raw["sop_classes"].values()) <= set(raw["iods"])
+    assert prov["typed_path_count"] == sum(len(m) for m in raw["modules"].values())
+    assert prov["nested_typed_path_count"] >= 2000  # types along sequence paths, not only the top level
+    for modules in raw["iods"].values():
+        for _module, usage in modules:
+            assert usage in ("M", "C", "U")
 
 
-def test_only_compound_attributes_are_listed_and_the_list_matches_the_shipped_table() -> None:
-    compound = _compound_keywords()
-    assert set(iod_types_provenance()["compound_keywords"]) == compound  # else rerun the build script
-    for types in load_iod_types()[1].values():
-        assert set(types) <= compound
-        for value in types.values():
-            kind, usage = value.split("@")
-            assert kind in TYPES and usage in ("M", "C", "U")
-    # AccessionNumber, PatientName, StudyDate have plain actions (Z, Z, Z) in Table E.1-1: no type needed.
-    assert {"AccessionNumber", "PatientName", "StudyDate"}.isdisjoint(compound)
+def test_only_profile_attributes_are_typed_and_the_lists_match_the_shipped_table() -> None:
+    prov = iod_types_provenance()
+    assert set(prov["compound_keywords"]) == _keywords(plain=False)  # else rerun the build script
+    assert set(prov["typed_keywords"]) == _keywords(plain=True)
+    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", "iod_types.json").read_text())
+    for types in raw["modules"].values():
+        for key, kind in types.items():
+            assert key.split(">")[-1] in prov["typed_keywords"] and kind in TYPES
+            assert "ContentSequence" not in key.split(">")[:-1]  # the content tree is cut (recursive)
+    # Keep (K) and U/D-only rows need no type: SOP Instance UID (U), Content Sequence (D).
+    assert {"SOPInstanceUID", "ContentSequence"}.isdisjoint(prov["typed_keywords"])
 
 
-# (SOP class, keyword, Type in highdicom's module tables, module usage, our Table E.1-1 action, resolved).
+# (SOP class, keyword, Type in PS3.3, our Table E.1-1 action, resolved) at the top level of the IOD.
 SPOT_CHECKS = [
-    (CT, "PatientID", "2", "M", "Z/D", "Z"),  # Patient module
-    (CT, "ContentDate", "2C", "M", "Z/D", "Z"),  # General Image module
-    (CT, "ContentTime", "2C", "M", "Z/D", "Z"),
-    (CT, "AcquisitionDate", "3", "M", "X/Z", "X"),  # General Acquisition module
-    (CT, "SeriesDate", "3", "M", "X/D", "X"),  # General Series module
-    (CT, "InstitutionName", "3", "M", "X/Z/D", "X"),  # General Equipment module
-    (CT, "DeviceSerialNumber", "3", "M", "X/Z/D", "X"),
-    (CT, "ContrastBolusAgent", "2", "C", "Z/D", "Z"),  # Contrast/Bolus module (C): counts as required
-    (CT, "PatientSexNeutered", "2C", "U", "X/Z", "Z"),  # Patient Study module (U): counts as required
-    (CT, "ReferencedImageSequence", "3", "U", "X/Z/U*", "X"),  # General Reference module
-    (ENHANCED_CT, "DeviceSerialNumber", "1", "M", "X/Z/D", "D"),  # Enhanced General Equipment module
-    (ENHANCED_CT, "ContentDate", "1", "M", "Z/D", "D"),
-    (ENHANCED_CT, "AcquisitionDateTime", "1C", "M", "X/Z/D", "D"),
-    (COMPREHENSIVE_SR, "ContentDate", "1", "M", "Z/D", "D"),  # SR Document General module
-    (COMPREHENSIVE_SR, "ReferencedPerformedProcedureStepSequence", "2", "M", "X/Z/D", "Z"),  # SR Document Series
-    (RT_PLAN, "OperatorsName", "2", "M", "X/Z/D", "Z"),  # RT Series module
-    (RT_PLAN, "RTPlanDate", "2", "M", "X/D", "D"),  # RT General Plan: Type 2, no Z branch -> D
-    (GSPS, "ContentCreatorName", "3", "M", "Z/D", "Z"),  # Content Identification: Type 3, Z/D -> Z
+    (CT, "PatientID", "2", "Z/D", "Z"),  # Patient module
+    (CT, "ContentDate", "2C", "Z/D", "Z"),  # General Image module
+    (CT, "ContentTime", "2C", "Z/D", "Z"),
+    (CT, "AcquisitionDate", "3", "X/Z", "X"),  # General Acquisition module
+    (CT, "SeriesDate", "3", "X/D", "X"),  # General Series module
+    (CT, "InstitutionName", "3", "X/Z/D", "X"),  # General Equipment module
+    (CT, "DeviceSerialNumber", "3", "X/Z/D", "X"),
+    (CT, "ContrastBolusAgent", "2", "Z/D", "Z"),  # Contrast/Bolus module (C): counts as required
+    (CT, "PatientSexNeutered", "2C", "X/Z", "Z"),  # Patient Study module (U): counts as required
+    (CT, "ReferencedImageSequence", "3", "X/Z/U*", "X"),  # General Reference module
+    (CT, "ResponsiblePerson", "2C", "X", "Z"),  # Patient module: required if the patient is an animal
+    (CT, "ResponsibleOrganization", "2C", "X", "Z"),
+    (CT, "PatientBirthDate", "2", "Z", "Z"),
+    (ENHANCED_CT, "DeviceSerialNumber", "1", "X/Z/D", "D"),  # Enhanced General Equipment module
+    (ENHANCED_CT, "ContentDate", "1", "Z/D", "D"),
+    (ENHANCED_CT, "AcquisitionDateTime", "1C", "X/Z/D", "D"),
+    (COMPREHENSIVE_SR, "ContentDate", "1", "Z/D", "D"),  # SR Document General module
+    (COMPREHENSIVE_SR, "ReferencedPerformedProcedureStepSequence", "2", "X/Z/D", "Z"),  # SR Document Series
+    (RT_PLAN, "OperatorsName", "2", "X/Z/D", "Z"),  # RT Series module
+    (RT_PLAN, "RTPlanDate", "2", "X/D", "D"),  # RT General Plan: Type 2, no Z branch -> D
+    (GSPS, "ContentCreatorName", "3", "Z/D", "Z"),  # Content Identification: Type 3, Z/D -> Z
+    (GSPS, "PresentationCreationDate", "1", "X", "D"),  # Presentation State Identification module
 ]
 
 
-@pytest.mark.parametrize("sop, keyword, kind, usage, action, expected", SPOT_CHECKS)
-def test_spot_checks_against_the_module_tables(sop, keyword, kind, usage, action, expected) -> None:
-    assert load_iod_types()[1][sop][keyword] == f"{kind}@{usage}"
+@pytest.mark.parametrize("sop, keyword, kind, action, expected", SPOT_CHECKS)
+def test_spot_checks_against_the_module_tables(sop, keyword, kind, action, expected) -> None:
+    assert load_iod_types()[1][sop][keyword] == kind
     assert attribute_type(keyword, sop) == kind
     row = next(r for r in load_table()[1] if r.keyword == keyword)
     assert row.basic == action
-    assert resolve_compound(action, keyword, sop) == expected
+    assert resolve_compound(conditional_action(action, keyword), keyword, sop) == expected
+
+
+# (SOP class, enclosing sequences, keyword, Type in PS3.3, our Table E.1-1 action, resolved) inside sequences.
+PATH_CHECKS = [
+    # SR Document General: Referenced Request Sequence items (Type 2 Accession Number, Referenced Study Sequence).
+    (COMPREHENSIVE_SR, ("ReferencedRequestSequence",), "ReferencedStudySequence", "2", "X/Z", "Z"),
+    (COMPREHENSIVE_SR, ("ReferencedRequestSequence",), "RequestedProcedureDescription", "2", "X/Z", "Z"),
+    (COMPREHENSIVE_SR, ("ReferencedRequestSequence",), "RequestedProcedureID", "2", "X", "Z"),
+    # SR Document General: Author Observer Sequence > Institution Name is Type 2 there, Type 3 at the top level.
+    (COMPREHENSIVE_SR, ("AuthorObserverSequence",), "InstitutionName", "2", "X/Z/D", "Z"),
+    (COMPREHENSIVE_SR, ("ParticipantSequence",), "DeviceSerialNumber", "3", "X/Z/D", "X"),
+    # Hierarchical SOP Instance Reference macro inside the evidence sequences: Retrieve AE Title Type 3.
+    (
+        COMPREHENSIVE_SR,
+        ("CurrentRequestedProcedureEvidenceSequence", "ReferencedSeriesSequence"),
+        "RetrieveAETitle",
+        "3",
+        "X",
+        "X",
+    ),
+    # SR content tree: every Content Sequence item is typed like the root (Observation DateTime 1C).
+    (COMPREHENSIVE_SR, ("ContentSequence", "ContentSequence"), "ObservationDateTime", "1C", "X/D", "D"),
+    # Enhanced CT functional groups: Referenced Image Sequence is Type 2 in the Referenced Image macro.
+    (ENHANCED_CT, ("SharedFunctionalGroupsSequence",), "ReferencedImageSequence", "2", "X/Z/U*", "Z"),
+    (ENHANCED_CT, ("PerFrameFunctionalGroupsSequence",), "ReferencedImageSequence", "2", "X/Z/U*", "Z"),
+]
+
+
+@pytest.mark.parametrize("sop, path, keyword, kind, action, expected", PATH_CHECKS)
+def test_types_along_sequence_paths(sop, path, keyword, kind, action, expected) -> None:
+    tags = _path(*path)
+    assert attribute_type(keyword, sop, tags) == kind
+    row = next(r for r in load_table()[1] if r.keyword == keyword)
+    assert row.basic == action
+    assert resolve_compound(conditional_action(action, keyword), keyword, sop, tags) == expected
+
+
+def test_undescribed_paths_take_the_safe_branch_and_plain_actions_stay() -> None:
+    private_sq = (0x00091010,)
+    # A compound inside a sequence the standard does not describe: the strongest branch (keeps references).
+    assert attribute_type("ReferencedImageSequence", CT, private_sq) is None
+    assert resolve_compound("X/Z/U*", "ReferencedImageSequence", CT, private_sq) == "U"
+    # A conditional (plain X in the table) where nothing is known: the table's own X.
+    assert resolve_compound(conditional_action("X", "ResponsiblePerson"), "ResponsiblePerson", UNKNOWN) == "X"
+    assert resolve_compound(conditional_action("X", "ResponsiblePerson"), "ResponsiblePerson", CT, private_sq) == "X"
+    # Attributes no IOD requires anywhere keep their plain action.
+    assert conditional_action("X", "OtherPatientIDs") == "X"
+    assert conditional_action("K", "ResponsiblePerson") == "K"
+    # The old three-argument form is the top level.
+    assert resolve_compound("X/Z/D", "InstitutionName", CT) == resolve_compound("X/Z/D", "InstitutionName", CT, ())
 
 
 def test_attribute_absent_from_a_known_iod_is_not_required() -> None:
@@ -120,7 +192,7 @@ def test_every_compound_rule_resolves_for_every_known_sop_class() -> None:
     assert compound
     for sop in load_iod_types()[1]:
         for act, kw in compound:
-            assert resolve_compound(act, kw, sop) in act.replace("*", "").split("/")
+            assert resolve_compound(act, kw, sop) in act.replace("*", "").replace("|", "/").split("/")
 
 
 def _ct_with_nested(tmp_path: Path) -> Path:

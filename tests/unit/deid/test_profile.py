@@ -10,7 +10,7 @@ from pydicom.multival import MultiValue
 
 from dicom_relay.deid import Deidentifier, DeidOptions, PatientIdentity, find_leaks, remap_uid
 from dicom_relay.deid.dates import shift_value
-from dicom_relay.deid.table import effective_action, resolve_compound, sop_family
+from dicom_relay.deid.table import conditional_action, effective_action, resolve_compound, sop_family
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
 
 from .corpus import NON_TABLE_DA, NON_TABLE_DT, non_table_date_tags, planted_dataset, table_rows
@@ -64,7 +64,7 @@ def test_each_table_row_gets_its_action(name: str, tmp_path: Path) -> None:
     for _, row, tag in table_rows():
         if tag not in planted or tag in SPECIAL:
             continue
-        act = resolve_compound(effective_action(row, enabled), row.keyword, family)
+        act = resolve_compound(conditional_action(effective_action(row, enabled), row.keyword), row.keyword, family)
         value = planted[tag]
         elem = out.get(tag)
         vr = row.vr.split(" or ")[0]
