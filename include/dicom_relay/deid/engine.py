@@ -45,11 +45,12 @@ from dicom_relay.deid import codes, fastio, rawpath
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.errors import DeidError
 from dicom_relay.deid.decide import (
-    ACCESSION, CLEAN, DATE, DESCEND, DUMMY, EMPTY, KEEP, PATIENT_ID, PATIENT_NAME, PSEUDONYM, REMOVE, UIDS, Scope,
+    ACCESSION, CLEAN, CONCEPT, DATE, DESCEND, DUMMY, EMPTY, KEEP, PATIENT_ID, PATIENT_NAME, PSEUDONYM, REMOVE, UIDS,
+    Action, Scope,
 )
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import rules_for, safe_private, sop_family
-from dicom_relay.deid.text import TextCleaner
+from dicom_relay.deid.text import TextCleaner, cleaned
 from dicom_relay.deid.uids import UidMapper
 from dicom_relay.deid.vr import dict_vr
 from dicom_relay.deid.verify import LeakCheck, _collect
@@ -78,6 +79,28 @@ def _put(d: dict, tag: int, elem, vr: str, text: str | None) -> None:
         d[tag] = elem._replace(length=len(b), value=b)
     else:
         d[tag] = DataElement(tag, vr, text if text else None)
+
+
+def _item_values(item: Dataset):
+    """``value_of`` for :meth:`Scope.item` on a pydicom item."""
+
+    def value_of(tag: int) -> str:
+        elem = item.get(tag)
+        return "" if elem is None or elem.value is None else str(elem.value).strip()
+
+    return value_of
+
+
+def _raw_item_values(buf: bytes, elems: list):
+    """``value_of`` for :meth:`Scope.item` on the raw elements of an item."""
+
+    def value_of(tag: int) -> str:
+        for el in elems:
+            if el.tag == tag:
+                return rawpath.ascii_value(buf, el)
+        return ""
+
+    return value_of
 
 
 @lru_cache(maxsize=64)
@@ -376,7 +399,14 @@ class Deidentifier:
             elif op == REMOVE:
                 continue
             elif op == DESCEND:
-                items = [(undef, [c for _, c in self._raw_walk(buf, item, arg, f, implicit)]) for undef, item in el.items]
+                walk = self._raw_walk
+                if arg.mode == CONCEPT:
+                    items = [
+                        (undef, [c for _, c in walk(buf, item, arg.item(_raw_item_values(buf, item)), f, implicit)])
+                        for undef, item in el.items
+                    ]
+                else:
+                    items = [(undef, [c for _, c in walk(buf, item, arg, f, implicit)]) for undef, item in el.items]
                 add((tag, rawpath.encode_sequence(tag, items, el.undef, implicit)))
             elif op == UIDS:
                 text = rawpath.ascii_value(buf, el)
@@ -409,7 +439,18 @@ class Deidentifier:
                 new = self._accession(rawpath.text_value(buf, el), f.identity)
                 add((tag, frame(tag, el.fvr, rawpath.padded(new, "") if new else b"", implicit)))
             elif op == CLEAN:
-                add((tag, buf[el.start : el.vend]))  # no cleaner on this path: the text is kept as it is
+                if f.cleaner is not None:
+                    raise rawpath.Fallback  # cleaning free text: the pydicom path decodes it (character sets)
+                text = rawpath.ascii_text(buf, el)
+                new = cleaned(tag, el.vr, text, None) if text else text
+                if new == text:
+                    add((tag, buf[el.start : el.vend]))
+                elif new is not None:  # pragma: no cover - only a cleaner changes a valid value
+                    add((tag, frame(tag, el.fvr, rawpath.padded(new, el.vr), implicit)))
+                elif arg.op == EMPTY:
+                    add((tag, frame(tag, el.fvr, b"", implicit)))
+                elif arg.op == DUMMY:
+                    add((tag, rawpath.encode_new(tag, el.vr, arg.arg, implicit)))
             else:  # PRIVATE: the safe list needs the creator's name (the pydicom path)
                 raise rawpath.Fallback
         return out
@@ -433,7 +474,7 @@ class Deidentifier:
                 del d[tag]
             elif op == DESCEND:
                 for item in ds[tag].value or ():
-                    self._walk(item, arg, f)
+                    self._walk(item, arg.item(_item_values(item)) if arg.mode == CONCEPT else arg, f)
             elif op == UIDS:
                 text = _ascii_value(elem)
                 if text:
@@ -467,7 +508,7 @@ class Deidentifier:
                 else:
                     ds[tag].value = None  # stays present and empty (Type 2)
             elif op == CLEAN:
-                self._clean_text(ds, tag, f)
+                self._clean(ds, tag, vr, arg, f)
             else:  # PRIVATE
                 had_private = True
                 self._private(ds, tag)
@@ -496,15 +537,26 @@ class Deidentifier:
         else:
             ds[tag].value = text
 
-    def _clean_text(self, ds: Dataset, tag: int, f: _File) -> None:
+    @staticmethod
+    def _clean(ds: Dataset, tag: int, vr: str, on_failure: Action, f: _File) -> None:
+        """Action C: the cleaned value if it is valid (:func:`dicom_relay.deid.text.cleaned`), else ``on_failure``."""
+        d = ds._dict
         elem = ds[tag]
         v = elem.value
-        if v is None or v == "" or f.cleaner is None:
+        if v is None or v == "":
             return
-        if isinstance(v, MultiValue):
-            elem.value = [f.cleaner.clean(str(x)) for x in v]
+        text = "\\".join(str(x) for x in v) if isinstance(v, MultiValue) else str(v)
+        new = cleaned(tag, vr, text, f.cleaner)
+        if new == text:
+            return
+        if new is not None:
+            elem.value = new
+        elif on_failure.op == EMPTY:
+            d[tag] = DataElement(tag, vr, None)
+        elif on_failure.op == DUMMY:
+            d[tag] = DataElement(tag, vr, on_failure.arg)
         else:
-            elem.value = f.cleaner.clean(str(v))
+            del d[tag]
 
     def _private(self, ds: Dataset, tag: int) -> None:
         d = ds._dict

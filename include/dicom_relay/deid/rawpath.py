@@ -206,6 +206,14 @@ def ascii_value(buf: bytes, el: Elem) -> str:
     return v.decode("ascii", "replace").rstrip("\x00 ").strip() if v else ""
 
 
+def ascii_text(buf: bytes, el: Elem) -> str:
+    """A text value (all its values, backslashes kept) as pydicom decodes it; Fallback unless it is ASCII."""
+    v = buf[el.vstart : el.vend]
+    if not v.isascii() or b"\x1b" in v:
+        raise Fallback
+    return v.decode("ascii").rstrip("\x00 ")
+
+
 def text_value(buf: bytes, el: Elem) -> str:
     """A single-valued ASCII text value as pydicom decodes it; Fallback when it is not that simple."""
     v = buf[el.vstart : el.vend]
