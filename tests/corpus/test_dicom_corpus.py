@@ -1,0 +1,106 @@
+"""The issue's conditions on real files: every DICOM file pydicom, pydicom-data and deid-data ship, plus dcmtk
+transcodes (JPEG Lossless SV1, JPEG-LS, RLE, each also with trailing padding), through ``dicom-relay deidentify``.
+
+One run of the corpus (tests/support/dicom_corpus.py, about 300 files, each alone in a folder and all together in
+one) feeds every test below; each test names the files that break its condition and why. Needs dcmtk and
+dciodvfy (installed by scripts/setup.sh), no service.
+"""
+
+import json
+
+import pytest
+
+from tests.support.dicom_corpus import (ASSERTIONS, CODECS, TRANSCODE_SOURCES, failures_text, identifying_values,
+                                        run_corpus, scan_output, shipped_files)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    work = tmp_path_factory.mktemp("corpus")
+    result = run_corpus(work, workers=2)
+    (work / "corpus.json").write_text(json.dumps(result, indent=1))
+    print(f"corpus result: {work / 'corpus.json'} ({result['seconds']} s)")
+    return result
+
+
+def _failing(corpus, assertion: str) -> str:
+    hits = [r for r in corpus["files"] if assertion in r["failures"]]
+    lines = [f"{r['name']} [{r['source']}]: {r['failures'][assertion][:400]}" for r in hits]
+    together = (corpus["together"] or {}).get("failures", {})
+    if assertion in together:
+        lines.append(f"(all files in one folder): {together[assertion][:800]}")
+    return f"{ASSERTIONS[assertion]}: {len(lines)}\n" + "\n".join(lines)
+
+
+def test_the_corpus_holds_every_shipped_file_and_the_transcodes(corpus):
+    shipped = shipped_files()
+    assert len(shipped) >= 240, "pydicom-data or deid-data is not installed (requirements-test.txt)"
+    names = {(r["source"], r["name"]) for r in corpus["files"]}
+    assert {(f.source, f.name) for f in shipped} <= names
+    transcoded = [r for r in corpus["files"] if r["source"] == "dcmtk transcode"]
+    assert len(transcoded) == len(TRANSCODE_SOURCES) * len(CODECS) * 2
+    # The padding the builder appends is valid DICOM: dciodvfy finds no more errors than in the unpadded transcode.
+    by_name = {r["name"]: r for r in transcoded}
+    for r in transcoded:
+        if r["transcode"].endswith("+padding"):
+            plain = by_name[r["name"].replace("+padding]", "]")]
+            assert r["pydicom"]["valid"] == plain["pydicom"]["valid"], r["name"]
+            assert r["iod_errors_before"] == plain["iod_errors_before"], r["name"]
+    for name in ("MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"):
+        assert ("pydicom", name) in names
+    assert all(r["outcome"] in ("delivered", "held_back", "rejected", "duplicate", "leak", "error")
+               for r in corpus["files"])
+
+
+def test_no_valid_instance_is_rejected(corpus):
+    assert not any("valid_rejected" in r["failures"] for r in corpus["files"]), _failing(corpus, "valid_rejected")
+
+
+def test_files_pydicom_cannot_read_as_an_instance_are_rejected_with_a_reason(corpus):
+    invalid = [r for r in corpus["files"] if not r["pydicom"]["valid"]]
+    assert len(invalid) >= 30  # JSON, ICC profiles, DICOMDIRs, truncated files...: the check has something to check
+    assert not any("invalid_not_rejected" in r["failures"] for r in corpus["files"]), \
+        _failing(corpus, "invalid_not_rejected")
+
+
+def test_held_back_files_say_why(corpus):
+    silent = [r["name"] for r in corpus["files"] if r["outcome"] in ("held_back", "rejected") and not r["reason"]]
+    assert not silent, f"held back or rejected without a reason: {silent}"
+
+
+def test_no_new_iod_error_on_a_delivered_file(corpus):
+    delivered = [r for r in corpus["files"] if r["outcome"] == "delivered"]
+    assert len(delivered) >= 100
+    assert all(r["iod_errors_after"] is not None for r in delivered)
+    assert not any("new_iod_errors" in r["failures"] for r in corpus["files"]), _failing(corpus, "new_iod_errors")
+
+
+def test_no_false_leak(corpus):
+    together = (corpus["together"] or {}).get("failures", {})
+    assert not any("false_leak" in r["failures"] for r in corpus["files"]) and "false_leak" not in together, \
+        _failing(corpus, "false_leak")
+
+
+def test_no_original_identifying_value_left(corpus):
+    together = (corpus["together"] or {}).get("failures", {})
+    assert not any("value_left" in r["failures"] for r in corpus["files"]) and "value_left" not in together, \
+        _failing(corpus, "value_left")
+
+
+def test_the_command_line_never_fails(corpus):
+    together = (corpus["together"] or {}).get("failures", {})
+    assert not any("cli_error" in r["failures"] for r in corpus["files"]) and "cli_error" not in together, \
+        _failing(corpus, "cli_error")
+
+
+def test_the_independent_scan_finds_what_a_broken_engine_would_leave(corpus):
+    """The scan behind test_no_original_identifying_value_left can fail: an original read as its own output leaks."""
+    r = next(r for r in corpus["files"] if r["name"] == "CT_small.dcm")
+    values = identifying_values(r["path"])
+    assert {"PatientName", "PatientID", "StudyInstanceUID", "SeriesInstanceUID"} <= set(values.values())
+    assert {"PatientName", "PatientID", "StudyInstanceUID"} <= set(scan_output(values, r["path"]))
+
+
+def test_the_summary_lists_the_failures(corpus):
+    print(failures_text(corpus))
+    assert corpus["counts"]["files"] == len(corpus["files"])
