@@ -105,7 +105,7 @@ def rules_for(options: DeidOptions) -> Rules:
 # --- Compound actions and the types along sequence paths ------------------------------------------------
 # PS3.15 E.1.1: X/Z = X unless Z is required to keep the IOD valid (Type 2), X/D = X unless D is required
 # (Type 1), Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the
-# contained UIDs must be replaced (Type 1). The types come from data/iod_types.json (scripts/build_iod_types.py,
+# contained UIDs must be replaced (Type 1); we take U for Type 2 references too (see _resolve). The types come from data/iod_types.json (scripts/build_iod_types.py,
 # from highdicom's copy of the PS3.3 IOD, module and macro tables): per module, the strongest Type of each
 # attribute the profile removes or empties, at each sequence path; per SOP class, the IOD's modules. Whatever the
 # usage (M, C, U) of a module, its Type 1 and 2 attributes count as required: a C or U module that is present
@@ -243,8 +243,8 @@ def resolve_compound(action: str, keyword: str, sop_class_uid: str, path: tuple[
 
     ``sop_class_uid`` is the instance's SOP Class UID (:func:`sop_family`); ``path`` the tags of the sequences
     that enclose the attribute, from the top level (``()`` at the top level). The branch follows the attribute's
-    Type at that place of the IOD (:func:`attribute_type`): Type 3 (not required) the first branch, Type 2 Z,
-    Type 1 the strongest. Where the data say nothing (unknown SOP class, :data:`NESTED`, a sequence the data do
+    Type at that place of the IOD (:func:`attribute_type`): Type 3 (not required) the first branch, Type 2 Z
+    (U for a reference sequence, X/Z/U*: the references are kept with replaced UIDs), Type 1 the strongest. Where the data say nothing (unknown SOP class, :data:`NESTED`, a sequence the data do
     not describe) a compound takes its strongest branch, which keeps the file valid and holds no identity (D
     dummy, U replaced UIDs, Z empty), and a conditional action (``X/Z/D|X``) the table's own action. Plain
     actions are returned as they are. Cached: one dict lookup per call after the first.
@@ -268,6 +268,12 @@ def _resolve(action: str, keyword: str, sop_class_uid: str, path: tuple[int, ...
         return "X"
     if kind == "3":
         return choices[0]  # not required: the first (least) branch, X, or Z for Z/D
+    if kind == "2" and "U" in choices:
+        # X/Z/U* on a Type 2 reference sequence: keep the references with replaced UIDs rather than empty it.
+        # Both keep the Type; only U keeps the IOD's cross-references consistent (a Segmentation's Source
+        # Image Sequence emptied while its Referenced Series Sequence still lists the series is an error),
+        # and replaced UIDs hold no more identity than an empty sequence.
+        return "U"
     if kind == "2" and "Z" in choices:
         return "Z"
     # Type 1, or Type 2 without a Z branch: the strongest branch keeps the file valid and holds no identity.
@@ -277,8 +283,34 @@ def _resolve(action: str, keyword: str, sop_class_uid: str, path: tuple[int, ...
     return "X"
 
 
+@dataclass(frozen=True)
+class SafePrivate:
+    """One row of PS3.15 Table E.3.10-1 (Safe Private Attributes), as shipped in ``data/safe_private.json``."""
+
+    creator: str  # the Private Creator as the standard writes it
+    group: int  # the odd group
+    element: int  # the element within the private block (the low byte, 0x00-0xFF)
+    vr: str  # as the standard lists it ('' where it gives none)
+    vm: str
+    meaning: str  # the standard's description and notes
+
+
+@lru_cache(maxsize=1)
+def safe_private_table() -> tuple[dict[str, Any], tuple[SafePrivate, ...]]:
+    """(provenance, rows) of the shipped Table E.3.10-1 (built by ``scripts/build_safe_private.py``)."""
+    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", SAFE_PRIVATE_RESOURCE).read_text())
+    rows = tuple(
+        SafePrivate(r["creator"], int(r["group"], 16), int(r["element"], 16), r["vr"], r["vm"], r["meaning"])
+        for r in raw["rows"]
+    )
+    return raw["provenance"], rows
+
+
 @lru_cache(maxsize=1)
 def safe_private() -> frozenset[tuple[str, int, int]]:
-    """(private creator, group, element offset 0x00-0xFF) of the private attributes we consider safe."""
-    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", SAFE_PRIVATE_RESOURCE).read_text())
-    return frozenset((e["creator"].strip().upper(), int(e["group"], 16), int(e["element"], 16)) for e in raw["entries"])
+    """(private creator, group, element 0x00-0xFF) of the safe private attributes of Table E.3.10-1.
+
+    The creator is stripped and upper-cased: compare it with the stripped, upper-cased value of the block's
+    Private Creator element (private creators are matched case-insensitively here, since writers differ).
+    """
+    return frozenset((r.creator.strip().upper(), r.group, r.element) for r in safe_private_table()[1])

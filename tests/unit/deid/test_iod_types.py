@@ -6,6 +6,8 @@ The expected Types below are read off PS3.3 by hand (module and macro tables nam
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -32,6 +34,7 @@ ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
+SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 UNKNOWN = "1.2.826.0.1.3680043.10.999.1"
 TYPES = {"1", "1C", "2", "2C", "3", "?"}
 
@@ -136,9 +139,13 @@ PATH_CHECKS = [
     ),
     # SR content tree: every Content Sequence item is typed like the root (Observation DateTime 1C).
     (COMPREHENSIVE_SR, ("ContentSequence", "ContentSequence"), "ObservationDateTime", "1C", "X/D", "D"),
-    # Enhanced CT functional groups: Referenced Image Sequence is Type 2 in the Referenced Image macro.
-    (ENHANCED_CT, ("SharedFunctionalGroupsSequence",), "ReferencedImageSequence", "2", "X/Z/U*", "Z"),
-    (ENHANCED_CT, ("PerFrameFunctionalGroupsSequence",), "ReferencedImageSequence", "2", "X/Z/U*", "Z"),
+    # Enhanced CT functional groups: Referenced Image Sequence is Type 2 in the Referenced Image macro; a Type 2
+    # reference sequence keeps its references with replaced UIDs (U), not emptied (Z).
+    (ENHANCED_CT, ("SharedFunctionalGroupsSequence",), "ReferencedImageSequence", "2", "X/Z/U*", "U"),
+    (ENHANCED_CT, ("PerFrameFunctionalGroupsSequence",), "ReferencedImageSequence", "2", "X/Z/U*", "U"),
+    # Segmentation: Derivation Image macro, Source Image Sequence Type 2 (its Referenced Series Sequence in the
+    # Common Instance Reference module must still find the references).
+    (SEG, ("PerFrameFunctionalGroupsSequence", "DerivationImageSequence"), "SourceImageSequence", "2", "X/Z/U*", "U"),
 ]
 
 
@@ -235,3 +242,147 @@ def test_top_level_type_applies_only_at_the_top_level(fast: bool, tmp_path: Path
     assert "OperatorsName" not in out  # X/Z/D, Type 3 in the CT Image IOD
     assert out.ContentDate == "20240314"  # Z/D, but Modified Dates makes it C (shifted by 0 days)
     assert str(out.ReferencedSeriesSequence[0].OperatorsName) == "ANONYMIZED"  # nested: the safe D
+
+
+# --- Whole instances checked by dciodvfy ------------------------------------------------------------------------
+NUMBER_OR_UID = re.compile(r"\d+(\.\d+)*")
+
+
+def _iod_errors(path: Path) -> set[str]:
+    """dciodvfy's error lines, numbers and UIDs masked (the de-identified instance carries replaced UIDs)."""
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return {NUMBER_OR_UID.sub("#", line) for line in run.stderr.splitlines() if line.startswith("Error")}
+
+
+def _item(**values) -> Dataset:
+    item = Dataset()
+    for k, v in values.items():
+        setattr(item, k, v)
+    return item
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    return _item(CodeValue=value, CodingSchemeDesignator=scheme, CodeMeaning=meaning)
+
+
+def _sr_with_evidence(tmp_path: Path) -> tuple[Path, str]:
+    """A verified Comprehensive SR whose content tree cites an image listed in its evidence sequence."""
+    image_uid, study_uid, series_uid = generate_uid(), generate_uid(), generate_uid()
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR, generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "MRN123456", "19700101", "F"
+    ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240314", "101010", "S1", ""
+    ds.ReferringPhysicianName = "Ref^Doc"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "SR", 1, 1
+    ds.Manufacturer = "ACME"
+    ds.ContentDate, ds.ContentTime = "20240314", "101500"
+    ds.ReferencedPerformedProcedureStepSequence = []
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "VERIFIED"
+    ds.VerifyingObserverSequence = [
+        _item(
+            VerifyingOrganization="General Hospital",
+            VerificationDateTime="20240314110000",
+            VerifyingObserverName="Smith^Anna",
+            VerifyingObserverIdentificationCodeSequence=[],
+        )
+    ]
+    ds.CurrentRequestedProcedureEvidenceSequence = [
+        _item(
+            StudyInstanceUID=study_uid,
+            ReferencedSeriesSequence=[
+                _item(
+                    SeriesInstanceUID=series_uid,
+                    ReferencedSOPSequence=[_item(ReferencedSOPClassUID=CT, ReferencedSOPInstanceUID=image_uid)],
+                )
+            ],
+        )
+    ]
+    ds.PerformedProcedureCodeSequence = []
+    ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
+    ds.ConceptNameCodeSequence = [_code("18748-4", "LN", "Diagnostic Imaging Report")]
+    ds.ContentTemplateSequence = [_item(MappingResource="DCMR", TemplateIdentifier="2000")]
+    image = _item(
+        RelationshipType="CONTAINS",
+        ValueType="IMAGE",
+        ConceptNameCodeSequence=[_code("121233", "DCM", "Source image for segmentation")],
+        ReferencedSOPSequence=[_item(ReferencedSOPClassUID=CT, ReferencedSOPInstanceUID=image_uid)],
+    )
+    text = _item(
+        RelationshipType="CONTAINS",
+        ValueType="TEXT",
+        ConceptNameCodeSequence=[_code("121071", "DCM", "Finding")],
+        TextValue="Nodule, reported by Smith",
+    )
+    ds.ContentSequence = [image, text]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = COMPREHENSIVE_SR
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    src = tmp_path / "sr.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    return src, image_uid
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_sr_evidence_and_the_content_items_that_cite_it_stay_consistent(fast: bool, tmp_path: Path) -> None:
+    src, image_uid = _sr_with_evidence(tmp_path)
+    d = Deidentifier("k" * 32, DeidOptions(quarantine_modalities=()))
+    identity = PatientIdentity("PSEUDO1", -3)
+    if fast:
+        path = d.deidentify_file(src, tmp_path / "out", identity).path
+    else:
+        path = tmp_path / "out.dcm"
+        d.deidentify_dataset(pydicom.dcmread(src), identity).save_as(path, enforce_file_format=True)
+    out = pydicom.dcmread(path)
+    evidence = out.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0]
+    cited = out.ContentSequence[0].ReferencedSOPSequence[0]
+    assert evidence.ReferencedSOPInstanceUID == cited.ReferencedSOPInstanceUID != image_uid  # one remapped UID
+    assert out.CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == out.StudyInstanceUID
+    added = _iod_errors(path) - _iod_errors(src)
+    assert not added, sorted(added)
+
+
+def test_a_veterinary_patients_responsible_person_and_organization_stay_present(tmp_path: Path) -> None:
+    """deid-data's cat.dcm: Responsible Person / Organization are Type 2C in the Patient module (required if the
+    patient is an animal); Table E.1-1 says X, the IOD's Type 2C makes them Z (present, empty)."""
+    import deid_data
+
+    src = Path(deid_data.__file__).parent / "data" / "animals" / "cat.dcm"
+    original = pydicom.dcmread(src)
+    assert "ResponsiblePerson" in original and "ResponsibleOrganization" in original  # present (empty) there
+    assert original.PatientSpeciesDescription  # an animal
+    d = Deidentifier("k" * 32, DeidOptions(quarantine_modalities=()))
+    result = d.deidentify_file(src, tmp_path / "out", PatientIdentity("PSEUDO1", 0))
+    out = pydicom.dcmread(result.path)
+    assert out.ResponsiblePerson == "" and out.ResponsibleOrganization == ""
+    added = _iod_errors(result.path) - _iod_errors(src)
+    assert not added, sorted(added)
+
+
+# Real files of other toolkits whose IODs nest references and conditional attributes: Segmentation (Derivation
+# Image functional group vs Common Instance Reference), SR, RT plan/dose/structure set, enhanced MR and CT.
+REAL_FILES = [
+    "liver_1frame.dcm",
+    "test-SR.dcm",
+    "reportsi.dcm",
+    "rtplan.dcm",
+    "rtdose.dcm",
+    "emri_small.dcm",
+    "eCT_Supplemental.dcm",
+]
+
+
+@pytest.mark.parametrize("name", REAL_FILES)
+def test_real_files_gain_no_iod_error(name: str, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    src = Path(get_testdata_file(name))
+    original = pydicom.dcmread(src)
+    accession = str(original.get("AccessionNumber", "") or "").strip()
+    identity = PatientIdentity("PSEUDO1", -3, {accession: "ACC1"} if accession else {})
+    d = Deidentifier("k" * 32, DeidOptions(quarantine_modalities=(), quarantine_secondary_capture=False))
+    result = d.deidentify_file(src, tmp_path / "out", identity)
+    added = _iod_errors(result.path) - _iod_errors(src)
+    assert not added, sorted(added)
