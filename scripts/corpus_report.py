@@ -65,6 +65,11 @@ def render(result: dict) -> str:
         "own folder by `dicom-relay deidentify IN OUT` (RELAY_SECRET_KEY set); then all files together in one "
         "folder.",
         "",
+        "Run it yourself: `PYTHONPATH=include:. .venv/bin/python -m tests.support.dicom_corpus --out /tmp/corpus.json` "
+        "(one JSON record per file: outcome, reason, pydicom's verdict, dciodvfy errors before / after / new, leaks "
+        "reported, independent scan, checks failed); regenerate this page with "
+        "`PYTHONPATH=include:. .venv/bin/python scripts/corpus_report.py` (or `--from /tmp/corpus.json`).",
+        "",
         "Columns: *IOD errors* is the number of dciodvfy errors on the original / on the delivered output (messages "
         "normalised, values masked; *new* = errors of the output the original does not have). *Checks failed* "
         "names the conditions of issue 7 the file breaks (see below).",
@@ -97,6 +102,17 @@ def render(result: dict) -> str:
                       f"{together['verify']['rc']}, summary `{json.dumps(together['verify']['summary'])}`."]
         for assertion, why in (together.get("failures") or {}).items():
             lines.append(f"- fails `{assertion}`: {_cell(_short(why, 600))}")
+        per_file = together.get("per_file") or {}
+        if per_file:
+            outcomes = Counter(o["outcome"] for o in per_file.values())
+            lines += ["", "Outcomes in that folder (from `--report`): "
+                      + ", ".join(f"{o} {outcomes[o]}" for o in OUTCOME_ORDER if outcomes.get(o)) + "."]
+            leaks = {n: o for n, o in per_file.items() if o["outcome"] == "leak"}
+            if leaks:
+                lines += ["", f"Leaks reported in that folder ({len(leaks)} files; outputs re-created and scanned "
+                              f"by the harness: {'values found' if together.get('scan') else 'no original value found'}"
+                              "):", "", "| File | Reported |", "|---|---|"]
+                lines += [f"| {_cell(n)} | {_cell(_short(o['reason'], 300))} |" for n, o in sorted(leaks.items())]
     lines += ["", "## Files", "",
               "| File | Source | Transfer syntax | SOP class | Outcome | Reason | IOD errors before / after | "
               "Checks failed |",

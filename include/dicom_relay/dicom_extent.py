@@ -32,6 +32,8 @@ PIXEL_DATA = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 Table 7.1-1).
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+KNOWN_VRS = LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+                        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 MAX_DEPTH = 64  # deeper nesting than this is not a real data set; stop judging rather than recurse on
 
 
@@ -51,54 +53,85 @@ def _tag_text(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
+_STRUCTS = {order: (struct.Struct(order + "HHL"), struct.Struct(order + "HH2sH"), struct.Struct(order + "L"))
+            for order in "<>"}
+
+
 class _Walker:
-    def __init__(self, fp: BinaryIO, size: int, little: bool):
+    def __init__(self, fp: BinaryIO, size: int, little: bool, start: int):
         self.fp = fp
         self.size = size
         self.order = "<" if little else ">"
+        self.pos = start  # kept here rather than asked of the file: tell() is a call per element
 
     # -- headers ---------------------------------------------------------------------------------------------
-    def _read(self, n: int, what: str) -> bytes:
+    def _read(self, n: int) -> bytes:
         data = self.fp.read(n)
-        if len(data) < n:
-            raise Truncated(f"the file ends inside {what}")
+        self.pos += len(data)
         return data
-
-    def _tag(self, raw: bytes, order: str) -> int:
-        group, elem = struct.unpack(order + "HH", raw[:4])
-        return group << 16 | elem
 
     def element_header(self, implicit: bool, order: str, in_item: bool) -> tuple[int, bytes | None, int] | None:
         """(tag, VR or None, length) of the next element, or None at the end of the file."""
-        head = self.fp.read(8)
+        head = self._read(8)
         if not head:
             return None
         if len(head) < 8:
             raise Truncated("the file ends inside an element header of a sequence item" if in_item
                             else "the file ends inside the header of an element")
-        tag = self._tag(head, order)
-        if tag >> 16 == 0xFFFE:  # Item and delimiters: always tag + 4-byte length, never a VR (PS3.5 7.5)
-            return tag, None, struct.unpack(order + "L", head[4:8])[0]
+        tag_length, explicit, long_length = _STRUCTS[order]
+        group, elem, length32 = tag_length.unpack(head)
+        tag = group << 16 | elem
         vr = head[4:6]
-        if implicit or not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
-            # Implicit VR, or an explicit VR data set that switches to implicit VR (some writers do, in sequences).
-            return tag, None, struct.unpack(order + "L", head[4:8])[0]
+        if group == 0xFFFE or implicit or not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
+            # Items and delimiters never have a VR (PS3.5 7.5); implicit VR; or an explicit VR data set that
+            # switches to implicit VR (some writers do, in sequences).
+            return tag, None, length32
         if vr in LONG_VRS:
-            return tag, vr, struct.unpack(order + "L", self._read(4, f"the header of {_tag_text(tag)}"))[0]
-        return tag, vr, struct.unpack(order + "H", head[6:8])[0]
+            extra = self._read(4)
+            if len(extra) < 4:
+                raise Truncated(f"the file ends inside the header of {_tag_text(tag)}")
+            return tag, vr, long_length.unpack(extra)[0]
+        return tag, vr, explicit.unpack(head)[3]
 
-    def skip(self, length: int, what: str) -> None:
-        start = self.fp.tell()
-        if start + length > self.size:
+    def item_header(self, order: str) -> tuple[int, int] | None:
+        """(tag, length) of an Item or delimiter header; None at the end of the file; raises if cut inside."""
+        raw = self._read(8)
+        if not raw:
+            return None
+        if len(raw) < 8:
+            raise Truncated("")
+        group, elem, length = _STRUCTS[order][0].unpack(raw)
+        return group << 16 | elem, length
+
+    def _encoding_found(self, implicit: bool) -> bool:
+        """Whether the data set starting here is implicit VR, judged from its first element like pydicom does.
+
+        Writers exist that encode a sequence item (often inside a UN of undefined length) or a whole data set in
+        the other VR encoding than the transfer syntax says; read with the wrong one, a VR and a 2-byte length
+        would be taken for a 4-byte length and the file for truncated.
+        """
+        head = self.fp.read(8)
+        self.fp.seek(self.pos)
+        if len(head) < 8 or head[:2] == b"\xfe\xff" or head[:2] == b"\xff\xfe":
+            return implicit
+        return head[4:6] not in KNOWN_VRS
+
+    def skip(self, length: int, tag: int | None = None, what: str | None = None) -> None:
+        end = self.pos + length
+        if end > self.size:
+            what = what or f"the value of {_tag_text(tag)}"
             raise Truncated(f"{what} runs past the end of the file ({length} bytes declared, "
-                            f"{self.size - start} left)")
-        self.fp.seek(start + length)
+                            f"{self.size - self.pos} left)")
+        if length:
+            self.fp.seek(end)
+            self.pos = end
 
     # -- structures ------------------------------------------------------------------------------------------
     def data_set(self, implicit: bool, order: str, depth: int, in_item: bool) -> None:
         """Walk elements up to the end of the file (top level) or to the Item Delimitation Item (in an item)."""
         if depth > MAX_DEPTH:
             raise _GiveUp
+        implicit = self._encoding_found(implicit)
         while True:
             header = self.element_header(implicit, order, in_item)
             if header is None:
@@ -111,7 +144,7 @@ class _Walker:
             if tag >> 16 == 0xFFFE:
                 raise _GiveUp  # an item or delimiter out of place
             if length != UNDEFINED_LENGTH:
-                self.skip(length, f"the value of {_tag_text(tag)}")
+                self.skip(length, tag)
             elif tag == PIXEL_DATA and vr in (None, b"OB", b"OW"):
                 self.encapsulated(order)  # top level, or an Icon Image Sequence item's compressed icon
             elif vr == b"UN":
@@ -125,13 +158,13 @@ class _Walker:
     def sequence(self, implicit: bool, order: str, depth: int) -> None:
         """Items of a sequence of undefined length, up to its Sequence Delimitation Item."""
         while True:
-            raw = self.fp.read(8)
-            if not raw:
+            try:
+                header = self.item_header(order)
+            except Truncated:
+                raise Truncated("the file ends inside an item header of a sequence") from None
+            if header is None:
                 raise Truncated("the file ends inside a sequence (no Sequence Delimitation Item)")
-            if len(raw) < 8:
-                raise Truncated("the file ends inside an item header of a sequence")
-            tag = self._tag(raw, order)
-            length = struct.unpack(order + "L", raw[4:8])[0]
+            tag, length = header
             if tag == SEQUENCE_DELIMITER:
                 return
             if tag != ITEM:
@@ -139,21 +172,20 @@ class _Walker:
             if length == UNDEFINED_LENGTH:
                 self.data_set(implicit, order, depth + 1, in_item=True)
             else:
-                self.skip(length, "a sequence item")
+                self.skip(length, what="a sequence item")
 
     def encapsulated(self, order: str) -> None:
         """Encapsulated Pixel Data (PS3.5 A.4): Basic Offset Table item, fragment items, Sequence Delimitation Item."""
         index = 0
         while True:
-            what = "the Basic Offset Table item" if index == 0 else f"pixel data fragment {index}"
-            raw = self.fp.read(8)
-            if not raw:
-                raise Truncated("the file ends before the Sequence Delimitation Item of the encapsulated pixel data")
-            if len(raw) < 8:
+            try:
+                header = self.item_header(order)
+            except Truncated:
                 raise Truncated("the file ends inside an item header or the Sequence Delimitation Item "
-                                "of the encapsulated pixel data")
-            tag = self._tag(raw, order)
-            length = struct.unpack(order + "L", raw[4:8])[0]
+                                "of the encapsulated pixel data") from None
+            if header is None:
+                raise Truncated("the file ends before the Sequence Delimitation Item of the encapsulated pixel data")
+            tag, length = header
             if tag == SEQUENCE_DELIMITER:
                 if index == 0:
                     raise Malformed("its encapsulated pixel data has no Basic Offset Table item")
@@ -161,7 +193,7 @@ class _Walker:
             if tag != ITEM or length == UNDEFINED_LENGTH:
                 raise Malformed(f"its encapsulated pixel data holds {_tag_text(tag)} where item {index} "
                                 f"should be an Item (FFFE,E000) of defined length")
-            self.skip(length, what)
+            self.skip(length, what="the Basic Offset Table item" if index == 0 else f"pixel data fragment {index}")
             index += 1
 
 
@@ -171,7 +203,7 @@ def check_extent(fp: BinaryIO, size: int, dataset_start: int, implicit: bool, li
     ``fp`` is a binary file of ``size`` bytes; the data set (after the File Meta Information) starts at
     ``dataset_start`` in the given encoding. A layout this walk does not understand gives no verdict.
     """
-    walker = _Walker(fp, size, little)
+    walker = _Walker(fp, size, little, dataset_start)
     fp.seek(dataset_start)
     try:
         walker.data_set(implicit, walker.order, 0, in_item=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from .dicom_extent import Malformed, Truncated, check_extent, dataset_start
 
@@ -48,6 +48,8 @@ class IndexedInstance:
 class Rejected:
     relpath: str
     reason: str
+    #: A readable instance whose SOP Instance UID another file of the folder already has (not an unreadable file).
+    duplicate: bool = False
 
 
 @dataclass
@@ -100,6 +102,24 @@ def _extent_problem(path: Path, ds, size: int) -> str | None:
     return None
 
 
+def _truncation_after_failed_read(path: Path, size: int) -> str | None:
+    """'is truncated (...)' if the walk of a file pydicom could not read finds it cut short, else None.
+
+    The encoding comes from the File Meta Information alone (the data set is what pydicom failed on)."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        ts = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", "")))
+        if not ts or ts == DeflatedExplicitVRLittleEndian:
+            return None
+        with open(path, "rb", buffering=WALK_BUFFER) as fp:
+            check_extent(fp, size, dataset_start(fp), ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
+    except Truncated as exc:
+        return f"is truncated ({exc})"
+    except Exception:  # noqa: BLE001 - no better reason than pydicom's
+        return None
+    return None
+
+
 def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
     """Index one file, or say (without PHI) why it is not a usable instance."""
     try:
@@ -135,7 +155,9 @@ def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
             if problem:
                 return Rejected(relpath, problem)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt: keep the reason, not the content
-        return Rejected(relpath, f"is not a readable DICOM file ({type(exc).__name__})")
+        # pydicom's header read fails on a file cut inside a header sequence: the walk can say so precisely.
+        return Rejected(relpath, _truncation_after_failed_read(path, size)
+                        or f"is not a readable DICOM file ({type(exc).__name__})")
     return IndexedInstance(
         relpath=relpath,
         size_bytes=size,
@@ -182,7 +204,7 @@ def index_folder(folder: Path) -> FolderIndex:
         if isinstance(result, Rejected):
             index.rejected.append(result)
         elif result.sop_instance_uid in seen:
-            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch"))
+            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch", duplicate=True))
         else:
             seen[result.sop_instance_uid] = rel
             index.instances.append(result)

@@ -90,6 +90,7 @@ ASSERTIONS = {
     "false_leak": "a leak is reported that the independent scan does not confirm",
     "value_left": "an original identifying value is left in the output (independent scan)",
     "cli_error": "dicom-relay deidentify or verify failed (exit code other than 0 or 1, or a crash)",
+    "harness_error": "the harness itself failed on the file (a tool missing, a timeout...)",
 }
 
 
@@ -518,12 +519,54 @@ def _outcome_from_summary(cli: dict, relpath: str, in_dir: Path, out_dir: Path) 
     return {"outcome": "error", "reason": f"exit code {cli['rc']}", "output": None}
 
 
+def recreate_output(in_dir: Path, out_dir: Path) -> list[str]:
+    """The engine's output for the one instance of ``in_dir``, made as ``dicom-relay deidentify`` makes it (same
+    key, same offline pseudonym provider), without its verification; [] if that cannot be done."""
+    try:
+        from dicom_relay.config import Settings
+        from dicom_relay.deid import Deidentifier, DeidOptions
+        from dicom_relay.dicom_import import index_folder
+        from dicom_relay.folder_deid import instance_patient_key
+        from dicom_relay.identifiers import LocalProvider
+        from dicom_relay.pipeline import build_entities, identities_from_mapping, pseudonym_mapping
+
+        settings = Settings.from_env(_env())
+        index = index_folder(in_dir)
+        entities = build_entities(index, settings.identifier_id_source)
+        provider = LocalProvider(settings.secret_key)
+        identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
+        deidentifier = Deidentifier(settings.secret_key, DeidOptions.from_mapping(settings.deid_options))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for inst in index.instances:
+            result = deidentifier.deidentify_file(in_dir / inst.relpath, out_dir, identities[instance_patient_key(inst)])
+            if result.path is not None:
+                paths.append(str(result.path))
+        return paths
+    except Exception:  # noqa: BLE001 - an interface that moved: the leak stays unconfirmed, and says so
+        return []
+
+
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
 def process_file(task: tuple[int, dict, str, str, bool]) -> dict:
-    """Everything about one corpus file, alone in its folder. Runs in a pool worker."""
+    """Everything about one corpus file, alone in its folder. Runs in a pool worker; a failure of the harness
+    itself is recorded (``harness_error``) so that one file cannot hide the results of the others."""
+    try:
+        return _process_file(task)
+    except Exception:  # noqa: BLE001
+        _, cf_dict, _, _, _ = task
+        return {**cf_dict, "folder": None, "pydicom": {"valid": None, "reason": None, "transfer_syntax": None,
+                                                        "sop_class": None},
+                "outcome": "error", "reason": "harness error", "output": None, "cli": {"rc": None, "summary": {},
+                                                                                        "leaks": []},
+                "verify": None, "scan": [], "iod_errors_before": [], "iod_errors_after": None, "iod_errors_new": [],
+                "failures": {"harness_error": traceback.format_exc()[-1500:]}, "seconds": None}
+
+
+def _process_file(task: tuple[int, dict, str, str, bool]) -> dict:
     index, cf_dict, work, launch, report = task
     warnings.simplefilter("ignore")  # pydicom's warnings on odd test files: the record says what matters
     cf = CorpusFile(**cf_dict)
@@ -547,9 +590,16 @@ def process_file(task: tuple[int, dict, str, str, bool]) -> dict:
     if cli["rc"] not in (0, 1):
         record["cli"]["stderr"] = cli["stderr"][-1500:]
     outputs = sorted(str(p) for p in out_dir.rglob("*") if p.is_file()) if out_dir.is_dir() else []
-    values = identifying_values(cf.path) if outputs else {}
-    kept = kept_values(cf.path) if outputs else set()
-    record["scan"] = sorted({k for o in outputs for k in scan_output(values, o, kept)})
+    scanned = outputs
+    record["scan_of"] = "output" if outputs else None
+    if not outputs and record["outcome"] == "leak":
+        # The command line removed the output it found a leak in (fail closed). To tell a real leak from a false
+        # one, the same engine call is made here, with the same key and identity, and its output is scanned.
+        scanned = recreate_output(in_dir, case / "recreated")
+        record["scan_of"] = "re-created output (the command line removed its own)" if scanned else None
+    values = identifying_values(cf.path) if scanned else {}
+    kept = kept_values(cf.path) if scanned else set()
+    record["scan"] = sorted({k for o in scanned for k in scan_output(values, o, kept)})
     if outputs:
         vrc, vout, verr = run_cli(["verify", str(in_dir), str(out_dir)], launch)
         record["verify"] = {"rc": vrc, "leaks": _leak_lines(vout)}
@@ -582,11 +632,13 @@ def judge(record: dict) -> dict[str, str]:
     if record.get("iod_errors_new"):
         failures["new_iod_errors"] = "; ".join(record["iod_errors_new"][:5])
     reported = list(record["cli"]["leaks"]) + list((record.get("verify") or {}).get("leaks") or [])
+    if outcome == "leak":
+        reported.append(reason or "leak")
     if record["cli"]["summary"].get("leaks") and not reported:
         reported = [f"{record['cli']['summary']['leaks']} leak(s)"]
     if reported and not record["scan"]:
         failures["false_leak"] = "; ".join(reported[:3]) + (
-            "" if record.get("output") else " (output removed: not confirmed by the scan)")
+            "" if record.get("scan_of") else " (no output to scan: not confirmed either way)")
     if record["scan"]:
         failures["value_left"] = "found: " + ", ".join(record["scan"])
     if record["cli"]["rc"] not in (0, 1) or outcome == "error":
@@ -602,8 +654,13 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else ""
 
 
-def process_together(files: list[CorpusFile], work: Path, launch: str, report: bool) -> dict:
-    """All corpus files in one folder: one deidentify run, then ``dicom-relay verify`` and the scan over all."""
+def process_together(files: list[CorpusFile], work: Path, launch: str, report: bool,
+                     valid: dict[str, bool] | None = None) -> dict:
+    """All corpus files in one folder: one deidentify run, then ``dicom-relay verify`` and the scan over all.
+
+    ``valid``: corpus name -> pydicom's verdict; with the command line's ``--report``, a valid file rejected (a
+    duplicate SOP Instance UID is not a rejection) or an invalid one not rejected fails here too.
+    """
     t0 = time.monotonic()
     warnings.simplefilter("ignore")
     in_dir, out_dir = work / "together" / "in", work / "together" / "out"
@@ -622,8 +679,16 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
         for value, keyword in identifying_values(str(in_dir / rel)).items():
             values.setdefault(value, keyword)
         kept |= kept_values(str(in_dir / rel))
+    scanned = list(outputs)
+    leaked = [rel for rel, o in cli["files"].items() if o["outcome"] == "leak"]
+    if leaked:  # outputs removed by the command line: re-created (see recreate_output) to confirm or refute
+        again = work / "together" / "leaked"
+        again.mkdir(parents=True, exist_ok=True)
+        for rel in leaked:
+            shutil.copyfile(in_dir / rel, again / rel)
+        scanned += recreate_output(again, work / "together" / "recreated")
     scan: dict[str, list[str]] = {}
-    for out in outputs:
+    for out in scanned:
         found = scan_output(values, out, kept)
         if found:
             scan[os.path.basename(out)] = found
@@ -633,9 +698,16 @@ def process_together(files: list[CorpusFile], work: Path, launch: str, report: b
         failures["cli_error"] = f"deidentify exit code {cli['rc']}: {_last_line(cli['stderr'])}"
     if vrc not in (0, 1):
         failures["cli_error"] = f"verify exit code {vrc}: {_last_line(verr)}"
-    reported = cli["leaks"] + _leak_lines(vout)
+    reported = cli["leaks"] + _leak_lines(vout) + [f"{rel}: {cli['files'][rel]['reason']}" for rel in leaked]
     if reported and not scan:
         failures["false_leak"] = "; ".join(reported[:5])
+    if valid and per_file:
+        wrong = [n for n, o in per_file.items() if valid.get(n) and o["outcome"] == "rejected"]
+        if wrong:
+            failures["valid_rejected"] = "; ".join(f"{n}: {per_file[n]['reason']}" for n in wrong[:10])
+        wrong = [n for n, o in per_file.items() if valid.get(n) is False and o["outcome"] != "rejected"]
+        if wrong:
+            failures["invalid_not_rejected"] = "; ".join(f"{n}: {per_file[n]['outcome']}" for n in wrong[:10])
     if scan:
         failures["value_left"] = "; ".join(f"{k}: {', '.join(v)}" for k, v in list(scan.items())[:5])
     return {"files": len(files), "rc": cli["rc"], "summary": cli["summary"], "leaks": cli["leaks"],
@@ -662,7 +734,9 @@ def run_corpus(work: Path, workers: int = 2, launch: str = "fork", only: str | N
             records = pool.map(process_file, tasks, chunksize=1)
     else:
         records = [process_file(t) for t in tasks]
-    result = {"files": records, "together": process_together(files, work, launch, report) if together else None,
+    valid = {r["name"]: r["pydicom"]["valid"] for r in records}
+    result = {"files": records,
+              "together": process_together(files, work, launch, report, valid) if together else None,
               "cli_report": report, "launch": launch, "workers": workers}
     result["counts"] = counts(records)
     result["seconds"] = round(time.monotonic() - t0, 1)

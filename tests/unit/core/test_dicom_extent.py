@@ -209,3 +209,31 @@ def test_encapsulated_icon_inside_a_sequence_item_is_walked(tmp_path):
     cut = _write(tmp_path, data[:len(data) - 100], "cut.dcm")
     result = read_instance(cut, cut.name)
     assert isinstance(result, Rejected) and "(FFFC,FFFC)" in result.reason, result
+
+
+def _un_sequence_with_explicit_item() -> bytes:
+    """A private UN of undefined length whose item is encoded in explicit VR (PS3.5 6.2.2 says implicit)."""
+    inner = _element(0x00091010, b"LO", b"explicit", False, True) + _element(0x00091011, b"UT", b"x" * 300, False, True)
+    item = _item(0xFFFEE000, inner + _item(0xFFFEE00D, b"", True), True, 0xFFFFFFFF)
+    creator = _element(0x00090010, b"LO", b"ACME 1.0", False, True)
+    return creator + _element(0x00091001, b"UN", item + _item(0xFFFEE0DD, b"", True), False, True, undefined=True)
+
+
+def test_an_item_in_the_other_vr_encoding_is_walked_as_pydicom_reads_it(tmp_path):
+    """Walked in the encoding the item is actually in (as pydicom does), so a valid file is not taken for truncated;
+    the same file cut in its pixel data still is."""
+    data = _header(ExplicitVRLittleEndian) + _un_sequence_with_explicit_item() + _native(False, True)
+    path = _write(tmp_path, data)
+    assert isinstance(read_instance(path, path.name), IndexedInstance), read_instance(path, path.name)
+    cut = _write(tmp_path, data[:-5], "cut.dcm")
+    result = read_instance(cut, cut.name)
+    assert isinstance(result, Rejected) and result.reason.startswith("is truncated"), result
+
+
+def test_a_cut_inside_a_header_sequence_is_reported_as_truncated(tmp_path):
+    """pydicom's own header read fails on such a file: the walk still says what is wrong with it."""
+    data = _header(ExplicitVRLittleEndian) + _un_sequence_with_explicit_item() + _native(False, True)
+    cut = _write(tmp_path, data[:len(data) - 60])
+    result = read_instance(cut, cut.name)
+    assert isinstance(result, Rejected) and result.reason.startswith("is truncated"), result
+    assert NAME not in result.reason
