@@ -53,7 +53,7 @@ from dicom_relay.deid.table import rules_for, safe_private, sop_family
 from dicom_relay.deid.text import TextCleaner, cleaned
 from dicom_relay.deid.uids import UidMapper
 from dicom_relay.deid.vr import dict_vr
-from dicom_relay.deid.verify import LeakCheck, _collect
+from dicom_relay.deid.verify import LeakCheck, collect
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
 SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
@@ -129,12 +129,12 @@ _POOL_DEIDENTIFIERS: dict = {}
 
 def _pool_job(args):
     """One file in a worker process of :meth:`Deidentifier.deidentify_files` (one Deidentifier per process)."""
-    key, options, src, dst_dir, identity, collect = args
+    key, options, src, dst_dir, identity, wanted = args
     d = _POOL_DEIDENTIFIERS.get((key, options))
     if d is None:
         d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
     result = d.deidentify_file(src, dst_dir, identity)
-    return result, (_collect(src, options, identity) if collect else None)
+    return result, (collect(src, options, identity) if wanted else None)
 
 
 @dataclass(frozen=True)
@@ -323,7 +323,7 @@ class Deidentifier:
             done = list(pool.map(_pool_job, args, chunksize=max(1, len(args) // (workers * 8))))
         for (src, _), (result, collected) in zip(jobs, done):
             if check is not None:
-                check._add_collected(collected, result.path)
+                check.add_collected(collected, result.path)
         return [result for result, _ in done]
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------

@@ -154,12 +154,12 @@ def test_raw_reading_of_originals_gives_the_same_values_as_pydicom(implicit: boo
         identity = PatientIdentity("P", -3, {})
         ds = pydicom.dcmread(src, stop_before_pixels=True)
         family = verify.sop_family(str(ds.SOPClassUID))
-        assert verify._collect(src, options, identity) == verify._classify(
+        assert verify.collect(src, options, identity) == verify._classify(
             verify._pydicom_leaves(ds), options, family, -3, True
         ), name
     ct = Path(get_testdata_file("CT_small.dcm"))
     ds = pydicom.dcmread(ct, stop_before_pixels=True)
-    assert verify._collect(ct, DeidOptions(), None) == verify._collect(ds, DeidOptions(), None)
+    assert verify.collect(ct, DeidOptions(), None) == verify.collect(ds, DeidOptions(), None)
 
 
 @pytest.mark.parametrize("implicit", [False, True])
