@@ -54,6 +54,7 @@ from dicom_relay.deid import codes
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import resolve_compound, rules_for, sop_family
+from dicom_relay.deid.text import cleaned as text_cleaned
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS"})
@@ -119,6 +120,11 @@ class Collected(NamedTuple):
     cleaned: frozenset[str] = frozenset()  # values of text attributes that are cleaned (action C), before cleaning
 
 
+def _cleanable(tag: int, vr: str, value: str) -> bool:
+    """Whether action C can keep ``value`` at all (valid for its VR or format before any cleaning)."""
+    return text_cleaned(tag, vr, value, None) is not None
+
+
 def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: bool) -> Collected:
     """Sort the values of an original instance (see :class:`Collected`).
 
@@ -154,12 +160,15 @@ def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: b
             if act == "K":
                 removed = False
             elif act == "C":
-                if vr not in ("DA", "DT"):
+                if vr not in ("DA", "DT") and all(_cleanable(tag, vr, p) for p in parts):
                     cleaned.update(parts)  # keeps whatever is not identifying for this instance
                     continue
-                # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
-                # from cleaned text, where a date cannot be shifted reliably.
-                removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
+                if vr not in ("DA", "DT"):
+                    removed = True  # not valid for its VR or format: the engine does not keep it (text.cleaned)
+                else:
+                    # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
+                    # from cleaned text, where a date cannot be shifted reliably.
+                    removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
             elif act == "U" and options.retain_uids:
                 removed = False
             else:
