@@ -183,11 +183,12 @@ def decide(tag: int, vr: str, options: DeidOptions, family: str, path: tuple[int
         if vr == "UI":
             return _UIDS
         if vr in DATE_VRS and options.dates != "remove":
-            return _date(options, _EMPTY)
+            return _date(options, _dummy(vr) if dummied else _EMPTY)
         return _dummy(vr)
     if act == "C":
         if vr in DATE_VRS:
-            return _date(options, _REMOVE if basic == "X" else _EMPTY)
+            # In a dummied sequence a date that does not parse gets a dummy: the item keeps its structure.
+            return _date(options, _dummy(vr) if dummied else _REMOVE if basic == "X" else _EMPTY)
         if vr == "SQ":
             return Action(DESCEND, CLEANED if mode == NORMAL else mode)
         if vr in CLEANABLE_VRS:
