@@ -298,7 +298,7 @@ def draw_timeline(reports: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(13, 1.0 + 0.55 * len(reports)))
+    fig, ax = plt.subplots(figsize=(13, 1.6 + 0.55 * len(reports)))
     for row, r in enumerate(reports):
         t0 = r["renamed"]
         segments = [("detection", r["renamed"], r["claimed"]), ("dispatch", r["claimed"], r["run_start"])]
@@ -314,7 +314,7 @@ def draw_timeline(reports: list[dict], path: Path) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("seconds after the folder's rename into the inbox (black: the step's own work)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
-    ax.legend(handles, list(COLORS), ncol=4, fontsize=7, loc="lower right")
+    ax.legend(handles, list(COLORS), ncol=8, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 / max(1, len(reports) / 3)))
     ax.set_title("dicom-relay end to end: stages per study (make bench-e2e)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
