@@ -1,10 +1,9 @@
 """Send de-identified instances to Orthanc over DICOM, and check over REST what Orthanc holds.
 
 Sending is a DICOM Storage Service Class SCU (PS3.4 Annex B): the instances are spread over a few associations
-that run side by side, each in its own process (``associations``; Orthanc stores in parallel what one
-association would hand it one at a time; processes because pynetdicom's per-association reactor thread can take a
-C-STORE response off the queue before the sending thread does when many threads share one interpreter), each
-instance sent with C-STORE in the transfer syntax it is stored in (compressed pixel data stays
+that run side by side in threads (``associations``; Orthanc stores in parallel what one association would hand
+it one at a time; threads, not processes, because a Celery prefork worker's task process is daemonic and may not
+have children), each instance sent with C-STORE in the transfer syntax it is stored in (compressed pixel data stays
 compressed). The C-STORE
 response status decides the outcome of each instance: Success (0000) and Warning (Bxxx, e.g. coercion of
 data elements) mean Orthanc stored it; any Failure (Axxx, Cxxx, 01xx) is recorded per instance and is not an
@@ -21,7 +20,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -255,7 +254,7 @@ class OrthancDestination:
             if len(parts) == 1:
                 results = [self._store_part(contexts, parts[0])]
             else:
-                with ProcessPoolExecutor(max_workers=len(parts)) as pool:
+                with ThreadPoolExecutor(max_workers=len(parts)) as pool:
                     results = list(pool.map(self._store_part, [contexts] * len(parts), parts))
             errors = []
             for part_outcomes, error in results:
