@@ -28,13 +28,9 @@ from .errors import RelayError
 def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    # The value stays text: DeidOptions.from_mapping parses "true"/"0"/... for the options that are switches.
     name, value = text.split("=", 1)
-    lowered = value.strip().lower()
-    if lowered in ("true", "yes", "on", "1"):
-        return name, True
-    if lowered in ("false", "no", "off", "0"):
-        return name, False
-    return name, value
+    return name.strip(), value
 
 
 def cmd_status(args, settings: Settings) -> int:
@@ -151,9 +147,9 @@ def cmd_deidentify(args, settings: Settings) -> int:
     options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.in_dir)
     entities = build_entities(index, settings.identifier_id_source)
-    provider = LocalProvider(settings.secret_key)
+    provider = LocalProvider(settings.secret_key.get_secret_value())
     identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
-    deidentifier = Deidentifier(settings.secret_key, options)
+    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     written, held, outputs = 0, 0, []
     check = LeakCheck(options)

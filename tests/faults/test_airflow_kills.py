@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from dicom_relay.samples import drop_atomically, generate_ct_study
-from dicom_relay.stack.faults import airflow_task_processes, files_under, scan_files, scan_texts, sigkill, wait_gone
-from dicom_relay.stack.gcs import emulator_client
-from dicom_relay.stack.local import start_stack
-from dicom_relay.stack.process import wait_until
+from tests.support.samples import drop_atomically, generate_ct_study
+from tests.support.faults import airflow_task_processes, files_under, scan_files, scan_texts, sigkill, wait_gone
+from tests.support.stack.gcs import emulator_client
+from tests.support.stack.local import start_stack
+from tests.support.stack.process import wait_until
 from dicom_relay.status import StatusStore
 
 from .helpers import delivery, orthanc_study_instances

@@ -11,8 +11,8 @@ import pytest
 
 from dicom_relay import pipeline
 from dicom_relay.config import Settings
-from dicom_relay.samples import generate_ct_study
-from dicom_relay.stack.postgres import start_postgres
+from tests.support.samples import generate_ct_study
+from tests.support.stack.postgres import start_postgres
 
 from .helpers import STEPS, claim_one, delivery, digests
 

@@ -19,7 +19,7 @@ from dicom_relay import cli, operations, pipeline
 from dicom_relay.airflow_client import AirflowClient
 from dicom_relay.config import Settings
 from dicom_relay.destinations.gcs import GcsDestination
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.integration

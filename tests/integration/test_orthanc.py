@@ -14,8 +14,8 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_relay.destinations.errors import DestinationRejected, DestinationUnavailable
 from dicom_relay.destinations.orthanc import OrthancDestination
-from dicom_relay.samples import generate_ct_study
-from dicom_relay.stack.process import free_port
+from tests.support.samples import generate_ct_study
+from tests.support.stack.process import free_port
 
 pytestmark = pytest.mark.integration
 

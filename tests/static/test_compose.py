@@ -253,7 +253,7 @@ def test_settings_resolve_to_the_compose_services(compose, env_file):
     assert re.fullmatch(r"postgresql://relay:[^@]+@postgres:5432/relay", settings.db_url)
     # One token configures both ends of the identifier service.
     id_env = {k: resolve(v, env_file) for k, v in environment(services["identifier-service"]).items()}
-    assert id_env["RELAY_IDENTIFIER_TOKEN"] == settings.identifier_token != ""
+    assert id_env["RELAY_IDENTIFIER_TOKEN"] == settings.identifier_token.get_secret_value() != ""
 
 
 def test_identifier_service_keeps_its_mapping_on_a_volume(compose):

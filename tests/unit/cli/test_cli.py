@@ -4,16 +4,20 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pydicom
 import pytest
 
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 from dicom_relay.status import Instance, StatusStore
+
+REPO = Path(__file__).resolve().parents[3]
 
 
 def relay(*args, env=None, **kw):
-    base = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    # The checkout's library, not whatever an installed copy points at.
+    base = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(REPO / "include")}
     return subprocess.run([sys.executable, "-m", "dicom_relay.cli", *args], env={**base, **(env or {})},
                           capture_output=True, text=True, timeout=120, **kw)
 

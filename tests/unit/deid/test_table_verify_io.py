@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from dicom_relay.deid import Deidentifier, DeidOptions, PatientIdentity, find_leaks, provenance
 from dicom_relay.deid import fastio
 from dicom_relay.deid.table import load_table
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 REFERENCE = Path(__file__).resolve().parents[3] / ".." / "shared" / "standards" / "ps315_table_e1_1.json"
 COLUMNS = {

@@ -1,7 +1,7 @@
 """The whole local stack, for ``make run`` / ``make stop`` and for the end-to-end tests.
 
-    python -m dicom_relay.stack.local up   [--run-dir .run] [--no-sample]
-    python -m dicom_relay.stack.local down [--run-dir .run]
+    python -m tests.support.stack.local up   [--run-dir .run] [--no-sample]
+    python -m tests.support.stack.local down [--run-dir .run]
 
 ``up`` starts (or finds again) PostgreSQL, Orthanc, the GCS emulator, the identifier service and Airflow
 (api-server, scheduler, dag-processor, triggerer), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dicom_relay.airflow_client import AirflowClient
+
+from .. import REPO
 from .airflow import COMPONENTS, AirflowHandle, start_airflow
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
@@ -28,7 +31,6 @@ from .orthanc import start_orthanc
 from .postgres import start_postgres
 from .process import ManagedProcess, free_port, port_open, wait_until
 
-REPO = Path(__file__).resolve().parents[3]
 SERVICE_NAMES = ("postgres", "orthanc", "gcs", "identifier-service", *(f"airflow-{c}" for c in COMPONENTS))
 # Ports a person would expect; a free one is taken instead when something else listens there.
 PREFERRED_PORTS = {"airflow": 8080, "orthanc_http": 8042, "orthanc_dicom": 4242, "gcs": 4443, "identifier": 8765}
@@ -62,7 +64,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 def relay_env(inbox: Path, work_dir: Path, db_url: str, orthanc, gcs_bucket: str, identifier_url: str,
               identifier_token: str, secret_key: str) -> dict[str, str]:
-    """The relay's settings (as environment variables) for services started by ``dicom_relay.stack``."""
+    """The relay's settings (as environment variables) for services started by ``tests.support.stack``."""
     return {
         "RELAY_INBOX": str(inbox),
         "RELAY_WORK_DIR": str(work_dir),
@@ -185,7 +187,7 @@ def stop_all(run_dir: Path) -> list[str]:
 
 def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
     """Generate a CT study and drop it into the inbox the atomic way; return the folder name used."""
-    from dicom_relay.samples import drop_atomically, generate_ct_study
+    from tests.support.samples import drop_atomically, generate_ct_study
 
     run_dir = Path(env["RELAY_INBOX"]).parent
     name = f"SAMPLE-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -199,8 +201,6 @@ def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     """Wait until the folder's batch has a finished run (retries included); return the batch."""
     from dicom_relay.inbox import run_id_for
     from dicom_relay.status import StatusStore
-
-    from .airflow import AirflowClient
 
     store = StatusStore(env["RELAY_DB_URL"])
     client = AirflowClient(env["AIRFLOW_URL"], env["AIRFLOW_USER"], env["AIRFLOW_PASSWORD"])
@@ -261,7 +261,7 @@ Stop            make stop
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dicom_relay.stack.local")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.stack.local")
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run")
     parser.add_argument("--no-sample", action="store_true")
