@@ -199,7 +199,6 @@ class _Canvas:
         self.size = (width, height)
         self.n_frames = n_frames
         self.lines: list[TextLine] = []
-        self.masks = [Image.new("L", self.size, 0) for _ in range(n_frames)]
         self.values: list[list[tuple[Image.Image, object]]] = [[] for _ in range(n_frames)]
 
     def text(self, xy, text: str, font: str, size: int, value, tokens=(), frames=None) -> TextLine:
@@ -463,27 +462,27 @@ def _dcmcjpeg(native: Path, out: Path, ts: str) -> None:
         raise RuntimeError(f"dcmcjpeg failed ({' '.join(cmd[:3])}): {r.stderr.strip()[:300]}")
 
 
-# What each scene is written as: (photometric, transfer syntax short names). DICOM does not allow every pair:
-# YBR_FULL_422 is native or JPEG baseline only; lossy baseline is 8 bits only; palettes stay lossless.
+# What each scene is written as: (kind, photometric, transfer syntax short names, frames). DICOM does not allow
+# every pair: YBR_FULL_422 is native or JPEG baseline only; lossy baseline is 8 bits only; palettes stay lossless.
 PLAN = {
-    "us_rgb": ("us", "RGB", ("explicit", "rle", "jpegls", "j2k", "jpeg57", "jpeg70")),
-    "us_ybr422": ("us", "YBR_FULL_422", ("explicit",)),
-    "us_ybr_full": ("us", "YBR_FULL", ("rle",)),
-    "us_scanner": ("us", "RGB", ("baseline",)),  # dcmcjpeg writes YBR_FULL_422, as ultrasound scanners do
-    "us_palette": ("us", "PALETTE COLOR", ("explicit", "rle")),
-    "us_mono2": ("us", "MONOCHROME2", ("explicit", "jpegls", "jpeg57")),
-    "us_cine": ("us", "RGB", ("explicit", "rle", "baseline")),
-    "sc_rgb": ("sc", "RGB", ("explicit", "j2k", "baseline")),
-    "sc_mono2": ("sc", "MONOCHROME2", ("explicit", "rle")),
-    "ct_mono2": ("ct", "MONOCHROME2", ("explicit", "rle", "jpegls", "j2k", "jpeg57", "jpeg70")),
-    "ct_mono1": ("ct", "MONOCHROME1", ("explicit", "j2k")),
+    "us_rgb": ("us", "RGB", ("explicit", "rle", "jpegls", "j2k", "jpeg57", "jpeg70"), 1),
+    "us_ybr422": ("us", "YBR_FULL_422", ("explicit",), 1),
+    "us_ybr_full": ("us", "YBR_FULL", ("rle",), 1),
+    "us_scanner": ("us", "RGB", ("baseline",), 1),  # dcmcjpeg writes YBR_FULL_422, as ultrasound scanners do
+    "us_palette": ("us", "PALETTE COLOR", ("explicit", "rle"), 1),
+    "us_mono2": ("us", "MONOCHROME2", ("explicit", "jpegls", "jpeg57"), 1),
+    "us_cine": ("us", "RGB", ("explicit", "rle", "baseline"), 3),
+    "sc_rgb": ("sc", "RGB", ("explicit", "j2k", "baseline"), 1),
+    "sc_mono2": ("sc", "MONOCHROME2", ("explicit", "rle"), 1),
+    "ct_mono2": ("ct", "MONOCHROME2", ("explicit", "rle", "jpegls", "j2k", "jpeg57", "jpeg70"), 1),
+    "ct_mono1": ("ct", "MONOCHROME1", ("explicit", "j2k"), 1),
 }
 KIND_SOP = {"us": (UltrasoundImageStorage, "US"), "sc": (SecondaryCaptureImageStorage, "OT"),
             "ct": (CTImageStorage, "CT")}
 
 
 def build(dest: Path, seed: str = "pixel-corpus", scenes: dict | None = None) -> list[CorpusFile]:
-    """Write the corpus into ``dest`` (created; file names carry scene, photometric and transfer syntax, no PHI
+    """Write the corpus (``scenes`` in the form of :data:`PLAN`, by default PLAN itself) into ``dest`` (created; file names carry scene, photometric and transfer syntax, no PHI
     because the patients are invented) and return what is in each file. Same seed, same files, same UIDs.
 
     A ``manifest.json`` beside the files lists the same records for a person who wants to look.
@@ -492,11 +491,11 @@ def build(dest: Path, seed: str = "pixel-corpus", scenes: dict | None = None) ->
     tmp = dest / ".native"
     tmp.mkdir(exist_ok=True)
     out: list[CorpusFile] = []
-    for scene, (kind, photometric, syntaxes) in (scenes or PLAN).items():
+    for scene, (kind, photometric, syntaxes, n_frames) in (scenes or PLAN).items():
         rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}/{scene}".encode()).digest()[:8], "little"))
         p = _patient(rng)
         if kind == "us":
-            arr, lines = render_us(rng, p, n_frames=3 if scene == "us_cine" else 1)
+            arr, lines = render_us(rng, p, n_frames=n_frames)
         elif kind == "sc":
             arr, lines = render_sc(rng, p)
         else:

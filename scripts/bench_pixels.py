@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""Benchmark the pixel stage (burned-in text: find, blank, prove) through the library, one core.
+
+    python scripts/bench_pixels.py                  # 24 US files, a 12-frame US cine, 12 CT with text,
+                                                    # 60 CT primary slices; 3 rounds, best and median
+    python scripts/bench_pixels.py --us 8 --ct-primary 20 --rounds 1
+
+What is measured (each measurement in its own subprocess, so that caches and memory do not carry over; rounds
+run round robin so that load from other processes spreads over every mode):
+
+- ``us``: single-frame 640x480 RGB ultrasound with burned-in text (tests/support/pixel_corpus.py: name, ID,
+  dates, accession, institution over a black bar and over speckle, each file a different patient), through
+  ``Deidentifier.deidentify_file`` with the pixel policy ``clean``: frames/s on one core. Goal of issue 8:
+  >= 20.
+- ``us-cine``: one 12-frame cine of the same kind (the overlay repeats on every frame, the speckle does not).
+- ``ct-text``: 512x512 16-bit CT with burned-in text and BurnedInAnnotation YES (scanned by default).
+- ``ct-primary`` and ``ct-primary-bypass``: 512x512 CT primary slices (ImageType ORIGINAL\\PRIMARY, no
+  burned-in text: not scanned by default) through the engine with the pixel stage present, and with the stage
+  bypassed, on the same files in the same run. Issue 8: the ratio must stay >= 0.95.
+
+Anchors measured in the same run (machines are noisy; ratios travel better than absolute figures):
+
+- ``pydicom``: plain ``dcmread`` + ``save_as`` of the US files (the floor any de-identifier pays);
+- ``ocr-frame``: Tesseract (through tesserocr, in process) once on each whole US frame: what one plain OCR
+  pass costs; the stage reads every frame at least twice (find, then prove).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (REPO, REPO / "include"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+MODES = ("us", "us-cine", "ct-text", "ct-primary", "ct-primary-bypass", "pydicom", "ocr-frame")
+SECRET = "bench-pixels-secret"
+
+
+# --- child side ------------------------------------------------------------------------------------------
+def _deidentifier(stage: bool):
+    """The engine with the pixel stage (policy clean, the default), or with the stage bypassed."""
+    from dicom_relay.deid import Deidentifier, DeidOptions
+
+    from dicom_relay.deid.pixels import stage as pixel_stage
+
+    options = DeidOptions.from_mapping({"pixel_policy": "clean"})
+    d = Deidentifier(SECRET, options)
+    if not stage:
+        pixel_stage.bypass(d)  # the engine exactly as before the stage existed
+    return d
+
+
+def _frames(files) -> int:
+    import pydicom
+
+    return sum(int(pydicom.dcmread(f, stop_before_pixels=True).get("NumberOfFrames", 1) or 1) for f in files)
+
+
+def child(mode: str, src: Path, dst: Path) -> dict:
+    import pydicom
+
+    files = sorted(src.glob("*.dcm"))
+    dst.mkdir(parents=True, exist_ok=True)
+    frames = _frames(files)
+    held = 0
+    if mode == "pydicom":
+        t0 = time.perf_counter()
+        for f in files:
+            pydicom.dcmread(f).save_as(dst / f.name)
+    elif mode == "ocr-frame":
+        # Tesseract through tesserocr (the binding the stage uses, in process: no program start per frame),
+        # once on each whole grey frame, sparse-text mode.
+        import glob
+
+        import tesserocr
+        from PIL import Image
+
+        from tests.support.independent_ocr import display_frames
+
+        grays = [Image.fromarray(g) for f in files for g in display_frames(pydicom.dcmread(f))]
+        tessdata = sorted(glob.glob("/usr/share/tesseract-ocr/*/tessdata"))[-1]
+        with tesserocr.PyTessBaseAPI(path=tessdata, lang="eng", psm=tesserocr.PSM.SPARSE_TEXT) as api:
+            api.SetImage(grays[0])
+            api.GetUTF8Text()  # warm-up
+            t0 = time.perf_counter()
+            for g in grays:
+                api.SetImage(g)
+                api.GetUTF8Text()
+    else:
+        from dicom_relay.deid import PatientIdentity
+
+        d = _deidentifier(stage=mode != "ct-primary-bypass")
+        identity = PatientIdentity("BENCHPATIENT", -17, {})
+        d.deidentify_file(files[0], dst, identity)  # warm-up: model load, imports (not what a frame costs)
+        t0 = time.perf_counter()
+        for f in files:
+            r = d.deidentify_file(f, dst, identity)
+            held += bool(r.quarantine_reason)
+    seconds = time.perf_counter() - t0
+    return {"files": len(files), "frames": frames, "seconds": seconds, "held_back": held}
+
+
+# --- parent side -----------------------------------------------------------------------------------------
+def generate(work: Path, n_us: int, cine_frames: int, n_ct_text: int, n_ct_primary: int) -> dict[str, Path]:
+    from tests.support import pixel_corpus
+    from tests.support.samples import generate_ct_study
+
+    dirs = {m: work / m for m in ("us", "us-cine", "ct-text", "ct-primary")}
+    for i in range(n_us):  # a different patient, text layout and speckle per file
+        for f in pixel_corpus.build(dirs["us"], seed=f"bench-us-{i}",
+                                    scenes={f"us{i:03d}": ("us", "RGB", ("explicit",), 1)}):
+            pass
+    pixel_corpus.build(dirs["us-cine"], seed="bench-cine", scenes={"cine": ("us", "RGB", ("explicit",), cine_frames)})
+    for i in range(n_ct_text):
+        pixel_corpus.build(dirs["ct-text"], seed=f"bench-ct-{i}",
+                           scenes={f"ct{i:03d}": ("ct", "MONOCHROME2", ("explicit",), 1)})
+    generate_ct_study(dirs["ct-primary"], n_instances=n_ct_primary, n_series=1, seed="bench-pixels")
+    for d in dirs.values():
+        (d / "manifest.json").unlink(missing_ok=True)
+    return dirs
+
+
+def measure(mode: str, src: Path, work: Path) -> dict | None:
+    dst = work / f"out-{mode}"
+    shutil.rmtree(dst, ignore_errors=True)
+    os.sync()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "include"), str(REPO)]),
+           "OMP_THREAD_LIMIT": "1"}  # one core: Tesseract would otherwise spread over every core
+    cmd = [sys.executable, __file__, "--child", mode, "--src", str(src), "--dst", str(dst)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    shutil.rmtree(dst, ignore_errors=True)
+    if out.returncode != 0:
+        last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode
+        print(f"  {mode:18s} FAILED: {last}")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="benchmark the pixel stage")
+    ap.add_argument("--us", type=int, default=24, help="single-frame 640x480 RGB ultrasound files")
+    ap.add_argument("--cine-frames", type=int, default=12)
+    ap.add_argument("--ct-text", type=int, default=12, help="512x512 CT files with burned-in text")
+    ap.add_argument("--ct-primary", type=int, default=60, help="512x512 CT primary slices (not scanned)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--dst", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.src, args.dst)))
+        return 0
+
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-pixels-"))
+    try:
+        print(f"\npixel stage benchmark: generating {args.us} US files, a {args.cine_frames}-frame cine, "
+              f"{args.ct_text} CT with text, {args.ct_primary} CT primary slices ...")
+        dirs = generate(work, args.us, args.cine_frames, args.ct_text, args.ct_primary)
+        src_of = {"us": dirs["us"], "us-cine": dirs["us-cine"], "ct-text": dirs["ct-text"],
+                  "ct-primary": dirs["ct-primary"], "ct-primary-bypass": dirs["ct-primary"],
+                  "pydicom": dirs["us"], "ocr-frame": dirs["us"]}
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.rounds):
+            for mode in MODES:
+                r = measure(mode, src_of[mode], work)
+                if r:
+                    runs.setdefault(mode, []).append(r)
+        best = {m: max(r["frames"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        median = {m: statistics.median(r["frames"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        print(f"\none core, {args.rounds} rounds (round robin); frames/s:")
+        print("| mode | frames | frames/s (best) | frames/s (median) | held back | x pydicom read+write | x one tesseract pass |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for m in MODES:
+            if m not in runs:
+                continue
+            r = runs[m][0]
+            vs_floor = f"{best[m] / best['pydicom']:.3f}" if "pydicom" in best else ""
+            vs_ocr = f"{best[m] / best['ocr-frame']:.2f}" if "ocr-frame" in best and m.startswith("us") else ""
+            print(f"| {m} | {r['frames']} | {best[m]:.1f} | {median[m]:.1f} | {r['held_back']} | {vs_floor} | {vs_ocr} |")
+        if "us" in best:
+            verdict = "meets" if best["us"] >= 20 else "misses"
+            print(f"\nUS 640x480 RGB with text: {best['us']:.1f} frames/s per core ({verdict} the goal of 20)")
+        if "ct-primary" in best and "ct-primary-bypass" in best:
+            ratio = median["ct-primary"] / median["ct-primary-bypass"]
+            verdict = "within" if ratio >= 0.95 else "NOT within"
+            print(f"CT primary with the pixel stage present / bypassed (median of {args.rounds}): {ratio:.3f} "
+                  f"({verdict} 5%); best: {best['ct-primary'] / best['ct-primary-bypass']:.3f}")
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
