@@ -37,6 +37,7 @@ import pytest
 
 from tests.support import independent_ocr as ocr
 from tests.support import pixel_corpus
+from tests.support.samples import generate_ct_study
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "pixel-corpus-test-key"
@@ -85,6 +86,8 @@ def corpus(tmp_path_factory) -> dict[str, pixel_corpus.CorpusFile]:
     files = pixel_corpus.build(tmp_path_factory.mktemp("pixel-corpus") / "in")
     (files[0].path.parent / "manifest.json").unlink()  # not DICOM: would be reported as rejected input
     assert sorted(f.path.name for f in files) == sorted(NAMES)
+    # Beside them, CT primary slices without burned-in text: not scanned by default, so left as they were.
+    generate_ct_study(files[0].path.parent / "ct_primary", patient_id="MRN-PRIMARY-7", n_instances=2, seed="primary")
     return {f.path.name: f for f in files}
 
 
@@ -266,6 +269,18 @@ def test_marks_and_transfer_syntax(name, corpus, cleaned):
             assert ts == f.transfer_syntax, f"{name}: re-encoded as {ts.name} although an encoder exists"
     else:
         assert ds.get("LossyImageCompression") == "01", f"{name}: once lossy, always lossy (PS3.3 C.7.6.1.1.5)"
+
+
+def test_ct_primary_not_scanned_and_untouched(corpus, cleaned):
+    """CT primary images are not read by default (issue 8 item 6): their pixel data passes byte for byte."""
+    r, _, entries, out = cleaned
+    primary = sorted((next(iter(corpus.values())).path.parent / "ct_primary").glob("*.dcm"))
+    assert primary
+    for src in primary:
+        ds = pydicom.dcmread(delivered(cleaned, src.name))
+        assert ds.PixelData == pydicom.dcmread(src).PixelData, f"{src.name}: CT primary pixel data changed"
+        codes = {str(c.get("CodeValue")) for c in ds.get("DeidentificationMethodCodeSequence", [])}
+        assert CLEAN_PIXEL_DATA[0] not in codes, "Clean Pixel Data claimed for pixels nobody looked at"
 
 
 DCIODVFY_VALUE = re.compile(r"= <[^>]*>")

@@ -376,6 +376,7 @@ def _header(seed: str, scene: str, p: Patient, sop_class: str, modality: str) ->
     ds.SeriesInstanceUID = _uid(seed, scene, "series")
     ds.StudyID = "1"
     ds.SeriesNumber = 1
+    ds.Laterality = ""  # Type 2C: an abdomen is not a paired body part, but dciodvfy wants it present
     ds.InstanceNumber = 1
     ds.PatientOrientation = ""
     ds.BurnedInAnnotation = "YES"
@@ -396,8 +397,11 @@ def _set_pixels(ds: Dataset, arr: np.ndarray, photometric: str) -> None:
     ds.PhotometricInterpretation = photometric
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
         ds.SamplesPerPixel = 3
-        ds.PlanarConfiguration = 0
+        # US (PS3.3 C.8.5.6.1.16) wants YBR_FULL colour-by-plane, as scanners write it; the rest by pixel.
+        ds.PlanarConfiguration = 1 if photometric == "YBR_FULL" else 0
         data = arr if photometric == "RGB" else convert_color_space(arr, "RGB", "YBR_FULL")
+        if ds.PlanarConfiguration == 1:
+            data = data.transpose(0, 3, 1, 2)
         if photometric == "YBR_FULL_422":
             # PS3.5 8.2.1 / 8.1.1: native 4:2:2 stores, per pair of pixels, Y1 Y2 Cb Cr (chroma averaged).
             y = data[..., 0].reshape(frames, rows, cols // 2, 2)
@@ -445,6 +449,7 @@ def _modules(ds: Dataset, kind: str, frames: int) -> None:
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
         ds.KVP = 120
+        ds.PatientPosition = "HFS"
         ds.AcquisitionNumber = 1
         ds.FrameOfReferenceUID = _uid(str(ds.StudyInstanceUID), "for")
         ds.PositionReferenceIndicator = ""
@@ -467,7 +472,7 @@ def _dcmcjpeg(native: Path, out: Path, ts: str) -> None:
 PLAN = {
     "us_rgb": ("us", "RGB", ("explicit", "rle", "jpegls", "j2k", "jpeg57", "jpeg70"), 1),
     "us_ybr422": ("us", "YBR_FULL_422", ("explicit",), 1),
-    "us_ybr_full": ("us", "YBR_FULL", ("rle",), 1),
+    "us_ybr_full": ("us", "YBR_FULL", ("explicit", "rle"), 1),  # Planar Configuration 1
     "us_scanner": ("us", "RGB", ("baseline",), 1),  # dcmcjpeg writes YBR_FULL_422, as ultrasound scanners do
     "us_palette": ("us", "PALETTE COLOR", ("explicit", "rle"), 1),
     "us_mono2": ("us", "MONOCHROME2", ("explicit", "jpegls", "jpeg57"), 1),
@@ -518,7 +523,20 @@ def build(dest: Path, seed: str = "pixel-corpus", scenes: dict | None = None) ->
                 ds.save_as(native, enforce_file_format=True)
                 _dcmcjpeg(native, path, ts)
             else:
+                if ts == JPEG2000Lossless and kind == "us" and photometric == "RGB":
+                    # Ultrasound in JPEG 2000 is YBR_RCT (C.8.5.6.1.2): the encoder applies the reversible
+                    # colour transform to the RGB data when told so.
+                    ds.PhotometricInterpretation = "YBR_RCT"
+                planar = ds.get("PlanarConfiguration")
+                if planar == 1:
+                    # pydicom's encoders read colour-by-pixel input only; RLE stores by plane whatever the
+                    # attribute says, so the attribute is set back afterwards (decoders ignore it for RLE).
+                    by_pixel = np.frombuffer(ds.PixelData, np.uint8).reshape(arr.shape[0], 3, *arr.shape[1:3])
+                    ds.PixelData = np.ascontiguousarray(by_pixel.transpose(0, 2, 3, 1)).tobytes()
+                    ds.PlanarConfiguration = 0
                 ds.compress(ts, generate_instance_uid=False)
+                if planar == 1:
+                    ds.PlanarConfiguration = 1
                 ds.save_as(path, enforce_file_format=True)
             written = pydicom.dcmread(path, stop_before_pixels=True)
             out.append(CorpusFile(
