@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -579,3 +580,38 @@ def shipped_files() -> list[Path]:
         if sop in US_SOP_CLASSES or sop.startswith(SC_SOP_PREFIX) or str(ds.get("Modality", "")) == "US":
             found.append(path)
     return found
+
+
+def copy_with_distinct_uids(files: list[Path], dest: Path) -> dict[str, Path]:
+    """Copy ``files`` into ``dest`` (as ``NNN_<name>``) so that no two share a SOP Instance UID; return the map
+    from new name to original.
+
+    pydicom-data ships one image in many encodings under one SOP Instance UID (19 files for one SC image); a
+    folder holding them all is one instance and 18 duplicates, and the duplicates' encodings would go untested.
+    The k-th repeat gets its UID's last two digits replaced *in the file bytes* (same length, so nothing else
+    moves: no re-encoding by a writer, the file is the shipped file but for that UID, wherever it occurs, the
+    file meta included). Files whose UID cannot be changed that way are copied unchanged.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    uids = {}
+    for path in files:
+        try:
+            uids[path] = str(pydicom.dcmread(path, stop_before_pixels=True, force=True).get("SOPInstanceUID", "") or "")
+        except Exception:
+            uids[path] = ""
+    taken = set(uids.values())
+    seen: set[str] = set()
+    out = {}
+    for i, path in enumerate(files):
+        name = f"{i:03d}_{path.name}"  # two packages ship files of the same name
+        data, uid = path.read_bytes(), uids[path]
+        if uid in seen and len(uid) > 2 and uid.encode() in data:
+            # The last two characters become two digits ("...1.0" -> "...110"): a valid UID of the same length.
+            new = next(c for c in (f"{uid[:-2]}{n}" for n in range(10, 100))
+                       if c not in taken and not re.search(r"\.0\d", c))
+            taken.add(new)
+            data = data.replace(uid.encode(), new.encode())
+        seen.add(uid)
+        (dest / name).write_bytes(data)
+        out[name] = path
+    return out
