@@ -45,6 +45,8 @@ class IndexedInstance:
 class Rejected:
     relpath: str
     reason: str
+    #: A readable instance whose SOP Instance UID another file of the folder already has (not an unreadable file).
+    duplicate: bool = False
 
 
 @dataclass
@@ -171,7 +173,7 @@ def index_folder(folder: Path) -> FolderIndex:
         if isinstance(result, Rejected):
             index.rejected.append(result)
         elif result.sop_instance_uid in seen:
-            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch"))
+            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch", duplicate=True))
         else:
             seen[result.sop_instance_uid] = rel
             index.instances.append(result)
