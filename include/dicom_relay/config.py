@@ -88,6 +88,9 @@ class Settings:
     deid_options: dict = field(default_factory=dict)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = 0
+    # Burned-in text in the pixels (RELAY_PIXEL_POLICY): clean | all-text | hold (dicom_relay.deid.pixels.policy).
+    # A run may make it stricter, never weaker.
+    pixel_policy: str = "clean"
 
     # Destination retry budget inside one task attempt (Airflow retries come on top).
     send_attempts: int = 4
@@ -127,7 +130,12 @@ class Settings:
         if not isinstance(deid_options, dict):
             raise ConfigError("RELAY_DEID_OPTIONS must be a JSON object")
 
+        pixel_policy = env.get("RELAY_PIXEL_POLICY", "").strip().lower() or d.pixel_policy
+        if pixel_policy not in ("clean", "all-text", "hold"):
+            raise ConfigError(f"RELAY_PIXEL_POLICY must be clean, all-text or hold, got {pixel_policy!r}")
+
         return cls(
+            pixel_policy=pixel_policy,
             deid_options=deid_options,
             deid_workers=num("RELAY_DEID_WORKERS", d.deid_workers, int) or (os.cpu_count() or 1),
             inbox=Path(s("RELAY_INBOX", str(d.inbox))),
