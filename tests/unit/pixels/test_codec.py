@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ from pydicom.uid import (
 
 from dicom_relay.deid.pixels.codec import Frames, PixelCodecError
 
-warnings.filterwarnings("ignore", module="pydicom")
 
 PIXEL_KEYWORDS = {"PixelData", "PhotometricInterpretation", "PlanarConfiguration", "LossyImageCompression",
                   "LossyImageCompressionRatio", "LossyImageCompressionMethod", "ExtendedOffsetTable",
@@ -175,7 +173,7 @@ def test_round_trip_pydicom_files(name, expected, lossless, tmp_path):
     assert _dciodvfy_errors(out) <= _dciodvfy_errors(source)
 
 
-# DCMTK and pydicom transcodings of an RGB ultrasound frame and a 10-frame 12-bit MR series.
+# DCMTK and pydicom transcodings: RGB ultrasound, a 10-frame 12-bit MR series, YBR_FULL, palette colour.
 TRANSCODES = [
     ("dcmcjpeg", ["+e1"], "US1_UNCR.dcm", JLS, True),
     ("dcmcjpeg", ["+el"], "emri_small.dcm", JLS, True),  # JPEG Lossless .57, any predictor
@@ -187,13 +185,18 @@ TRANSCODES = [
     ("dcmcjpls", ["+en"], "emri_small.dcm", JLS_NEAR, False),
     ("dcmcrle", [], "US1_UNCR.dcm", RLE, True),
     ("dcmcrle", [], "emri_small.dcm", RLE, True),
+    ("dcmcrle", [], "SC_ybr_full_uncompressed.dcm", RLE, True),
+    ("dcmcjpls", [], "SC_ybr_full_uncompressed.dcm", JLS, True),
+    ("dcmcjpeg", ["+e1"], "OBXXXX1A_2frame.dcm", JLS, True),  # PALETTE COLOR, 2 frames
+    ("dcmcjpls", [], "gdcm-US-ALOKA-16.dcm", JLS, True),  # PALETTE COLOR, 16-bit
+    ("dcmcjpeg", ["+eb"], "SC_rgb_2frame.dcm", JPEG, False),
     ("compress", [JPEG2000], "emri_small.dcm", J2K, True),
     ("compress", [J2K], "US1_UNCR.dcm", J2K, True),
 ]
 
 
 @pytest.mark.parametrize("tool, args, name, expected, lossless", TRANSCODES,
-                         ids=[f"{t[0]}{''.join(t[1]) if t[0] != 'compress' else t[1][0].name}-{t[2]}"
+                         ids=[f"{t[0]}{''.join(t[1]) if t[0] != 'compress' else t[1][0].keyword}-{t[2]}"
                               for t in TRANSCODES])
 def test_round_trip_transcoded(tool, args, name, expected, lossless, tmp_path):
     source = tmp_path / "in.dcm"
@@ -224,7 +227,9 @@ def test_lossy_history_is_appended():
     for keyword in ("LossyImageCompression", "LossyImageCompressionMethod", "LossyImageCompressionRatio"):
         if keyword in unrecorded:
             del unrecorded[keyword]
-    Frames.decode(unrecorded).encode_into(unrecorded)
+    frames = Frames.decode(unrecorded)
+    frames.blank(0, [(0, 0, 5, 5)])
+    frames.encode_into(unrecorded)
     assert unrecorded.LossyImageCompression == "01"
     assert list(unrecorded.LossyImageCompressionMethod) == ["ISO_14495_1", "ISO_14495_1"]
 
@@ -232,6 +237,22 @@ def test_lossy_history_is_appended():
     Frames.decode(lossless_out).encode_into(lossless_out)  # written as JPEG 2000 Lossless: no new step
     assert lossless_out.LossyImageCompression == "01"
     assert lossless_out.PhotometricInterpretation == "YBR_RCT"
+
+
+def test_frames_left_alone_keep_their_codestream():
+    """Only the frames blank() changed are re-encoded: the others keep their source bytes (no second generation)."""
+    ds = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm"))
+    source = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+    frames = Frames.decode(ds)
+    frames.blank(3, [(0, 0, 40, 20)])
+    assert frames.encode_into(ds) == JPEG
+    written = list(generate_frames(ds.PixelData, number_of_frames=ds.NumberOfFrames))
+    assert [i for i in range(ds.NumberOfFrames) if written[i] != source[i]] == [3]
+    assert len(ds.LossyImageCompressionMethod) == 2  # the source's step (unrecorded) and this one
+
+    untouched = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    Frames.decode(untouched).encode_into(untouched)  # nothing blanked: nothing re-encoded, no lossy step added
+    assert untouched.LossyImageCompressionMethod == "ISO_10918_1"
 
 
 def test_black_is_what_displays_black():
@@ -290,3 +311,14 @@ def test_errors_name_the_syntax_not_the_patient():
     del ds.PixelData
     with pytest.raises(PixelCodecError, match="Pixel Data"):
         Frames.decode(ds)
+
+
+def test_enhanced_multiframe_uses_each_frames_window():
+    """Per-Frame Functional Groups win over the Shared ones (PS3.3 C.7.6.16), frame by frame."""
+    ds = pydicom.dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    voi = pydicom.Dataset()
+    voi.WindowCenter, voi.WindowWidth = 3000, 10  # above every value of the image: frame 1 shows all black
+    ds.PerFrameFunctionalGroupsSequence[1].FrameVOILUTSequence = [voi]
+    frames = Frames.decode(ds)
+    assert frames.display(0).max() > 0
+    assert frames.display(1).max() == 0

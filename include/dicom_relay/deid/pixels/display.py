@@ -15,20 +15,18 @@ import numpy as np
 import pydicom
 from pydicom.pixels.processing import apply_color_lut
 
-Display = Callable[[np.ndarray], np.ndarray]
+Display = Callable[[int, np.ndarray], np.ndarray]  # (frame index, stored frame) -> uint8 picture
 
 
-def _functional(ds: pydicom.Dataset, sequence: str, keyword: str):
-    """Value of ``keyword`` at the top level, else in the first frame's / shared functional group ``sequence``."""
-    if keyword in ds:
-        return ds[keyword].value
-    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+def _functional(ds: pydicom.Dataset, sequence: str, keyword: str, frame: int):
+    """``keyword`` for one frame: its Per-Frame Functional Group ``sequence``, else the Shared one, else top level."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
         items = ds.get(groups)
-        if items and sequence in items[0] and items[0][sequence].value:
-            item = items[0][sequence][0]
+        if items and index < len(items) and sequence in items[index] and items[index][sequence].value:
+            item = items[index][sequence][0]
             if keyword in item:
                 return item[keyword].value
-    return None
+    return ds[keyword].value if keyword in ds else None
 
 
 def _first(value) -> float | None:
@@ -57,44 +55,46 @@ def black_and_display(ds: pydicom.Dataset, arr: np.ndarray, photometric: str, bi
     shift = max(bits_stored - 8, 0)
     if photometric in ("YBR_FULL", "YBR_FULL_422"):
         black = np.array([0, 1 << (bits_stored - 1), 1 << (bits_stored - 1)], dtype=arr.dtype)
-        return black, lambda frame: _ybr_to_rgb(frame >> shift if shift else frame)
+        return black, lambda _, frame: _ybr_to_rgb(frame >> shift if shift else frame)
     if photometric == "RGB" or samples == 3:
         black = np.zeros(samples, dtype=arr.dtype)
         if shift:
-            return black, lambda frame: (frame >> shift).astype(np.uint8)
-        return black, lambda frame: frame.astype(np.uint8, copy=False)
+            return black, lambda _, frame: (frame >> shift).astype(np.uint8)
+        return black, lambda _, frame: frame.astype(np.uint8)  # a copy: drawing on it must not edit the pixels
     raise ValueError(f"photometric interpretation {photometric} not supported")
 
 
 def _grey(ds, arr, photometric, low, high) -> tuple[np.ndarray, Display]:
-    """Black is the data's own darkest value, lowered (raised) to the window's edge when that is not yet black.
+    """Black is the data's own darkest value, lowered (raised) to every frame's window edge where not yet black.
 
     Using the darkest value the image already has (air, padding) rather than the representable extreme keeps the
     blanked box out of the way of lossy re-encoding (no 65535-level step) and of tools that auto-window.
     """
-    slope = _first(_functional(ds, "PixelValueTransformationSequence", "RescaleSlope")) or 1.0
-    intercept = _first(_functional(ds, "PixelValueTransformationSequence", "RescaleIntercept")) or 0.0
-    center = _first(_functional(ds, "FrameVOILUTSequence", "WindowCenter"))
-    width = _first(_functional(ds, "FrameVOILUTSequence", "WindowWidth"))
-    windowed = center is not None and width is not None and width >= 1
+    frames = []  # (slope, intercept, window low, window high or None) per frame
+    for i in range(arr.shape[0]):
+        slope = _first(_functional(ds, "PixelValueTransformationSequence", "RescaleSlope", i)) or 1.0
+        intercept = _first(_functional(ds, "PixelValueTransformationSequence", "RescaleIntercept", i)) or 0.0
+        center = _first(_functional(ds, "FrameVOILUTSequence", "WindowCenter", i))
+        width = _first(_functional(ds, "FrameVOILUTSequence", "WindowWidth", i))
+        if center is not None and width is not None and width >= 1:  # PS3.3 C.11.2.1.2.1, linear
+            frames.append((slope, intercept, center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2))
+        else:
+            frames.append((slope, intercept, None, None))
     # Black sits at the low stored values unless MONOCHROME1 or a negative slope (not both) turn the scale over.
-    black_low = (photometric == "MONOCHROME2") == (slope > 0)
-    if black_low:
-        value = int(arr.min())
-    else:
-        value = int(arr.max())
-    if windowed:
-        edge = center - 0.5 - (width - 1) / 2 if photometric == "MONOCHROME2" else center - 0.5 + (width - 1) / 2
-        threshold = (edge - intercept) / slope  # stored value at the window's black edge (C.11.2.1.2.1)
-        value = min(value, int(np.floor(threshold))) if black_low else max(value, int(np.ceil(threshold)))
+    black_low = (photometric == "MONOCHROME2") == (frames[0][0] > 0)
+    value = int(arr.min()) if black_low else int(arr.max())
+    for slope, intercept, lower, upper in frames:
+        if lower is not None:
+            threshold = ((lower if photometric == "MONOCHROME2" else upper) - intercept) / slope
+            value = min(value, int(np.floor(threshold))) if black_low else max(value, int(np.ceil(threshold)))
     black = np.array([min(max(value, low), high)], dtype=arr.dtype)
 
-    def show(frame: np.ndarray) -> np.ndarray:
+    def show(index: int, frame: np.ndarray) -> np.ndarray:
+        slope, intercept, lower, upper = frames[index]
         values = frame.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-        if center is not None and width is not None and width >= 1:
-            out = _to_uint8(values, center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2)
-        else:
-            out = _to_uint8(values, float(values.min()), float(values.max()))
+        if lower is None:
+            lower, upper = float(values.min()), float(values.max())
+        out = _to_uint8(values, lower, upper)
         return 255 - out if photometric == "MONOCHROME1" else out
 
     return black, show
@@ -106,7 +106,7 @@ def _palette(ds, dtype, high) -> tuple[np.ndarray, Display]:
         lut = (lut >> 8).astype(np.uint8) if lut.max() > 255 else lut.astype(np.uint8)
     luminance = lut.astype(np.int32) @ np.array([299, 587, 114], dtype=np.int32)
     black = np.array([int(np.argmin(luminance))], dtype=dtype)
-    return black, lambda frame: lut[frame]
+    return black, lambda _, frame: lut[frame]
 
 
 def _ybr_to_rgb(frame: np.ndarray) -> np.ndarray:

@@ -7,10 +7,12 @@ JPEG-LS, JPEG 2000) and Pillow's libjpeg-turbo for JPEG Baseline.
 from __future__ import annotations
 
 import io
+from typing import Protocol
 
 import numpy as np
 import pydicom
 from PIL import Image, JpegImagePlugin
+from pydicom.dataset import FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended
 from pydicom.pixels import get_encoder
 from pydicom.pixels.utils import pack_bits
@@ -56,41 +58,52 @@ def output_syntax(source: UID, bits_stored: int) -> UID:
     return ExplicitVRLittleEndian  # any other decodable syntax: native, lossless, readable everywhere
 
 
-def write_pixels(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, source: UID, bits_stored: int,
-                 fragments: list[bytes]) -> UID:
-    """Encode ``stored`` (frames, rows, columns[, samples], colour space ``photometric``) into ``ds``."""
-    target = output_syntax(source, bits_stored)
-    written: list[bytes] = []
+class Decoded(Protocol):
+    """What the writer needs to know of the decoded pixels (:class:`~dicom_relay.deid.pixels.codec.Frames`)."""
+
+    stored: np.ndarray  # (frames, rows, columns[, samples]) stored values
+    photometric: str  # colour space of ``stored`` as decoded
+    source_syntax: UID
+    source_photometric: str  # Photometric Interpretation of the source
+    source_planar: int  # Planar Configuration of the source (0 if absent)
+    bits_allocated: int
+    bits_stored: int
+    fragments: list[bytes]  # the source's encoded frames (empty for native sources)
+    changed_frames: set[int]  # indices of the frames blank() changed
+
+
+def write_pixels(ds: pydicom.Dataset, px: Decoded) -> UID:
+    """Encode ``px.stored`` into ``ds`` (Pixel Data and the attributes that follow it); return the syntax written."""
+    target = output_syntax(px.source_syntax, px.bits_stored)
+    encoded: dict[int, bytes] = {}  # the frames encoded here (not copied from the source)
     try:
         if target in NATIVE:
-            _write_native(ds, stored, photometric, target)
+            _write_native(ds, px, target)
         else:
-            written = _encode(ds, stored, photometric, source, target, bits_stored, fragments)
-            _encapsulate(ds, written)
+            # A frame blank() did not touch keeps its source codestream when the syntax is kept: no time spent,
+            # and no second generation for a lossy frame.
+            keep = set() if target != px.source_syntax else set(range(len(px.fragments))) - px.changed_frames
+            encoded = _encode(ds, px, target, [i for i in range(px.stored.shape[0]) if i not in keep])
+            _encapsulate(ds, [encoded[i] if i in encoded else px.fragments[i] for i in range(px.stored.shape[0])])
     except (ValueError, RuntimeError, OSError, NotImplementedError):
         # The encoder refused this bit depth / colour space combination: native is lossless and always readable.
         target = ExplicitVRLittleEndian
-        written = []
-        _write_native(ds, stored, photometric, target)
-    _record_lossy(ds, stored, source, target, fragments, written)
+        encoded = {}
+        _write_native(ds, px, target)
+    _record_lossy(ds, px, target, encoded)
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = target
     return target
 
 
-def _native_photometric(ds: pydicom.Dataset, photometric: str, target: UID) -> str:
-    source = str(ds.get("PhotometricInterpretation", photometric))
-    if source == "YBR_FULL_422" and ds.file_meta.TransferSyntaxUID in NATIVE and target in NATIVE:
-        return "YBR_FULL_422"
-    return "YBR_FULL" if photometric == "YBR_FULL_422" else photometric
-
-
-def _write_native(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, target: UID) -> None:
-    pi = _native_photometric(ds, photometric, target)
-    bits_allocated = int(ds.BitsAllocated)
-    planar = int(ds.get("PlanarConfiguration", 0) or 0) if stored.ndim == 4 else 0
-    if ds.file_meta.TransferSyntaxUID not in NATIVE:
-        planar = 0
-    if pi == "YBR_FULL_422":  # PS3.3 C.7.6.3.1.2: Y1 Y2 Cb Cr per pair of columns, chroma of the pair's first
+def _write_native(ds: pydicom.Dataset, px: Decoded, target: UID) -> None:
+    stored = px.stored
+    # Native 4:2:2 stays 4:2:2 (blank() keeps chroma pairs whole); data decoded from JPEG is at full resolution.
+    subsampled = px.source_photometric == "YBR_FULL_422" and px.source_syntax in NATIVE
+    pi = "YBR_FULL_422" if subsampled else "YBR_FULL" if px.photometric == "YBR_FULL_422" else px.photometric
+    planar = px.source_planar if stored.ndim == 4 and px.source_syntax in NATIVE else 0
+    if subsampled:  # PS3.3 C.7.6.3.1.2: Y1 Y2 Cb Cr per pair of columns, chroma of the pair's first
         frames, rows, cols, _ = stored.shape
         luma = stored[..., 0].reshape(frames, rows, cols // 2, 2)
         data = np.concatenate([luma, stored[:, :, 0::2, 1:3]], axis=-1)
@@ -98,16 +111,16 @@ def _write_native(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, tar
         data = stored.transpose(0, 3, 1, 2)
     else:
         data = stored
-    if bits_allocated == 1:
+    if px.bits_allocated == 1:
         raw = pack_bits(np.ascontiguousarray(data).ravel())
     else:
-        dtype = np.dtype(f"{'i' if stored.dtype.kind == 'i' else 'u'}{bits_allocated // 8}")
+        dtype = np.dtype(f"{'i' if stored.dtype.kind == 'i' else 'u'}{px.bits_allocated // 8}")
         dtype = dtype.newbyteorder(">" if target == ExplicitVRBigEndian else "<")
         raw = np.ascontiguousarray(data).astype(dtype, copy=False).tobytes()
     if len(raw) % 2:
         raw += b"\x00"
     ds.PixelData = raw
-    ds["PixelData"].VR = "OB" if bits_allocated <= 8 else "OW"
+    ds["PixelData"].VR = "OB" if px.bits_allocated <= 8 else "OW"
     ds["PixelData"].is_undefined_length = False
     for keyword in ("ExtendedOffsetTable", "ExtendedOffsetTableLengths"):
         if keyword in ds:
@@ -117,87 +130,81 @@ def _write_native(ds: pydicom.Dataset, stored: np.ndarray, photometric: str, tar
         ds.PlanarConfiguration = planar
 
 
-def _j2k_photometric(source_pi: str, photometric: str, target: UID) -> str:
-    """JPEG 2000 data stored with a colour transform (YBR_RCT / YBR_ICT, PS3.5 8.2.4) is decoded as RGB."""
-    if photometric == "RGB" and source_pi in ("YBR_RCT", "YBR_ICT"):
-        return "YBR_RCT" if target == JPEG2000Lossless else "YBR_ICT"
-    return photometric
+def _j2k_photometric(source_pi: str, photometric: str) -> str:
+    """Colour JPEG 2000 stored with a component transform (YBR_RCT / YBR_ICT) decodes to RGB; keep a transform.
+
+    PS3.5 8.2.4: JPEG 2000 Lossless with the reversible transform is YBR_RCT (pydicom's encoder applies it for any
+    interpretation but RGB); RGB sources stay RGB, without a transform.
+    """
+    return "YBR_RCT" if photometric == "RGB" and source_pi in ("YBR_RCT", "YBR_ICT") else photometric
 
 
-def _encode(ds, stored, photometric, source, target, bits_stored, fragments) -> list[bytes]:
-    source_pi = str(ds.get("PhotometricInterpretation", photometric))
+def _encode(ds: pydicom.Dataset, px: Decoded, target: UID, indices: list[int]) -> dict[int, bytes]:
+    """Encode the frames ``indices`` in ``target``; set the Photometric Interpretation / Planar Configuration."""
     if target == JPEGBaseline8Bit:
-        return _jpeg_baseline(ds, stored, photometric, fragments)
-    pi = photometric
-    if target in (JPEG2000Lossless, JPEG2000):
-        pi = _j2k_photometric(source_pi, photometric, target)
+        return _jpeg_baseline(ds, px, indices)
+    stored = px.stored
+    pi = _j2k_photometric(px.source_photometric, px.photometric) if target == JPEG2000Lossless else px.photometric
     if pi == "YBR_FULL_422":  # decoded at full resolution
         pi = "YBR_FULL"
-    frames, rows, cols = stored.shape[:3]
+    rows, cols = stored.shape[1:3]
     options = dict(rows=rows, columns=cols, samples_per_pixel=stored.shape[3] if stored.ndim == 4 else 1,
-                   number_of_frames=frames, bits_allocated=stored.dtype.itemsize * 8, bits_stored=bits_stored,
+                   number_of_frames=1, bits_allocated=stored.dtype.itemsize * 8, bits_stored=px.bits_stored,
                    pixel_representation=1 if stored.dtype.kind == "i" else 0, photometric_interpretation=pi,
                    planar_configuration=0)
     if target == JPEGLSNearLossless:
-        options["jls_error"] = _jpeg_ls_near(fragments[0])
-    if target == JPEG2000:
-        raw_frame = stored[0].nbytes
-        options["j2k_cr"] = [max(1.0, raw_frame * len(fragments) / max(1, sum(map(len, fragments))))]
+        options["jls_error"] = _jpeg_ls_near(px.fragments[0])
     encoder = get_encoder(target)
-    try:
-        written = [bytes(f) for f in encoder.iter_encode(stored if frames > 1 else stored[0], **options)]
-    except ValueError:
-        if target != RLELossless:
-            raise
-        # PS3.5 G allows any Bits Allocated that fits 15 segments; pydicom's profile table lists 8 and 16 only.
-        written = [bytes(f) for f in encoder.iter_encode(stored if frames > 1 else stored[0], validate=False,
-                                                            **options)]
+    # PS3.5 Annex G takes any sample size that fits 15 segments; pydicom's profile table (8.2.2) lists fewer.
+    validate = target != RLELossless
+    encoded = {i: bytes(encoder.encode(stored[i], validate=validate, **options)) for i in indices}
     ds.PhotometricInterpretation = pi
-    if stored.ndim == 4 and target != RLELossless:
+    if stored.ndim == 4 and (target != RLELossless or "PlanarConfiguration" not in ds):
         ds.PlanarConfiguration = 0  # PS3.5 8.2.3 / 8.2.4; for RLE it is irrelevant (G.2) and left as it was
-    elif stored.ndim == 4 and "PlanarConfiguration" not in ds:
-        ds.PlanarConfiguration = 0
-    return written
+    return encoded
 
 
 def _jpeg_ls_near(codestream: bytes) -> int:
     """NEAR of a JPEG-LS codestream: the byte after the component list of its first SOS (ISO 14495-1 C.2.3)."""
-    at = codestream.find(b"\xff\xda")
-    if at < 0:
-        raise ValueError("JPEG-LS codestream without a start of scan")
-    components = codestream[at + 4]
-    return int(codestream[at + 5 + 2 * components])
+    at = 2  # after SOI; marker segments (SOF55, LSE, APPn...) each carry their own length
+    while at + 4 <= len(codestream) and codestream[at] == 0xFF:
+        if codestream[at + 1] == 0xDA:
+            components = codestream[at + 4]
+            return int(codestream[at + 5 + 2 * components])
+        at += 2 + int.from_bytes(codestream[at + 2:at + 4], "big")
+    raise ValueError("JPEG-LS codestream without a start of scan")
 
 
-def _jpeg_baseline(ds, stored, photometric, fragments) -> list[bytes]:
-    """One JPEG Baseline frame per source frame, with the source frame's quantisation tables and sub-sampling."""
-    if stored.dtype != np.uint8:
+def _jpeg_baseline(ds: pydicom.Dataset, px: Decoded, indices: list[int]) -> dict[int, bytes]:
+    """JPEG Baseline frames with each source frame's own quantisation tables and chroma sub-sampling."""
+    if px.stored.dtype != np.uint8:
         raise ValueError("JPEG Baseline needs 8-bit samples")
-    out = []
-    pi = photometric
-    for index, frame in enumerate(stored):
-        source = Image.open(io.BytesIO(fragments[min(index, len(fragments) - 1)]))
+    encoded = {}
+    pi = px.photometric
+    for index in indices:
+        frame = np.ascontiguousarray(px.stored[index])
+        source = Image.open(io.BytesIO(px.fragments[index]))
         tables = source.quantization
-        sampling = JpegImagePlugin.get_sampling(source) if frame.ndim == 3 else -1
         options = {}
         if frame.ndim == 2:
-            image = Image.frombuffer("L", frame.shape[::-1], np.ascontiguousarray(frame))
-            pi = photometric
-        elif photometric in ("YBR_FULL", "YBR_FULL_422"):
-            image = Image.frombuffer("YCbCr", (frame.shape[1], frame.shape[0]), np.ascontiguousarray(frame))
-            pi = "YBR_FULL" if sampling in (0, -1) else "YBR_FULL_422"
+            image = Image.frombuffer("L", (frame.shape[1], frame.shape[0]), frame)
+        elif px.photometric in ("YBR_FULL", "YBR_FULL_422"):
+            image = Image.frombuffer("YCbCr", (frame.shape[1], frame.shape[0]), frame)
+            sampling = JpegImagePlugin.get_sampling(source)
+            pi = "YBR_FULL" if sampling in (0, -1) else "YBR_FULL_422"  # PS3.5 8.2.1
             options["subsampling"] = max(sampling, 0)
         else:  # decoded as RGB: store R, G, B components without a colour transform (Adobe marker)
-            image = Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), np.ascontiguousarray(frame))
+            image = Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), frame)
             options.update(keep_rgb=True, subsampling=0)
-            tables = {0: tables[0]}
+            tables = {0: tables[0]}  # libjpeg quantises every RGB component with table 0
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", qtables=[tables[k] for k in sorted(tables)], **options)
-        out.append(buffer.getvalue())
-    ds.PhotometricInterpretation = pi
-    if stored.ndim == 4:
+        encoded[index] = buffer.getvalue()
+    if encoded:
+        ds.PhotometricInterpretation = pi
+    if px.stored.ndim == 4:
         ds.PlanarConfiguration = 0
-    return out
+    return encoded
 
 
 def _encapsulate(ds: pydicom.Dataset, frames: list[bytes]) -> None:
@@ -214,9 +221,10 @@ def _encapsulate(ds: pydicom.Dataset, frames: list[bytes]) -> None:
     ds["PixelData"].is_undefined_length = True
 
 
-def _record_lossy(ds, stored, source, target, fragments, written) -> None:
+def _record_lossy(ds: pydicom.Dataset, px: Decoded, target: UID, encoded: dict[int, bytes]) -> None:
     """PS3.3 C.7.6.1.1.5: once lossy, always "01"; one Ratio and one Method value per lossy step."""
-    new_step = target in LOSSY
+    stored, source, fragments = px.stored, px.source_syntax, px.fragments
+    new_step = target in LOSSY and bool(encoded)
     if source not in LOSSY and not new_step:
         return
     methods = [str(v) for v in _values(ds, "LossyImageCompressionMethod")]
@@ -227,7 +235,7 @@ def _record_lossy(ds, stored, source, target, fragments, written) -> None:
         ratios.append(_ratio(raw, fragments))
     if new_step:
         methods.append(_METHOD[target])
-        ratios.append(_ratio(raw, written))
+        ratios.append(_ratio(stored[0].nbytes * len(encoded), list(encoded.values())))
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = methods if len(methods) > 1 else methods[0]
     ds.LossyImageCompressionRatio = ratios if len(ratios) > 1 else ratios[0]
