@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     deid_options: dict = _env("RELAY_DEID_OPTIONS", default_factory=dict)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
+    # Burned-in text in the pixels (RELAY_PIXEL_POLICY): clean | all-text | hold (dicom_relay.deid.pixels.policy).
+    # A run may make it stricter, never weaker.
+    pixel_policy: str = _env("RELAY_PIXEL_POLICY", "clean")
 
     # The one retry layer inside a task, per destination (Airflow's retries come on top, between attempts):
     # Orthanc calls are retried ``send_attempts`` times with doubling delays from ``send_backoff_seconds``;
@@ -128,6 +131,14 @@ class Settings(BaseSettings):
     @classmethod
     def _not_negative(cls, value: int) -> int:
         return max(0, value)
+
+    @field_validator("pixel_policy")
+    @classmethod
+    def _pixel_policy(cls, value: str) -> str:
+        policy = str(value).strip().lower()
+        if policy not in ("clean", "all-text", "hold"):
+            raise ValueError(f"must be clean, all-text or hold, got {value!r}")
+        return policy
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,

@@ -182,9 +182,9 @@ def file_outcomes(index: FolderIndex, run: FolderRun) -> list[FileOutcome]:
             out.append(FileOutcome(i.instance.relpath, "leak",
                                    f"original identifying value found in {', '.join(where)}; output removed"))
         elif i.result.path is None:
-            out.append(FileOutcome(i.instance.relpath, "held_back", i.result.quarantine_reason))
+            out.append(FileOutcome(i.instance.relpath, "held_back", i.result.quarantine_reason, pixels=i.result.pixels))
         else:
-            out.append(FileOutcome(i.instance.relpath, "delivered", None, i.result.path.name))
+            out.append(FileOutcome(i.instance.relpath, "delivered", None, i.result.path.name, i.result.pixels))
     return sorted(out, key=lambda o: o.input)
 
 

@@ -81,6 +81,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER relay_batch_run_started BEFORE UPDATE OF status ON relay_batch
         FOR EACH ROW EXECUTE FUNCTION relay_batch_run_started();
     """,
+    # 3: the pixel stage's record of an instance whose pixels were read (dicom_relay.deid.pixels.stage.PixelRecord:
+    # what was blanked, rule ids, the OCR engine and version, the verdict). IF NOT EXISTS: harmless if run twice.
+    """
+    ALTER TABLE relay_instance ADD COLUMN IF NOT EXISTS pixels jsonb;
+    """,
 )
 
 
@@ -143,6 +148,8 @@ class Instance:
     sent_gcs_at: dt.datetime | None = None
     error: str | None = None
     updated_at: dt.datetime | None = None
+    # Added by migration 3: the pixel record (None when the instance's pixels were not read).
+    pixels: dict | None = None
 
 
 INSTANCE_FIELDS = tuple(Instance.__dataclass_fields__)
@@ -339,7 +346,7 @@ class StatusStore:
                 cols = ", ".join(f"{k} = %s" for k in values)
                 cur.execute(
                     f"UPDATE relay_instance SET {cols}, updated_at = now() WHERE batch_id = %s AND relpath = %s",
-                    (*values.values(), batch_id, relpath),
+                    (*(Jsonb(v) if isinstance(v, dict) else v for v in values.values()), batch_id, relpath),
                 )
 
     def set_instance_state(self, batch_id: str, state: str, relpaths: Sequence[str] | None = None, *,

@@ -173,7 +173,7 @@ def test_round_trip_pydicom_files(name, expected, lossless, tmp_path):
     assert _dciodvfy_errors(out) <= _dciodvfy_errors(source)
 
 
-# DCMTK and pydicom transcodings of an RGB ultrasound frame and a 10-frame 12-bit MR series.
+# DCMTK and pydicom transcodings: RGB ultrasound, a 10-frame 12-bit MR series, YBR_FULL, palette colour.
 TRANSCODES = [
     ("dcmcjpeg", ["+e1"], "US1_UNCR.dcm", JLS, True),
     ("dcmcjpeg", ["+el"], "emri_small.dcm", JLS, True),  # JPEG Lossless .57, any predictor
@@ -185,13 +185,18 @@ TRANSCODES = [
     ("dcmcjpls", ["+en"], "emri_small.dcm", JLS_NEAR, False),
     ("dcmcrle", [], "US1_UNCR.dcm", RLE, True),
     ("dcmcrle", [], "emri_small.dcm", RLE, True),
+    ("dcmcrle", [], "SC_ybr_full_uncompressed.dcm", RLE, True),
+    ("dcmcjpls", [], "SC_ybr_full_uncompressed.dcm", JLS, True),
+    ("dcmcjpeg", ["+e1"], "OBXXXX1A_2frame.dcm", JLS, True),  # PALETTE COLOR, 2 frames
+    ("dcmcjpls", [], "gdcm-US-ALOKA-16.dcm", JLS, True),  # PALETTE COLOR, 16-bit
+    ("dcmcjpeg", ["+eb"], "SC_rgb_2frame.dcm", JPEG, False),
     ("compress", [JPEG2000], "emri_small.dcm", J2K, True),
     ("compress", [J2K], "US1_UNCR.dcm", J2K, True),
 ]
 
 
 @pytest.mark.parametrize("tool, args, name, expected, lossless", TRANSCODES,
-                         ids=[f"{t[0]}{''.join(t[1]) if t[0] != 'compress' else t[1][0].name}-{t[2]}"
+                         ids=[f"{t[0]}{''.join(t[1]) if t[0] != 'compress' else t[1][0].keyword}-{t[2]}"
                               for t in TRANSCODES])
 def test_round_trip_transcoded(tool, args, name, expected, lossless, tmp_path):
     source = tmp_path / "in.dcm"

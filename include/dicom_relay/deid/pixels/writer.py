@@ -155,8 +155,8 @@ def _encode(ds: pydicom.Dataset, px: Decoded, target: UID, indices: list[int]) -
     if target == JPEGLSNearLossless:
         options["jls_error"] = _jpeg_ls_near(px.fragments[0])
     encoder = get_encoder(target)
-    # PS3.5 G allows RLE for any Bits Allocated that fits 15 segments; pydicom's profile table lists 8 and 16 only.
-    validate = target != RLELossless or px.bits_allocated <= 16
+    # PS3.5 Annex G takes any sample size that fits 15 segments; pydicom's profile table (8.2.2) lists fewer.
+    validate = target != RLELossless
     encoded = {i: bytes(encoder.encode(stored[i], validate=validate, **options)) for i in indices}
     ds.PhotometricInterpretation = pi
     if stored.ndim == 4 and (target != RLELossless or "PlanarConfiguration" not in ds):

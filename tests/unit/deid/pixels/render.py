@@ -79,3 +79,39 @@ def render(seed: int, h: int = 480, w: int = 640, n_lines: int = 6, lines: list[
 def tokens(line: str) -> list[str]:
     """The tokens of a rendered line that an engine must read (punctuation-only pieces ignored)."""
     return [t for t in line.replace(",", " ").split() if any(c.isalnum() for c in t)]
+
+
+#: The identity every test image prints (in several forms) and carries in its header.
+IDENTITY = {"PatientName": "DOE^JANE", "PatientID": "84213377", "PatientBirthDate": "19610704",
+            "StudyDate": "20240315", "AccessionNumber": "A77310"}
+#: Identifying lines as a device prints them, and lines that are not identifying.
+IDENTIFYING_LINES = ["DOE, JANE", "ID: 84213377", "15-MAR-2024", "ACC A77310", "DOB 1961.07.04"]
+DEVICE_LINES = ["MI 0.8 TIS 0.3", "DEPTH 16cm", "C5-1 ABD"]
+
+
+def us_dataset(rgb, *, frames: int = 1, modality: str = "US", **attrs):
+    """An uncompressed RGB ultrasound instance (Explicit VR Little Endian) with ``IDENTITY`` in its header."""
+    from pydicom import Dataset
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality = modality
+    for k, v in IDENTITY.items():
+        setattr(ds, k, v)
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+        rgb = np.stack([rgb] * frames)
+    ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    return ds
