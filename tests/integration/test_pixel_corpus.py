@@ -214,6 +214,22 @@ def test_no_token_readable_in_output(name, corpus, cleaned, output_ocr):
     assert not left, f"{name}: identifying text still readable (frame: tokens): {left}"
 
 
+def test_tokens_readable_before_and_after(corpus, cleaned, output_ocr):
+    """The corpus-wide figure: rendered identifying tokens the independent OCR reads in the input and in the
+    delivered output (per frame, summed). After must be 0."""
+    before = after = 0
+    for name, f in corpus.items():
+        before += sum(len(ocr.readable(f.tokens_on(i), output_ocr(g)))
+                      for i, g in enumerate(ocr.display_frames(pydicom.dcmread(f.path))))
+        e = cleaned[2].get(name)
+        if e and e["outcome"] == "delivered":
+            after += sum(len(ocr.readable(f.tokens_on(i), output_ocr(g)))
+                         for i, g in enumerate(ocr.display_frames(pydicom.dcmread(output_path(e, cleaned[3])))))
+    total = sum(len(f.tokens_on(i)) for f in corpus.values() for i in range(f.frames))
+    print(f"\nrendered identifying tokens (per frame): {total}; readable before: {before}, after: {after}")
+    assert after == 0
+
+
 def _comparable(ds) -> np.ndarray:
     """Pixels in a space both input and output share: palette through its LUT, YBR as RGB (pydicom converts)."""
     from pydicom.pixels import apply_color_lut
