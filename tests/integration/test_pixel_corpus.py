@@ -7,13 +7,16 @@ subprocess, exactly as a person would, then check the output with tools that are
 
 - the ``tesseract`` program (tests/support/independent_ocr.py) reads none of the rendered identifying tokens in
   the output pixels, while it reads nearly all of them in the input (otherwise the check proves nothing);
-- at most 1% of the pixels outside the text zones changed (lossless transfer syntaxes: decoded arrays compared
-  exactly; JPEG baseline: a change is a difference of more than 16 of 255, far above re-encoding noise);
+- at most 1% of the pixels outside the text zones changed (a line's zone: its ink box with a margin of a quarter
+  of the font size, at least 3 pixels; lossless transfer syntaxes: decoded arrays compared exactly; JPEG
+  baseline: a change is a difference of more than 16 of 255, far above re-encoding noise);
 - BurnedInAnnotation is NO and DeidentificationMethodCodeSequence holds (113101, DCM, "Clean Pixel Data Option");
 - dciodvfy reports no error the input did not already have;
 - policies ``all-text`` (no word at all may remain readable, or the file is held back) and ``hold`` (every
   scanned image held back, with the reason);
-- the US and SC files pydicom, pydicom-data and deid-data ship are delivered, or held back with a reason.
+- the US and SC files pydicom, pydicom-data and deid-data ship are delivered (90% at least), or held back with
+  a reason; delivered ones carry the marks and add no dciodvfy error;
+- CT primary slices beside the corpus are not scanned: their pixel data passes byte for byte.
 
 OCR results are cached by the frame's pixels: the lossless variants of a scene decode to the same input frame,
 and a deterministic stage cleans them to the same output frame.
@@ -278,9 +281,7 @@ def test_marks_and_transfer_syntax(name, corpus, cleaned):
     ts = ds.file_meta.TransferSyntaxUID
     if f.lossless:
         # Cleaning a lossless image must not make it lossy (issue 8 item 4).
-        assert ts in LOSSLESS_TS or ts.is_encapsulated and ts in {pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless,
-                                                                  pydicom.uid.JPEG2000Lossless}, \
-            f"{name}: a lossless input came out as {ts.name}"
+        assert ts in LOSSLESS_TS, f"{name}: a lossless input came out as {ts.name}"
         if f.transfer_syntax in (pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless):
             assert ts == f.transfer_syntax, f"{name}: re-encoded as {ts.name} although an encoder exists"
     else:

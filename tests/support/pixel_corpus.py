@@ -5,7 +5,8 @@ colours and positions; over black bars, over ultrasound speckle and over CT tiss
 
 - US: 640x480 single-frame RGB, PALETTE COLOR and MONOCHROME2; a 3-frame RGB cine whose last frame carries one
   more line than the others (a stage that scans only the first frame misses it); YBR_FULL_422 the way scanners
-  write it (JPEG baseline, 4:2:2) and uncompressed 4:2:2; YBR_FULL in RLE;
+  write it (JPEG baseline, 4:2:2) and uncompressed 4:2:2; YBR_FULL colour-by-plane (Planar Configuration 1),
+  native and RLE; JPEG 2000 as YBR_RCT;
 - SC (Secondary Capture, a workstation screenshot): RGB and MONOCHROME2;
 - CT: 512x512, 16 bits allocated, 12 stored, MONOCHROME2 and MONOCHROME1, BurnedInAnnotation YES (a dose
   screen / annotated key image);
