@@ -50,6 +50,7 @@ MODES = ("us", "us-cine", "ct-text", "ct-primary", "ct-primary-bypass", "pydicom
 FLOOR = {"us": "pydicom-us", "us-cine": "pydicom-us", "ct-text": "pydicom-ct", "ct-primary": "pydicom-ct",
          "ct-primary-bypass": "pydicom-ct"}
 SECRET = "bench-pixels-secret"
+CT_PRIMARY_PASSES = 5
 
 
 # --- child side ------------------------------------------------------------------------------------------
@@ -78,7 +79,7 @@ def child(mode: str, src: Path, dst: Path) -> dict:
     frames = _frames(files)
     held = 0
     if mode.startswith("pydicom"):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for f in files:
             pydicom.dcmread(f).save_as(dst / f.name)
     elif mode == "ocr-frame":
@@ -96,7 +97,7 @@ def child(mode: str, src: Path, dst: Path) -> dict:
         with tesserocr.PyTessBaseAPI(path=tessdata, lang="eng", psm=tesserocr.PSM.SPARSE_TEXT) as api:
             api.SetImage(grays[0])
             api.GetUTF8Text()  # warm-up
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for g in grays:
                 api.SetImage(g)
                 api.GetUTF8Text()
@@ -109,12 +110,17 @@ def child(mode: str, src: Path, dst: Path) -> dict:
             acc = str(pydicom.dcmread(f, stop_before_pixels=True).get("AccessionNumber", "") or "")
             identities[f] = PatientIdentity("BENCHPATIENT", -17, {acc: "ACCBENCH"} if acc else {})
         d.deidentify_file(files[0], dst / "warm-up", identities[files[0]])  # model load, imports: not per frame
-        t0 = time.perf_counter()
-        for f in files:
-            r = d.deidentify_file(f, dst, identities[f])
-            held += bool(r.quarantine_reason)
-    seconds = time.perf_counter() - t0
-    return {"files": len(files), "frames": frames, "seconds": seconds, "held_back": held}
+        # CT primary takes about a millisecond a file: several passes make the timed window long enough to
+        # stand above the scheduler's noise on a shared machine.
+        passes = CT_PRIMARY_PASSES if mode.startswith("ct-primary") else 1
+        frames *= passes
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(passes):
+            for f in files:
+                r = d.deidentify_file(f, dst, identities[f])
+                held += bool(r.quarantine_reason)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"files": len(files), "frames": frames, "seconds": seconds, "cpu": cpu, "held_back": held}
 
 
 # --- parent side -----------------------------------------------------------------------------------------
@@ -197,15 +203,19 @@ def main(argv=None) -> int:
                 a = measure("ct-primary", dirs["ct-primary"], work)
                 b = measure("ct-primary-bypass", dirs["ct-primary"], work)
             if a and b:
-                pair_ratios.append((a["frames"] / a["seconds"]) / (b["frames"] / b["seconds"]))
+                pair_ratios.append((a["frames"] / a["cpu"]) / (b["frames"] / b["cpu"]))
                 runs.setdefault("ct-primary", []).append(a)
                 runs.setdefault("ct-primary-bypass", []).append(b)
-        best = {m: max(r["frames"] / r["seconds"] for r in rs) for m, rs in runs.items()}
-        median = {m: statistics.median(r["frames"] / r["seconds"] for r in rs) for m, rs in runs.items()}
-        print(f"\none core, {args.rounds} rounds (round robin); frames/s:")
-        print("| mode | frames | frames/s (best) | frames/s (median) | held back | x pydicom read+write (same kind) "
-              "| x one whole-frame OCR pass |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        # Per core = per CPU-second of the one process (Tesseract limited to one thread): the CPU time a run
+        # used is far less disturbed by the rest of a shared machine than its wall time.
+        best = {m: max(r["frames"] / r["cpu"] for r in rs) for m, rs in runs.items()}
+        median = {m: statistics.median(r["frames"] / r["cpu"] for r in rs) for m, rs in runs.items()}
+        wall = {m: max(r["frames"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        print(f"\none process, one thread of Tesseract; {args.rounds} rounds (round robin); frames per CPU-second "
+              f"(= per core), and per wall-clock second:")
+        print("| mode | frames | frames/s/core (best) | frames/s/core (median) | wall frames/s (best) | held back "
+              "| x pydicom read+write (same kind) | x one whole-frame OCR pass |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for m in MODES:
             if m not in runs:
                 continue
@@ -213,10 +223,12 @@ def main(argv=None) -> int:
             floor = FLOOR.get(m)
             vs_floor = f"{best[m] / best[floor]:.3f}" if floor in best else ""
             vs_ocr = f"{best[m] / best['ocr-frame']:.2f}" if "ocr-frame" in best and m.startswith("us") else ""
-            print(f"| {m} | {r['frames']} | {best[m]:.1f} | {median[m]:.1f} | {r['held_back']} | {vs_floor} | {vs_ocr} |")
-        if "us" in best:
-            verdict = "meets" if best["us"] >= 20 else "misses"
-            print(f"\nUS 640x480 RGB with text: {best['us']:.1f} frames/s per core ({verdict} the goal of 20)")
+            print(f"| {m} | {r['frames']} | {best[m]:.1f} | {median[m]:.1f} | {wall[m]:.1f} | {r['held_back']} "
+                  f"| {vs_floor} | {vs_ocr} |")
+        if "us" in median:
+            verdict = "meets" if median["us"] >= 20 else "misses"
+            print(f"\nUS 640x480 RGB with text: {median['us']:.1f} frames/s per core, median of {len(runs['us'])} "
+                  f"(best {best['us']:.1f}; {verdict} the goal of 20)")
         if pair_ratios:
             ratio = statistics.median(pair_ratios)
             verdict = "within" if ratio >= 0.95 else "NOT within"
