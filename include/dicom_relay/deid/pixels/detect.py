@@ -152,6 +152,10 @@ def _within(hay: str, needle: str, k: int) -> bool:
         return needle in hay
     if needle in hay:
         return True
+    # Pigeonhole filter: with at most k edits, one of k + 1 pieces of the needle occurs unchanged.
+    step = len(needle) // (k + 1)
+    if not any(needle[i * step:(i + 1) * step] in hay for i in range(k + 1)):
+        return False
     # Sellers' approximate substring matching: one row of the edit-distance table at a time.
     prev = list(range(len(needle) + 1))
     for ch in hay:
