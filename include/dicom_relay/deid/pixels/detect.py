@@ -221,7 +221,9 @@ def judge(line: Line, needles_: tuple[Needle, ...], policy: str) -> str | None:
         return hit.keyword
     if looks_like_date(line.text):
         return "date"
-    if policy == ALL_TEXT and line.is_text:
+    # all-text blanks whatever reads as a letter or digit, however unsure Tesseract is: the proof then holds the
+    # instance back only for text read with confidence, and a faint word is not left to chance.
+    if policy == ALL_TEXT and any(c.isalnum() for c in line.text):
         return "text"
     return None
 
