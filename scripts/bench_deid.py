@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, args.src, args.dst, args.workers)))
         return 0
 
-    from dicom_relay.samples import generate_ct_study
+    from tests.support.samples import generate_ct_study
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-deid-"))
     try:

@@ -1,5 +1,6 @@
 """``dicom-relay``: the command line for the person on call.
 
+    dicom-relay migrate
     dicom-relay status [--json] [--limit N] [--batch ID]
     dicom-relay requeue BATCH [--force]
     dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
@@ -28,20 +29,15 @@ from .errors import RelayError
 def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    # The value stays text: DeidOptions.from_mapping parses "true"/"0"/... for the options that are switches.
     name, value = text.split("=", 1)
-    lowered = value.strip().lower()
-    if lowered in ("true", "yes", "on", "1"):
-        return name, True
-    if lowered in ("false", "no", "off", "0"):
-        return name, False
-    return name, value
+    return name.strip(), value
 
 
 def cmd_status(args, settings: Settings) -> int:
     from .status import StatusStore, to_json
 
     store = StatusStore(settings.db_url)
-    store.migrate()
     if args.batch:
         batch = store.get_batch(args.batch)
         batches = [batch] if batch else []
@@ -68,6 +64,14 @@ def cmd_status(args, settings: Settings) -> int:
             d = b.last_decision
             print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
                   + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    """Create or update the status tables; run once at start (compose init, make run), safe to run again."""
+    from .status import StatusStore
+
+    print(f"status tables at version {StatusStore(settings.db_url).migrate()}")
     return 0
 
 
@@ -164,10 +168,10 @@ def cmd_deidentify(args, settings: Settings) -> int:
     options = DeidOptions.from_mapping({**settings.deid_options, **given, "pixels": pixels})
     index = index_folder(args.in_dir)
     entities = build_entities(index, settings.identifier_id_source)
-    provider = LocalProvider(settings.secret_key)
+    provider = LocalProvider(settings.secret_key.get_secret_value())
     identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
-    run = deidentify_folder(args.in_dir, index.instances, identities, Deidentifier(settings.secret_key, options),
-                            args.out_dir, workers=args.workers)
+    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
+    run = deidentify_folder(args.in_dir, index.instances, identities, deidentifier, args.out_dir, workers=args.workers)
     outcomes = file_outcomes(index, run)
     counts = summary(outcomes)
     # Files are counted, never named, on the terminal (input names are PHI); --report maps them (mode 0600).
@@ -227,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("migrate", help="create or update the status tables (once at start; safe to repeat)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("requeue", help="start a process_study run for a batch (Airflow REST API; AIRFLOW_URL, "
                                        "AIRFLOW_USER, AIRFLOW_PASSWORD); prints the run id")

@@ -10,7 +10,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicom_relay.deid import Deidentifier, DeidOptions, LeakCheck, PatientIdentity, find_leaks, identifying_values
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 from .corpus import planted_dataset
 from .test_profile import OPTION_SETS

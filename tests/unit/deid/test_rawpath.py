@@ -14,7 +14,7 @@ from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_relay.deid import Deidentifier, DeidError, DeidOptions, PatientIdentity
 from dicom_relay.deid import verify
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 from .corpus import planted_dataset
 from .test_profile import OPTION_SETS

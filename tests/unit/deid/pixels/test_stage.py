@@ -10,7 +10,7 @@ from dicom_relay.deid.pixels import detect, rules, stage
 from dicom_relay.deid.pixels.codec import Frames
 from dicom_relay.deid.pixels.ocr import TesseractReader
 from dicom_relay.deid.pixels.proof import prove
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 from .render import DEVICE_LINES, IDENTIFYING_LINES, render, us_dataset
 
