@@ -37,6 +37,16 @@ def test_deidentify_offline_then_verify(study, tmp_path):
     relay("deidentify", str(study.folder), str(again), env={"RELAY_SECRET_KEY": "cli-test-key"})
     assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted(again.glob("*.dcm"))]
     assert relay("verify", str(study.folder), str(out)).returncode == 0
+    keyed = relay("verify", str(study.folder), str(out), env={"RELAY_SECRET_KEY": "cli-test-key"})
+    assert keyed.returncode == 0, keyed.stdout
+    assert json.loads(keyed.stdout.splitlines()[-1]) == {"originals": 3, "checked": 3, "leaks": 0, "matched_by_key": True}
+    # With the key, the date shifts are known: an original date put back unshifted is found.
+    ds = pydicom.dcmread(files[1])
+    ds.ContentDate = study.study_date
+    ds.save_as(files[1])
+    r = relay("verify", str(study.folder), str(out), env={"RELAY_SECRET_KEY": "cli-test-key"})
+    assert r.returncode == 1 and f"{files[1].name}: original identifying value #" in r.stdout
+    assert "ContentDate" in r.stdout and study.study_date not in r.stdout
 
 
 def test_verify_finds_the_originals_in_a_copy(study, tmp_path):

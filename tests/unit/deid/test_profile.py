@@ -98,6 +98,8 @@ def test_each_table_row_gets_its_action(name: str, tmp_path: Path) -> None:
                 ok = elem is not None and str(elem.value) == shift_value(vr, str(value), JITTER)
             elif vr in ("OB", "OW", "UN"):
                 ok = elem is None
+            elif row.keyword == "TimezoneOffsetFromUTC":
+                ok = elem is None  # the planted "PHInnnnX" is no UTC offset: C cannot keep it
             else:
                 ok = elem is not None
         if not ok:
