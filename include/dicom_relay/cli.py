@@ -1,5 +1,6 @@
 """``dicom-relay``: the command line for the person on call.
 
+    dicom-relay migrate
     dicom-relay status [--json] [--limit N] [--batch ID]
     dicom-relay requeue BATCH [--force]
     dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
@@ -37,7 +38,6 @@ def cmd_status(args, settings: Settings) -> int:
     from .status import StatusStore, to_json
 
     store = StatusStore(settings.db_url)
-    store.migrate()
     if args.batch:
         batch = store.get_batch(args.batch)
         batches = [batch] if batch else []
@@ -64,6 +64,14 @@ def cmd_status(args, settings: Settings) -> int:
             d = b.last_decision
             print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
                   + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    """Create or update the status tables; run once at start (compose init, make run), safe to run again."""
+    from .status import StatusStore
+
+    print(f"status tables at version {StatusStore(settings.db_url).migrate()}")
     return 0
 
 
@@ -134,6 +142,16 @@ def cmd_quarantine_release(args, settings: Settings) -> int:
     return 0
 
 
+def _offline_identities(index, settings: Settings) -> dict:
+    """The pseudonyms and date shifts of the embedded keyed provider (the same for the same key)."""
+    from .identifiers import LocalProvider
+    from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping
+
+    entities = build_entities(index, settings.identifier_id_source)
+    provider = LocalProvider(settings.secret_key.get_secret_value())
+    return identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
+
+
 def cmd_deidentify(args, settings: Settings) -> int:
     """De-identify a folder offline with the embedded keyed provider (no service, no database, no Airflow).
 
@@ -142,8 +160,6 @@ def cmd_deidentify(args, settings: Settings) -> int:
     from .deid import Deidentifier, DeidOptions
     from .dicom_import import index_folder
     from .folder_deid import deidentify_folder, file_outcomes, summary
-    from .identifiers import LocalProvider
-    from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping
 
     if not settings.secret_key:
         print("error: set RELAY_SECRET_KEY (the key of the local pseudonyms and of the UID hash)", file=sys.stderr)
@@ -159,11 +175,9 @@ def cmd_deidentify(args, settings: Settings) -> int:
     pixels = pixel_policy.at_least(pixel_policy.at_least(deployed, given.pop("pixels", None)), args.pixels)
     options = DeidOptions.from_mapping({**settings.deid_options, **given, "pixels": pixels})
     index = index_folder(args.in_dir)
-    entities = build_entities(index, settings.identifier_id_source)
-    provider = LocalProvider(settings.secret_key.get_secret_value())
-    identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
-    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
-    run = deidentify_folder(args.in_dir, index.instances, identities, deidentifier, args.out_dir, workers=args.workers)
+    run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings),
+                            Deidentifier(settings.secret_key.get_secret_value(), options), args.out_dir,
+                            workers=args.workers)
     outcomes = file_outcomes(index, run)
     counts = summary(outcomes)
     # Files are counted, never named, on the terminal (input names are PHI); --report maps them (mode 0600).
@@ -193,22 +207,32 @@ def write_private_json(path: Path, document: dict) -> None:
 
 
 def cmd_verify(args, settings: Settings) -> int:
-    """Scan a de-identified folder for the identifying values of the originals; exit 1 if any survived."""
-    from .deid import DeidOptions, find_leaks, identifying_values
+    """Scan a de-identified folder for the identifying values of the originals; exit 1 if any survived.
+
+    With RELAY_SECRET_KEY (the key ``deidentify`` used) each output is matched to its original and the date
+    shifts are known, so the rules per instance apply; without it the strict rule, and dates are not checked.
+    """
+    from .deid import Deidentifier, DeidOptions
     from .dicom_import import index_folder
+    from .folder_deid import verify_folder
 
-    import pydicom
-
-    originals: set[str] = set()
+    for folder in (args.original_dir, args.deidentified_dir):
+        if not folder.is_dir():
+            print("error: both arguments must be folders", file=sys.stderr)
+            return 2
+    options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.original_dir)
-    for inst in index.instances:
-        originals |= identifying_values(pydicom.dcmread(args.original_dir / inst.relpath, stop_before_pixels=True),
-                                        DeidOptions())
-    outputs = sorted(p for p in args.deidentified_dir.rglob("*") if p.is_file())
-    leaks = find_leaks(originals, outputs)
+    keyed = bool(settings.secret_key)
+    leaks = verify_folder(
+        args.original_dir, index.instances, args.deidentified_dir, options,
+        _offline_identities(index, settings) if keyed else None,
+        Deidentifier(settings.secret_key.get_secret_value(), options) if keyed else None,
+    )
     for leak in leaks:
         print(f"LEAK: {leak.message}")
-    print(json.dumps({"originals": len(index.instances), "checked": len(outputs), "leaks": len(leaks)}))
+    checked = sum(1 for p in args.deidentified_dir.rglob("*") if p.is_file())
+    print(json.dumps({"originals": len(index.instances), "checked": checked, "leaks": len(leaks),
+                      "matched_by_key": keyed}))
     return 1 if leaks else 0
 
 
@@ -223,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("migrate", help="create or update the status tables (once at start; safe to repeat)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("requeue", help="start a process_study run for a batch (Airflow REST API; AIRFLOW_URL, "
                                        "AIRFLOW_USER, AIRFLOW_PASSWORD); prints the run id")
@@ -261,9 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="de-identify with N processes (default 1)")
     p.set_defaults(func=cmd_deidentify)
 
-    p = sub.add_parser("verify", help="check de-identified output for identifying values of the originals")
+    p = sub.add_parser("verify", help="check de-identified output for identifying values of the originals "
+                                      "(with RELAY_SECRET_KEY: output matched to its original, dates checked)")
     p.add_argument("original_dir", type=Path)
     p.add_argument("deidentified_dir", type=Path)
+    p.add_argument("--option", action="append", type=_parse_option, metavar="NAME=VALUE",
+                   help="the de-identification options the output was made with; repeatable")
     p.set_defaults(func=cmd_verify)
     return parser
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
-from pydantic import Field, SecretStr, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
@@ -25,22 +25,6 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 class ConfigError(ValueError):
     """A setting is missing or does not parse; the message names the setting, never its secret value."""
-
-
-_BOOL = TypeAdapter(bool)
-
-
-def parse_bool(name: str, raw: Any, default: bool) -> bool:
-    """A true/false setting or option, with pydantic's words (``1/0``, ``true/false``, ``yes/no``, ``on/off``...).
-
-    An empty value means "not set" (``default``): a blank line in .env must not switch de-identification off.
-    """
-    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-        return default
-    try:
-        return _BOOL.validate_python(raw.strip() if isinstance(raw, str) else raw)
-    except ValidationError:
-        raise ConfigError(f"{name} must be true or false, got {raw!r}") from None
 
 
 def _env(name: str, *default: Any, **kw: Any) -> Any:
@@ -107,9 +91,9 @@ class Settings(BaseSettings):
     deid_options: dict = _env("RELAY_DEID_OPTIONS", default_factory=dict)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
-    # Burned-in text in the pixels (RELAY_PIXEL_POLICY): clean | all-text | hold (dicom_relay.deid.pixels.policy).
-    # A run may make it stricter, never weaker.
-    pixel_policy: str = _env("RELAY_PIXEL_POLICY", "clean")
+    # Burned-in text in the pixels: clean | all-text | hold (dicom_relay.deid.pixels.policy). A run may make it
+    # stricter, never weaker.
+    pixel_policy: Literal["clean", "all-text", "hold"] = _env("RELAY_PIXEL_POLICY", "clean")
 
     # The one retry layer inside a task, per destination (Airflow's retries come on top, between attempts):
     # Orthanc calls are retried ``send_attempts`` times with doubling delays from ``send_backoff_seconds``;
@@ -127,18 +111,15 @@ class Settings(BaseSettings):
     task_timeout_seconds: float = _env("RELAY_TASK_TIMEOUT_SECONDS", 3600.0, gt=0)
     max_reruns: int = _env("RELAY_MAX_RERUNS", 3)
 
+    @field_validator("pixel_policy", mode="before")
+    @classmethod
+    def _policy_word(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("max_reruns")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         return max(0, value)
-
-    @field_validator("pixel_policy")
-    @classmethod
-    def _pixel_policy(cls, value: str) -> str:
-        policy = str(value).strip().lower()
-        if policy not in ("clean", "all-text", "hold"):
-            raise ValueError(f"must be clean, all-text or hold, got {value!r}")
-        return policy
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
@@ -172,6 +153,11 @@ class Settings(BaseSettings):
             return type(self).model_validate({**dict(self), **changes})
         except ValidationError as exc:
             raise ConfigError(_describe(exc)) from None
+
+    @classmethod
+    def variables(cls) -> tuple[str, ...]:
+        """The environment variable of every setting, in field order."""
+        return tuple(str(f.validation_alias) for f in cls.model_fields.values())
 
     @property
     def batches_dir(self) -> Path:

@@ -146,6 +146,34 @@ def _remove_outputs(out_dir: Path, instances: Sequence[IndexedInstance], deident
             pass
 
 
+def verify_folder(
+    in_dir: Path,
+    instances: Sequence[IndexedInstance],
+    out_dir: Path,
+    options,
+    identities: Mapping[str, PatientIdentity] | None = None,
+    deidentifier: Deidentifier | None = None,
+) -> list[Leak]:
+    """Search every file below ``out_dir`` for the identifying values of ``instances`` (originals in ``in_dir``).
+
+    With the ``deidentifier`` (its key) each output is matched to its original by its name (the new SOP Instance
+    UID), and with the ``identities`` the date shifts are known: the rules per instance apply. Without them an
+    output gets the strict rule, and dates are not checked (a shifted date cannot be told from an original one).
+    """
+    from .deid import LeakCheck
+
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check = LeakCheck(options)
+    for inst in instances:
+        identity = identities.get(instance_patient_key(inst)) if identities is not None else None
+        output = None
+        if deidentifier is not None:
+            candidate = out_dir / f"{deidentifier.remap_uid(inst.sop_instance_uid)}.dcm"
+            output = candidate if candidate.is_file() else None
+        check.add(in_dir / inst.relpath, identity, output)
+    return check.find_leaks(sorted(p for p in out_dir.rglob("*") if p.is_file()))
+
+
 # --- outcomes per input file ------------------------------------------------------------------------------
 
 @dataclass

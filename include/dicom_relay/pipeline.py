@@ -27,6 +27,7 @@ from . import inbox, quarantine, retrying
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
+from .files import remove_empty_dirs, write_json_atomically
 from .folder_deid import deidentify_folder, instance_patient_key
 from .status import Instance, StatusStore
 
@@ -108,7 +109,6 @@ def step(name: str) -> Callable:
                 params: dict | None = None, **kw) -> dict:
             store = StatusStore(settings.db_url)
             started = time.monotonic()
-            store.migrate()
             batch = store.get_batch(batch_id)
             if batch is None:
                 raise PermanentError(f"batch {batch_id} is not known to the status table")
@@ -148,7 +148,6 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     requested, including ones claimed by an earlier cycle that crashed before requesting.
     """
     store = StatusStore(settings.db_url)
-    store.migrate()
     settings.batches_dir.mkdir(parents=True, exist_ok=True)
     inbox.recover_claims(settings.inbox, settings.batches_dir)
     for name in inbox.finished_folders(settings.inbox, settings.stable_seconds):
@@ -273,8 +272,7 @@ def get_identifiers(batch_id: str, settings: Settings, options: RunOptions, stor
     entities = build_entities(_index(paths), settings.identifier_id_source)
     provider = provider_from_settings(settings)
     mapping = pseudonym_mapping(entities, provider.lookup(batch_id, entities))
-    paths.identifiers.write_text(json.dumps({"provider": provider.name, "patients": mapping}))
-    os.chmod(paths.identifiers, 0o600)
+    write_json_atomically(paths.identifiers, {"provider": provider.name, "patients": mapping}, mode=0o600)
     return {
         "provider": provider.name,
         "patients": len(mapping),
@@ -541,20 +539,12 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
             removed += 1
     shutil.rmtree(paths.deid, ignore_errors=True)
     # Keep whatever is left in incoming (nothing, unless a file appeared after import) rather than lose it.
-    _remove_empty_dirs(paths.incoming)
+    remove_empty_dirs(paths.incoming)
     paths.identifiers.unlink(missing_ok=True)
     store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
     kept = quarantine.kept_files(paths.quarantine)
     store.set_status(batch_id, "DONE", finished=True)
     return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
-
-
-def _remove_empty_dirs(folder: Path) -> None:
-    if not folder.exists():
-        return
-    for root, dirs, files in os.walk(folder, topdown=False):
-        if not os.listdir(root):
-            os.rmdir(root)
 
 
 #: The process_study steps, in order, by task id.

@@ -8,7 +8,7 @@ import requests
 
 from dicom_relay import pipeline
 from dicom_relay.errors import PermanentError
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 from dicom_relay.status import StatusStore
 from tests.unit.deid.pixels.render import render, us_dataset
 

@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dotenv import dotenv_values
+
 from dicom_relay.airflow_client import AirflowClient
+from dicom_relay.status import StatusStore
 
 from .. import REPO
 from .airflow import COMPONENTS, AirflowHandle, start_airflow
@@ -42,19 +45,11 @@ def _port(name: str) -> int:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, shell-quoted or not; comments skipped."""
-    env: dict[str, str] = {}
+    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, quoted or not, as python-dotenv reads them;
+    values are taken literally (no ``${...}`` expansion: compose's own .env is interpolated by compose)."""
     if not path.exists():
-        return env
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key = key.strip().removeprefix("export ").strip()
-        parts = shlex.split(value, comments=True)
-        env[key] = parts[0] if parts else ""
-    return env
+        return {}
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -121,6 +116,7 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     try:
         pg = start_postgres(run_dir / "postgres", databases=("relay", "airflow"), durable=fixed_ports)
         stack.services.append(pg)
+        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does
         orthanc = start_orthanc(
             run_dir / "orthanc",
             http_port=_port("orthanc_http") if fixed_ports else None,
@@ -200,14 +196,12 @@ def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
 def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     """Wait until the folder's batch has a finished run (retries included); return the batch."""
     from dicom_relay.inbox import run_id_for
-    from dicom_relay.status import StatusStore
 
     store = StatusStore(env["RELAY_DB_URL"])
     client = AirflowClient(env["AIRFLOW_URL"], env["AIRFLOW_USER"], env["AIRFLOW_PASSWORD"])
     found = {}
 
     def finished() -> bool:
-        store.migrate()
         batch = next((b for b in store.list_batches(limit=200) if b.folder == folder), None)
         if batch is None:
             return False

@@ -1,26 +1,15 @@
-"""The dicom-relay command as a person runs it: a real subprocess, real files, a real status database."""
+"""The dicom-relay command as a person runs it: a real subprocess, real files (the commands that need the status
+database are in tests/integration/test_cli_status.py)."""
 
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pydicom
 import pytest
 
+from tests.support.cli import run_cli as relay
 from tests.support.samples import generate_ct_study
-from dicom_relay.status import Instance, StatusStore
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def relay(*args, env=None, **kw):
-    # The checkout's library, not whatever an installed copy points at.
-    base = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": str(REPO / "include")}
-    return subprocess.run([sys.executable, "-m", "dicom_relay.cli", *args], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=120, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +37,16 @@ def test_deidentify_offline_then_verify(study, tmp_path):
     relay("deidentify", str(study.folder), str(again), env={"RELAY_SECRET_KEY": "cli-test-key"})
     assert [f.read_bytes() for f in files] == [f.read_bytes() for f in sorted(again.glob("*.dcm"))]
     assert relay("verify", str(study.folder), str(out)).returncode == 0
+    keyed = relay("verify", str(study.folder), str(out), env={"RELAY_SECRET_KEY": "cli-test-key"})
+    assert keyed.returncode == 0, keyed.stdout
+    assert json.loads(keyed.stdout.splitlines()[-1]) == {"originals": 3, "checked": 3, "leaks": 0, "matched_by_key": True}
+    # With the key, the date shifts are known: an original date put back unshifted is found.
+    ds = pydicom.dcmread(files[1])
+    ds.ContentDate = study.study_date
+    ds.save_as(files[1])
+    r = relay("verify", str(study.folder), str(out), env={"RELAY_SECRET_KEY": "cli-test-key"})
+    assert r.returncode == 1 and f"{files[1].name}: original identifying value #" in r.stdout
+    assert "ContentDate" in r.stdout and study.study_date not in r.stdout
 
 
 def test_verify_finds_the_originals_in_a_copy(study, tmp_path):
@@ -123,28 +122,6 @@ def test_an_output_with_a_leak_is_removed_and_reported(study, tmp_path):
     assert "InstitutionName" in leak["reason"] and study.patient_id not in leak["reason"]
     assert len(list(out.iterdir())) == 2  # the two clean instances stay, the leaking one is gone
     assert study.patient_id not in r.stdout + r.stderr + report.read_text()
-
-
-def test_status_lists_batches_without_folder_names(relay_db_url):
-    store = StatusStore(relay_db_url)
-    store.migrate()
-    store.create_batch("20260101T000000-aaaaaa", "ACC-SECRET-FOLDER")
-    store.add_instances("20260101T000000-aaaaaa", [Instance("20260101T000000-aaaaaa", "a.dcm", "NEW")])
-    store.add_error("20260101T000000-aaaaaa", "import", "file q0001 is not a DICOM file; kept in quarantine", status=None)
-    r = relay("status", "--json", env={"RELAY_DB_URL": relay_db_url})
-    assert r.returncode == 0, r.stderr
-    [batch] = json.loads(r.stdout)
-    assert batch["batch_id"] == "20260101T000000-aaaaaa" and batch["instances"] == {"NEW": 1}
-    assert batch["has_error"] is True
-    text = relay("status", "--errors", env={"RELAY_DB_URL": relay_db_url})
-    assert "q0001" in text.stdout
-    assert "ACC-SECRET-FOLDER" not in r.stdout + text.stdout
-
-
-def test_status_without_database_says_what_to_do():
-    r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
-    assert r.returncode == 2
-    assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr
 
 
 def test_deidentify_pixels_policy_and_the_pixel_record_in_the_report(tmp_path):

@@ -152,6 +152,10 @@ def _within(hay: str, needle: str, k: int) -> bool:
         return needle in hay
     if needle in hay:
         return True
+    # Pigeonhole filter: with at most k edits, one of k + 1 pieces of the needle occurs unchanged.
+    step = len(needle) // (k + 1)
+    if not any(needle[i * step:(i + 1) * step] in hay for i in range(k + 1)):
+        return False
     # Sellers' approximate substring matching: one row of the edit-distance table at a time.
     prev = list(range(len(needle) + 1))
     for ch in hay:
@@ -217,7 +221,9 @@ def judge(line: Line, needles_: tuple[Needle, ...], policy: str) -> str | None:
         return hit.keyword
     if looks_like_date(line.text):
         return "date"
-    if policy == ALL_TEXT and line.is_text:
+    # all-text blanks whatever reads as a letter or digit, however unsure Tesseract is: the proof then holds the
+    # instance back only for text read with confidence, and a faint word is not left to chance.
+    if policy == ALL_TEXT and any(c.isalnum() for c in line.text):
         return "text"
     return None
 

@@ -77,8 +77,9 @@ def render(seed: int, h: int = 480, w: int = 640, n_lines: int = 6, lines: list[
 
 
 def tokens(line: str) -> list[str]:
-    """The tokens of a rendered line that an engine must read (punctuation-only pieces ignored)."""
-    return [t for t in line.replace(",", " ").split() if any(c.isalnum() for c in t)]
+    """The tokens of a rendered line that an engine must read: words split at spaces, commas and the PN
+    component separator "^" (which no engine reads reliably and no matching needs)."""
+    return [t for t in line.replace(",", " ").replace("^", " ").split() if any(c.isalnum() for c in t)]
 
 
 #: The identity every test image prints (in several forms) and carries in its header.

@@ -10,7 +10,7 @@ from dicom_relay.deid.pixels import detect, rules, stage
 from dicom_relay.deid.pixels.codec import Frames
 from dicom_relay.deid.pixels.ocr import TesseractReader
 from dicom_relay.deid.pixels.proof import prove
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 from .render import DEVICE_LINES, IDENTIFYING_LINES, render, us_dataset
 
@@ -144,3 +144,31 @@ def test_ct_primary_images_are_not_read_and_keep_the_fast_path(tmp_path):
         r = d.deidentify_file(s, tmp_path / "out", PatientIdentity("P", 3, {acc: "A"}))
         assert r.pixels is None and "113101" not in [i.CodeValue for i in pydicom.dcmread(r.path).DeidentificationMethodCodeSequence]
     assert d.raw_path_used == 2  # the same path, at the same speed, as before pixel cleaning existed
+
+
+def _recode(ds, kind):
+    """The same picture in another pixel format: 16-bit MONOCHROME2 / MONOCHROME1, RGB planar configuration 1."""
+    rgb = np.frombuffer(ds.PixelData, np.uint8).reshape(ds.Rows, ds.Columns, 3)
+    if kind == "rgb-planar":
+        ds.PlanarConfiguration = 1
+        ds.PixelData = np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes()
+        return ds
+    grey = rgb.max(axis=2).astype(np.uint16) * 16  # 12 bits stored
+    if kind == "mono1":
+        grey = 4095 - grey
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if kind == "mono1" else "MONOCHROME2"
+    del ds.PlanarConfiguration
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelData = grey.tobytes()
+    return ds
+
+
+@pytest.mark.parametrize("kind", ["rgb-planar", "mono2-16bit", "mono1"])
+def test_identifying_text_is_cleaned_in_other_pixel_formats(kind, reader):
+    ds = _recode(us_dataset(_image(9).rgb, Modality="OT"), kind)
+    record = _run(ds, "clean", reader)
+    assert record.verdict == "clean" and record.pixels_changed > 0, record
+    text = _readable(Frames.decode(ds), reader)
+    assert "DOE" not in text and "84213377" not in text
+    assert ds.PhotometricInterpretation == ("MONOCHROME1" if kind == "mono1" else
+                                            "MONOCHROME2" if kind == "mono2-16bit" else "RGB")
