@@ -2,7 +2,6 @@
 database are in tests/integration/test_cli_status.py)."""
 
 import json
-import os
 import shutil
 
 import pydicom
@@ -145,3 +144,9 @@ def test_deidentify_pixels_policy_and_the_pixel_record_in_the_report(tmp_path):
     r = relay("deidentify", str(src), str(tmp_path / "weak"), "--pixels", "clean",
               env={**env, "RELAY_PIXEL_POLICY": "all-text"})
     assert r.returncode == 2 and "weaker" in r.stderr and not (tmp_path / "weak").exists()
+
+
+def test_status_without_database_says_what_to_do():
+    r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
+    assert r.returncode == 2
+    assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr
