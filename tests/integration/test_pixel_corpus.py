@@ -304,7 +304,8 @@ DCIODVFY_VALUE = re.compile(r"= <[^>]*>")
 
 
 def dciodvfy_errors(path: Path) -> set[str]:
-    r = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, timeout=120)
+    # errors="replace": dciodvfy quotes values in their own character set (Latin-1 names...).
+    r = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=120)
     return {DCIODVFY_VALUE.sub("= <>", ln.strip()) for ln in (r.stdout + r.stderr).splitlines()
             if ln.startswith("Error")}
 
