@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the pixel stage (burned-in text: find, blank, prove) through the library, one core.
 
-    python scripts/bench_deid_pixels.py                  # 24 US files, a 12-frame US cine, 12 CT with text,
+    python scripts/bench_deid_pixels.py             # 24 US files, a 12-frame US cine, 12 CT with text,
                                                     # 200 CT primary slices; 3 rounds, best and median
     python scripts/bench_deid_pixels.py --us 8 --ct-primary 50 --rounds 1 --pairs 3
 
