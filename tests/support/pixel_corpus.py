@@ -24,6 +24,8 @@ would draw around the line). Pixels outside every zone are background that a cle
 
 :func:`shipped_files` adds the ultrasound and Secondary Capture files that pydicom, pydicom-data and deid-data
 ship (whose burned-in text is not known in advance).
+
+To look at it: ``python -m tests.support.pixel_corpus DEST`` (from the checkout root, PYTHONPATH=include:.).
 """
 
 from __future__ import annotations
@@ -616,3 +618,11 @@ def copy_with_distinct_uids(files: list[Path], dest: Path) -> dict[str, Path]:
         (dest / name).write_bytes(data)
         out[name] = path
     return out
+
+
+if __name__ == "__main__":  # python -m tests.support.pixel_corpus DEST: build the corpus to look at it
+    import sys
+
+    built = build(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("pixel-corpus"))
+    for f in built:
+        print(f"{f.path.name:42s} {f.modality:3s} {f.photometric:14s} {f.frames} frame(s), {len(f.tokens)} tokens")
