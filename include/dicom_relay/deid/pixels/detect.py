@@ -228,13 +228,51 @@ def judge(line: Line, needles_: tuple[Needle, ...], policy: str) -> str | None:
     return None
 
 
+def rows(lines: list[Line]) -> list[list[Line]]:
+    """The regions of a frame grouped into printed lines, left to right: regions that overlap vertically by half
+    their height and lie within two heights of each other horizontally. The detector parts words separated by
+    a wide gap, and a value ("ST BARNABY GENERAL HOSPITAL", "15 MAR 2024") may span several regions."""
+    out: list[list[Line]] = []
+    for line in sorted(lines, key=lambda l: (l.box[0], l.box[1])):
+        x0, y0, x1, y1 = line.box
+        for row in out:
+            last = row[-1].box
+            overlap = min(y1, last[3]) - max(y0, last[1])
+            height = min(y1 - y0, last[3] - last[1])
+            if overlap >= height / 2 and x0 - last[2] <= 2 * max(y1 - y0, last[3] - last[1]):
+                row.append(line)
+                break
+        else:
+            out.append([line])
+    return out
+
+
+def condemned(lines: list[Line], needles_: tuple[Needle, ...], policy: str) -> list[tuple[Line, str]]:
+    """The regions the policy blanks, each with why: alone (:func:`judge`), or as the shortest run of
+    neighbouring regions of one printed line whose joined text matches an identifying value or a date."""
+    out: dict[int, tuple[Line, str]] = {}
+    for row in rows(lines):
+        for line in row:
+            why = judge(line, needles_, policy)
+            if why is not None:
+                out[id(line)] = (line, why)
+        for i in range(len(row)):
+            for j in range(i + 1, len(row)):
+                text = " ".join(line.text for line in row[i:j + 1])
+                hit = _cached_match(text, needles_)
+                why = hit.keyword if hit is not None else ("date" if looks_like_date(text) else None)
+                if why is not None:
+                    for line in row[i:j + 1]:
+                        out.setdefault(id(line), (line, why))
+                    break
+    return list(out.values())
+
+
 def find(frame: np.ndarray, lines: list[Line], rule_boxes: list[tuple[str, list[Box]]],
          needles_: tuple[Needle, ...], policy: str) -> list[Finding]:
     """Everything to blank in one frame: the rule boxes, and the OCR ``lines`` the policy condemns (grown)."""
     h, w = frame.shape[:2]
     out = [Finding(b, rid) for rid, boxes in rule_boxes for b in boxes]
-    for line in lines:
-        why = judge(line, needles_, policy)
-        if why is not None:
-            out.append(Finding(grow(line.box, w, h), f"ocr:{why}"))
+    for line, why in condemned(lines, needles_, policy):
+        out.append(Finding(grow(line.box, w, h), f"ocr:{why}"))
     return out

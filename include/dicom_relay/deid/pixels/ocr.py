@@ -53,6 +53,8 @@ MIN_STROKE_PIXELS, MIN_STROKE_DENSITY = 30, 0.13
 OCR_TARGET_HEIGHT = 24
 #: A word is text when Tesseract is at least this confident and it holds this many letters or digits.
 MIN_CONFIDENCE = 50.0
+#: Pixels of the frame around a region given to Tesseract, and white border around the binarised region.
+PAD, BORDER = 2, 8
 MIN_ALNUM = 2
 
 
@@ -164,7 +166,7 @@ def _binarise(crop: np.ndarray) -> np.ndarray:
         f = OCR_TARGET_HEIGHT / h
         b = cv2.resize(b, None, fx=f, fy=f, interpolation=cv2.INTER_CUBIC)
         _, b = cv2.threshold(b, 127, 255, cv2.THRESH_BINARY)
-    return cv2.copyMakeBorder(b, 8, 8, 8, 8, cv2.BORDER_CONSTANT, value=255)
+    return cv2.copyMakeBorder(b, BORDER, BORDER, BORDER, BORDER, cv2.BORDER_CONSTANT, value=255)
 
 
 def tessdata_dir() -> str:
@@ -211,42 +213,65 @@ class TesseractReader:
         return {"engine": self.engine, "version": self.version, "model": self.lang,
                 "wrapper": f"tesserocr {getattr(self._tesserocr, '__version__', '?')}"}
 
-    def read_region(self, gray: np.ndarray, box: Box) -> tuple[str, float]:
-        """Text and mean word confidence (0-100) of one region of ``gray``."""
+    def read_region(self, gray: np.ndarray, box: Box) -> tuple[str, float, Box | None]:
+        """Text, mean word confidence (0-100) and ink box (the union of Tesseract's word boxes, in frame pixels;
+        None when no word was found) of one region of ``gray``."""
         x0, y0, x1, y1 = box
-        crop = np.ascontiguousarray(gray[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2])
+        cx, cy = max(0, x0 - PAD), max(0, y0 - PAD)
+        crop = np.ascontiguousarray(gray[cy:y1 + PAD, cx:x1 + PAD])
         # Keyed by what Tesseract would see (the binarised region): low-level noise that differs from frame to
         # frame of a loop does not survive binarisation, so the same overlay is read once.
         b = _binarise(crop)
         key = hashlib.blake2b(b.tobytes(), digest_size=16, person=b"%dx%d" % b.shape[:2]).digest()
         hit = self._cache.get(key)
-        if hit is not None:
+        if hit is None:
+            hit = self._recognise(b, crop.shape[0])
+            self.regions_read += 1
+            self._cache[key] = hit
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        else:
             self._cache.move_to_end(key)
-            return hit
-        api = self._api
+        text, conf, ink = hit
+        # The ink box is kept relative to the crop in the cache (the same overlay moves nowhere, but a
+        # cache entry must not carry one frame's position into another).
+        return text, conf, None if ink is None else (cx + ink[0], cy + ink[1], cx + ink[2], cy + ink[3])
+
+    def _recognise(self, b: np.ndarray, crop_height: int) -> tuple[str, float, Box | None]:
+        api, tess = self._api, self._tesserocr
         api.SetImageBytes(b.tobytes(), b.shape[1], b.shape[0], 1, b.shape[1])  # no PIL round trip
         text = api.GetUTF8Text().strip()
         confs = api.AllWordConfidences()
-        result = (text, float(sum(confs) / len(confs)) if confs else 0.0)
-        self.regions_read += 1
-        self._cache[key] = result
-        if len(self._cache) > self.CACHE_SIZE:
-            self._cache.popitem(last=False)
-        return result
+        scale = (b.shape[0] - 2 * BORDER) / crop_height
+        ink = None
+        words = api.GetComponentImages(tess.RIL.WORD, True)
+        for _img, wbox, _block, _para in words:
+            wx0, wy0 = wbox["x"], wbox["y"]
+            wx1, wy1 = wx0 + wbox["w"], wy0 + wbox["h"]
+            ink = (wx0, wy0, wx1, wy1) if ink is None else (min(ink[0], wx0), min(ink[1], wy0),
+                                                            max(ink[2], wx1), max(ink[3], wy1))
+        if ink is not None:  # binarised (scaled, bordered) pixels -> crop pixels, rounded outwards
+            ink = (max(0, int((ink[0] - BORDER) / scale)), max(0, int((ink[1] - BORDER) / scale)),
+                   int(np.ceil((ink[2] - BORDER) / scale)), int(np.ceil((ink[3] - BORDER) / scale)))
+        return text, float(sum(confs) / len(confs)) if confs else 0.0, ink
 
-    def read(self, frame: np.ndarray, skip: list[Box] = ()) -> list[Line]:
+    def read(self, frame: np.ndarray) -> list[Line]:
         """Every line of text found in ``frame`` (uint8, (H, W) or (H, W, 3)), with boxes in frame pixels.
 
-        Candidate regions lying wholly inside one of ``skip`` (already blanked) are not read.
+        A line's box is its region narrowed vertically to the ink Tesseract found: a region grows taller when
+        speckle or the edge of a bar joins its strokes, and blanking should take the text and its margin, not
+        the surroundings. The region's horizontal extent is kept, so a glyph Tesseract left out of its words
+        (punctuation, a faint character) is still inside the box.
         """
         gray = to_gray(frame)
         out = []
         for box in candidate_boxes(gray):
-            if any(s[0] <= box[0] and s[1] <= box[1] and s[2] >= box[2] and s[3] >= box[3] for s in skip):
+            text, conf, ink = self.read_region(gray, box)
+            if not text:
                 continue
-            text, conf = self.read_region(gray, box)
-            if text:
-                out.append(Line(box, text, conf))
+            if ink is not None and box[1] <= ink[1] < ink[3] <= box[3] + PAD:
+                box = (box[0], max(box[1], ink[1]), box[2], min(box[3], ink[3]))
+            out.append(Line(box, text, conf))
         return out
 
 

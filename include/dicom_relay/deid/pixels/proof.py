@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicom_relay.deid.pixels.detect import Needle, _cached_match, looks_like_date
-from dicom_relay.deid.pixels.policy import ALL_TEXT
+from dicom_relay.deid.pixels.detect import Needle, condemned
+from dicom_relay.deid.pixels.policy import ALL_TEXT, CLEAN
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,14 @@ def prove(frames, needles: tuple[Needle, ...], policy: str, reader) -> Proof:
     """Read every frame of ``frames`` (a :class:`~dicom_relay.deid.pixels.codec.Frames`) again."""
     left = 0
     for i in range(frames.count):
-        for line in reader.read(frames.display(i)):
-            where = f"frame {i + 1} of {frames.count}"
-            hit = _cached_match(line.text, needles)
-            if hit is not None:
-                return Proof(f"after cleaning, text matching {hit.keyword} is still readable in {where}", i + 1, left)
-            if looks_like_date(line.text):
-                return Proof(f"after cleaning, a date is still readable in {where}", i + 1, left)
+        lines = reader.read(frames.display(i))
+        where = f"frame {i + 1} of {frames.count}"
+        # The same judgement as the cleaning (regions alone and runs of regions on one printed line), except
+        # that under all-text only text read with confidence holds the instance back.
+        for line, why in condemned(lines, needles, CLEAN):
+            what = "a date is" if why == "date" else f"text matching {why} is"
+            return Proof(f"after cleaning, {what} still readable in {where}", i + 1, left)
+        for line in lines:
             if line.is_text:
                 if policy == ALL_TEXT:
                     return Proof(f"after cleaning, text is still readable in {where} (policy all-text)", i + 1, left)

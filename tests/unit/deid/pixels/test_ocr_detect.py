@@ -104,3 +104,15 @@ def test_what_each_policy_blanks():
     assert clean[1].box == (7, 7, 63, 25)
     everything = detect.find(frame, lines, [], needles, "all-text")
     assert [f.why for f in everything] == ["ocr:PatientName", "ocr:text", "ocr:date"]  # noise is not text
+
+
+def test_a_value_spanning_several_regions_of_one_line_is_blanked_whole():
+    needles = tuple(detect.needles(Dataset(), {"ST BARNABY GENERAL HOSPITAL"}))
+    frame = np.zeros((100, 400), np.uint8)
+    words = [Line((10, 10, 30, 24), "ST", 90), Line((45, 10, 120, 24), "BARNABY", 90),
+             Line((140, 10, 220, 24), "GENERAL", 90), Line((238, 10, 320, 24), "HOSPITAL", 90),
+             Line((10, 60, 60, 74), "DEPTH", 90), Line((80, 60, 120, 74), "16cm", 90),
+             Line((10, 80, 30, 94), "15", 90), Line((40, 80, 75, 94), "MAR", 90), Line((85, 80, 130, 94), "2024", 90)]
+    found = detect.find(frame, words, [], needles, "clean")
+    assert sorted(f.why for f in found) == ["ocr:a removed attribute"] * 4 + ["ocr:date"] * 3
+    assert not any(f.box[1] < 70 < f.box[3] for f in found)  # the device line stays
