@@ -3,7 +3,8 @@
 Text is rendered with Pillow (DejaVu, Liberation and FreeFont faces from Debian's font packages; several sizes,
 colours and positions; over black bars, over ultrasound speckle and over CT tissue) into
 
-- US: 640x480 single-frame RGB, PALETTE COLOR and MONOCHROME2; a 3-frame RGB cine whose last frame carries one
+- US: 640x480 single-frame RGB, PALETTE COLOR and MONOCHROME2; a dense vendor layout (13-15 px narrow and
+  italic faces in grey, a colour-flow box); a 3-frame RGB cine whose last frame carries one
   more line than the others (a stage that scans only the first frame misses it); YBR_FULL_422 the way scanners
   write it (JPEG baseline, 4:2:2) and uncompressed 4:2:2; YBR_FULL colour-by-plane (Planar Configuration 1),
   native and RLE; JPEG 2000 as YBR_RCT;
@@ -297,6 +298,39 @@ def render_us(rng: np.random.Generator, p: Patient, n_frames: int = 1) -> tuple[
     return np.stack(frames), c.lines
 
 
+DENSE_FONTS = ("liberation/LiberationSansNarrow-Regular.ttf", "liberation/LiberationSans-Italic.ttf",
+               "freefont/FreeSansOblique.ttf", "freefont/FreeMono.ttf")
+
+
+def render_us_dense(rng: np.random.Generator, p: Patient) -> tuple[np.ndarray, list[TextLine]]:
+    """640x480 RGB, the harder vendor layout: small (13-15 px) narrow, italic and thin faces in grey and orange,
+    lines 17 px apart, a colour-flow box in the sector and a label in it."""
+    h, w = 480, 640
+    c = _Canvas(w, h, 1)
+    grey, orange = (200, 200, 200), (255, 165, 40)
+    bday, sday = printed_dates(p.birth_date), printed_dates(p.study_date)
+    birth, study = _pick(rng, bday), _pick(rng, sday)
+    y = 4
+    for text, tokens in ((p.institution, (p.institution,)), (f"{p.family}^{p.given}", (p.family, p.given)),
+                         (f"{p.patient_id} {birth}", (p.patient_id, birth)),
+                         (f"{study} {p.accession}", (study, p.accession))):
+        c.text((8, y), text, _pick(rng, DENSE_FONTS), int(rng.integers(13, 16)), grey, tokens=tokens)
+        y += 17
+    c.text((w - 130, 4), "C5-1 Pen 3D", _pick(rng, DENSE_FONTS), 14, grey)
+    sector = _sector_mask(h, w)
+    gray = _speckle(rng, h, w, 60.0) * sector
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    # Colour flow: a red and a blue patch, the colours a label must be told apart from.
+    yy, xx = np.mgrid[0:h, 0:w]
+    red = (((xx - 300) / 45.0) ** 2 + ((yy - 250) / 25.0) ** 2 < 1) & sector
+    blue = (((xx - 360) / 40.0) ** 2 + ((yy - 290) / 20.0) ** 2 < 1) & sector
+    rgb[red] = (200, 40, 30)
+    rgb[blue] = (30, 80, 220)
+    c.text((int(rng.integers(180, 230)), 330), f"{p.family} RT", _pick(rng, DENSE_FONTS), 18, orange,
+           tokens=(p.family,))
+    return c.composite(0, rgb.astype(np.uint8))[None], c.lines
+
+
 def render_sc(rng: np.random.Generator, p: Patient) -> tuple[np.ndarray, list[TextLine]]:
     """640x480 RGB workstation screenshot: title bar, a patient panel, an image viewport, a status line."""
     h, w = 480, 640
@@ -481,6 +515,7 @@ PLAN = {
     "us_palette": ("us", "PALETTE COLOR", ("explicit", "rle"), 1),
     "us_mono2": ("us", "MONOCHROME2", ("explicit", "jpegls", "jpeg57"), 1),
     "us_cine": ("us", "RGB", ("explicit", "rle", "baseline"), 3),
+    "us_dense": ("us", "RGB", ("explicit", "baseline"), 1),  # small narrow / italic text, colour flow
     "sc_rgb": ("sc", "RGB", ("explicit", "j2k", "baseline"), 1),
     "sc_mono2": ("sc", "MONOCHROME2", ("explicit", "rle"), 1),
     "ct_mono2": ("ct", "MONOCHROME2", ("explicit", "rle", "jpegls", "j2k", "jpeg57", "jpeg70"), 1),
@@ -503,7 +538,9 @@ def build(dest: Path, seed: str = "pixel-corpus", scenes: dict | None = None) ->
     for scene, (kind, photometric, syntaxes, n_frames) in (scenes or PLAN).items():
         rng = np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}/{scene}".encode()).digest()[:8], "little"))
         p = _patient(rng)
-        if kind == "us":
+        if kind == "us" and scene.startswith("us_dense"):
+            arr, lines = render_us_dense(rng, p)
+        elif kind == "us":
             arr, lines = render_us(rng, p, n_frames=n_frames)
         elif kind == "sc":
             arr, lines = render_sc(rng, p)
