@@ -24,6 +24,7 @@ import psycopg
 
 from .config import ConfigError, Settings
 from .errors import RelayError
+from .files import write_json_atomically
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -175,9 +176,9 @@ def cmd_deidentify(args, settings: Settings) -> int:
     pixels = pixel_policy.at_least(pixel_policy.at_least(deployed, given.pop("pixels", None)), args.pixels)
     options = DeidOptions.from_mapping({**settings.deid_options, **given, "pixels": pixels})
     index = index_folder(args.in_dir)
-    run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings),
-                            Deidentifier(settings.secret_key.get_secret_value(), options), args.out_dir,
-                            workers=args.workers)
+    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
+    run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings), deidentifier,
+                            args.out_dir, workers=args.workers)
     outcomes = file_outcomes(index, run)
     counts = summary(outcomes)
     # Files are counted, never named, on the terminal (input names are PHI); --report maps them (mode 0600).
@@ -185,25 +186,11 @@ def cmd_deidentify(args, settings: Settings) -> int:
         if o.outcome in ("held_back", "leak"):
             print(f"{o.outcome.replace('_', ' ')}: file {n} of {len(outcomes)} ({o.reason})", file=sys.stderr)
     if args.report:
-        write_private_json(args.report, {"summary": counts, "files": [o.to_json() for o in outcomes]})
+        write_json_atomically(Path(args.report), {"summary": counts, "files": [o.to_json() for o in outcomes]},
+                              mode=0o600, indent=1)
     print(json.dumps(counts))
     return 1 if counts["leaks"] else 0
 
-
-def write_private_json(path: Path, document: dict) -> None:
-    """Write ``document`` to ``path`` readable by its owner only (0600 from creation on), atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # also when a stale temporary file existed with other bits
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cmd_verify(args, settings: Settings) -> int:

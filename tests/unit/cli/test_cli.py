@@ -2,7 +2,6 @@
 database are in tests/integration/test_cli_status.py)."""
 
 import json
-import os
 import shutil
 
 import pydicom
@@ -122,6 +121,12 @@ def test_an_output_with_a_leak_is_removed_and_reported(study, tmp_path):
     assert "InstitutionName" in leak["reason"] and study.patient_id not in leak["reason"]
     assert len(list(out.iterdir())) == 2  # the two clean instances stay, the leaking one is gone
     assert study.patient_id not in r.stdout + r.stderr + report.read_text()
+
+
+def test_status_without_database_says_what_to_do():
+    r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
+    assert r.returncode == 2
+    assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr
 
 
 def test_deidentify_pixels_policy_and_the_pixel_record_in_the_report(tmp_path):
