@@ -38,6 +38,7 @@ notes above ``_Needles``) and report where, never what.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import struct
@@ -244,23 +245,37 @@ def _own_text(options: DeidOptions) -> str:
     return "\n".join(words)
 
 
-def _filtered(collected: Collected, kinds: tuple[int, ...] = (IDENTITY, GLOBAL, DATE, LOCAL), own_text: str = "") -> dict[str, int]:
+class _Kept:
+    """The kept values of an instance (and the relay's own text), ready for "does a kept value hold ``v``?".
+    Instances of a series mostly keep the same values: :class:`LeakCheck` shares one per distinct set."""
+
+    __slots__ = ("text", "exact", "memo")
+
+    def __init__(self, kept: Iterable[str], own_text: str = ""):
+        self.text = _kept_text(kept, own_text)
+        self.exact = frozenset(v.upper() for v in kept)
+        self.memo: dict[tuple[str, bool], bool] = {}
+
+    def holds(self, value: str, kind: int) -> bool:
+        """Equals ``value`` (an identity value: the whole name, Patient ID, Accession Number), or contains it."""
+        key = (value, kind == IDENTITY)
+        held = self.memo.get(key)
+        if held is None:
+            up = value.upper()
+            held = self.memo[key] = up in self.exact if key[1] else up in self.text
+        return held
+
+
+def _filtered(collected: Collected, kinds: tuple[int, ...] = (IDENTITY, GLOBAL, DATE, LOCAL), own_text: str = "",
+              kept: _Kept | None = None) -> dict[str, int]:
     """The gone values worth searching for: long enough, not generic, not held by a kept value (a removed "GE"
     name component inside the kept Manufacturer "GE MEDICAL SYSTEMS" legitimately stays), not in the relay's
-    own text, and (except dates) not a shifted date."""
-    kept_text = _kept_text(collected.kept, own_text)
-    kept_exact = {v.upper() for v in collected.kept}
+    own text, and (except dates) not a shifted date. ``kept``: ``collected.kept`` prepared already."""
+    kept = kept or _Kept(collected.kept, own_text)
     return {
         v: k for v, k in collected.gone.items()
-        if k in kinds and _keepable(v) and not _held(v, k, kept_text, kept_exact)
-        and (k == DATE or v not in collected.shifted)
+        if k in kinds and _keepable(v) and not kept.holds(v, k) and (k == DATE or v not in collected.shifted)
     }
-
-
-def _held(value: str, kind: int, kept_text: str, kept_exact) -> bool:
-    """Whether a kept value holds ``value``: equals it (an identity value), or contains it (any other)."""
-    up = value.upper()
-    return up in kept_exact if kind == IDENTITY else up in kept_text
 
 
 def identifying_values(
@@ -407,11 +422,10 @@ class _Own:
     """What verification knows about the original of one output: its gone values (by place), the text of its
     kept attributes and of its cleaned ones."""
 
-    __slots__ = ("places", "gone", "kept_text", "kept_exact", "cleaned_text")
+    __slots__ = ("places", "gone", "kept", "cleaned_text")
 
-    def __init__(self, places: dict[tuple, frozenset[str]], kept: frozenset[str], own_text: str, cleaned_text: str):
-        self.places, self.cleaned_text = places, cleaned_text
-        self.kept_text, self.kept_exact = _kept_text(kept, own_text), frozenset(v.upper() for v in kept)
+    def __init__(self, places: dict[tuple, frozenset[str]], kept: _Kept, cleaned_text: str):
+        self.places, self.kept, self.cleaned_text = places, kept, cleaned_text
         self.gone = frozenset().union(*places.values())
 
 
@@ -422,7 +436,7 @@ def _verdict(value: str, kind: int, where: tuple, vr: str, own: _Own | None, pla
     every original (used when ``own`` is None; None: not known either, every place counts).
     """
     if own is not None:
-        if _held(value, kind, own.kept_text, own.kept_exact):
+        if own.kept.holds(value, kind):
             return False  # the instance keeps this value in a kept attribute: it legitimately stays
         if kind != IDENTITY and value not in own.gone and value.upper() in own.cleaned_text:
             # Another instance's value that this instance's own cleaned text holds (a department "Radiology"
@@ -551,12 +565,12 @@ def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | 
                 if may_leak and _verdict(values[i], kinds[i], where, vr, own, places):
                     leaks.append(Leak(path.name, _location(where), i))
         for i in sorted(hits - accounted):
-            if own is None or not _held(values[i], kinds[i], own.kept_text, own.kept_exact):
+            if own is None or not own.kept.holds(values[i], kinds[i]):
                 leaks.append(Leak(path.name, FRAMING, i))
     if pixels:
         for i in sorted(needles.pixel_hits(pixels)):
             k = needles.kinds[i]
-            if k != LOCAL and (own is None or not _held(needles.values[i], k, own.kept_text, own.kept_exact)):
+            if k != LOCAL and (own is None or not own.kept.holds(needles.values[i], k)):
                 leaks.append(Leak(path.name, "pixel data (encapsulated)", i))
     return list(dict.fromkeys(leaks))
 
@@ -630,6 +644,7 @@ class LeakCheck:
         self._kinds: dict[str, int] = {}
         self._places: dict[tuple, set[str]] = {}
         self._outputs: dict[Path, _Own] = {}
+        self._kept: dict[frozenset[str], _Kept] = {}
 
     def add(self, original: Dataset | str | Path, identity=None, output: str | Path | None = None) -> None:
         """Record what must not survive from one ORIGINAL instance (a dataset or a file path)."""
@@ -637,7 +652,10 @@ class LeakCheck:
 
     def add_collected(self, collected: Collected, output: str | Path | None) -> None:
         """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process)."""
-        values = _filtered(collected, own_text=self._own_text)
+        kept = self._kept.get(collected.kept)
+        if kept is None:
+            kept = self._kept[collected.kept] = _Kept(collected.kept, self._own_text)
+        values = _filtered(collected, kept=kept)
         kinds = self._kinds
         for v, k in values.items():
             if kinds.get(v, LOCAL + 1) > k:
@@ -647,20 +665,32 @@ class LeakCheck:
         for p, vs in places.items():
             self._places.setdefault(p, set()).update(vs)
         if output is not None:
-            self._outputs[_key(output)] = _Own(places, collected.kept, self._own_text,
-                                               "\n".join(collected.cleaned).upper())
+            self._outputs[_key(output)] = _Own(places, kept, "\n".join(collected.cleaned).upper())
 
     @property
     def values(self) -> list[str]:
         """Every value searched for; a :class:`Leak`'s ``value_index`` is a position in this list."""
         return sorted(self._kinds, key=lambda v: (self._kinds[v], v))
 
-    def find_leaks(self, paths: Iterable[str | Path] | None = None) -> list[Leak]:
+    def find_leaks(self, paths: Iterable[str | Path] | None = None, *, workers: int = 1) -> list[Leak]:
+        """The leaks in ``paths`` (default: every registered output), in path order. ``workers`` > 1 searches in
+        a process pool (each output is independent once every original is registered)."""
         values = self.values
-        needles = _Needles(values, [self._kinds[v] for v in values])
+        kinds = [self._kinds[v] for v in values]
+        paths = [Path(p) for p in (self._outputs if paths is None else paths)]
+        jobs = [(p, self._outputs.get(_key(p))) for p in paths]
+        if workers > 1 and len(jobs) >= POOL_MIN_OUTPUTS and not multiprocessing.current_process().daemon:
+            from concurrent.futures import ProcessPoolExecutor
+
+            chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
+            with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(values, kinds, self._places)) as pool:
+                found = [leak for part in pool.map(_pool_check, chunks) for leak in part]
+            order = {p.name: n for n, p in enumerate(paths)}
+            return sorted(found, key=lambda leak: order.get(leak.file, -1))
+        needles = _Needles(values, kinds)
         leaks: list[Leak] = []
-        for path in (self._outputs if paths is None else paths):
-            leaks += _check_file(Path(path), needles, self._outputs.get(_key(path)), self._places)
+        for path, own in jobs:
+            leaks += _check_file(path, needles, own, self._places)
         return leaks
 
     _add_collected = add_collected  # the engine's name until it imports the public one
@@ -668,6 +698,20 @@ class LeakCheck:
 
 def _key(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
+
+
+#: Below this many outputs a pool costs more than it saves.
+POOL_MIN_OUTPUTS = 64
+_POOL_STATE: dict = {}
+
+
+def _pool_init(values: list[str], kinds: list[int], places: dict) -> None:
+    _POOL_STATE["needles"], _POOL_STATE["places"] = _Needles(values, kinds), places
+
+
+def _pool_check(jobs: list[tuple[Path, "_Own | None"]]) -> list[Leak]:
+    needles, places = _POOL_STATE["needles"], _POOL_STATE["places"]
+    return [leak for path, own in jobs for leak in _check_file(path, needles, own, places)]
 
 
 def collect(original, options: DeidOptions, identity) -> Collected:
