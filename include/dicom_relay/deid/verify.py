@@ -100,6 +100,7 @@ def _parts(elem) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=1 << 16)
 def _keepable(s: str) -> bool:
     if len(s) < MIN_LEN or s.upper() in GENERIC or s in WELL_KNOWN_UIDS:
         return False
