@@ -54,7 +54,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 from dicom_relay.deid import codes
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
-from dicom_relay.deid.table import resolve_compound, rules_for, sop_family
+from dicom_relay.deid.table import NESTED, resolve_compound, rules_for, sop_family
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS"})
@@ -121,66 +121,77 @@ class Collected(NamedTuple):
     cleaned: frozenset[str] = frozenset()  # values of text attributes that are cleaned (action C), before cleaning
 
 
+KEEP, REMOVE, CLEAN = 0, 1, 2
+
+
+@lru_cache(maxsize=1 << 14)
+def _decision(options: DeidOptions, family: str, tag: int, vr: str, dates_shift: bool, exclude_kept: bool) -> int:
+    """What de-identification does with the value of one element, as far as verification cares: KEEP, REMOVE
+    (or replace), or CLEAN (text kept minus what identifies). ``dates_shift``: Modified Dates with a known,
+    non-zero jitter. Cached: a study repeats the same few hundred (tag, VR) pairs."""
+    if (tag >> 16) & 1:
+        return REMOVE  # private attributes are removed (a safe-listed one holds parameters, not identities)
+    if tag in PSEUDONYMISED:
+        return REMOVE
+    rule = rules_for(options).exact.get(tag)
+    if rule is not None:
+        act = resolve_compound(rule[0], rule[2], family)
+        if act == "K":
+            return KEEP
+        if act == "C":
+            if vr not in ("DA", "DT"):
+                return CLEAN  # keeps whatever is not identifying for this instance
+            # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed from
+            # cleaned text, where a date cannot be shifted reliably.
+            return REMOVE if not exclude_kept or dates_shift else KEEP
+        if act == "U" and options.retain_uids:
+            return KEEP
+        return REMOVE
+    if 0x5000 <= tag >> 16 <= 0x501E or 0x6000 <= tag >> 16 <= 0x601E:
+        return REMOVE  # curves and overlays (Overlay Comments...): the engine removes the groups whole
+    if vr in ("DA", "DT"):
+        return REMOVE if options.dates == "remove" or dates_shift else KEEP
+    return KEEP
+
+
+_shift = lru_cache(maxsize=1 << 16)(shift_value)
+
+
 def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: bool) -> Collected:
     """Sort the values of an original instance (see :class:`Collected`).
 
     ``leaves`` yields ``(path, tag, vr, parts)`` for every string element at every depth; ``path`` is the
     tuple (tag, item index, tag, ...) of the element.
     """
-    rules = rules_for(options)
     gone: dict[str, int] = {}
     kept: set[str] = set()
     shifted: set[str] = set()
     cleaned: set[str] = set()
     places: dict[tuple, set[str]] = {}
-
-    def remove(path, vr, parts, identity=False):
-        for p in parts:
-            kind = IDENTITY if identity and (vr != "PN" or "^" in p or "=" in p) else _kind(vr)
-            if gone.get(p, LOCAL + 1) > kind:
-                gone[p] = kind
-        places.setdefault(path, set()).update(parts)
-
+    dates_shift = options.dates == "modified" and jitter not in (None, 0)
     for path, tag, vr, parts in leaves:
         if not parts:
             continue
-        if (tag >> 16) & 1:
-            # Private attributes are removed (a safe-listed one holds parameters, not text identities).
-            remove(path, vr, parts)
+        # Inside sequence items the IOD's top-level attribute types do not apply (as in the engine).
+        decision = _decision(options, family if len(path) == 1 else NESTED, tag, vr, dates_shift, exclude_kept)
+        if decision == CLEAN:
+            cleaned.update(parts)
             continue
-        rule = rules.exact.get(tag)
-        if tag in PSEUDONYMISED:
-            removed = True
-        elif rule is not None:
-            act = resolve_compound(rule[0], rule[2], family)
-            if act == "K":
-                removed = False
-            elif act == "C":
-                if vr not in ("DA", "DT"):
-                    cleaned.update(parts)  # keeps whatever is not identifying for this instance
-                    continue
-                # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
-                # from cleaned text, where a date cannot be shifted reliably.
-                removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
-            elif act == "U" and options.retain_uids:
-                removed = False
-            else:
-                removed = True
-        elif 0x5000 <= tag >> 16 <= 0x501E or 0x6000 <= tag >> 16 <= 0x601E:
-            removed = True  # curves and overlays (Overlay Comments...): the engine removes the groups whole
-        elif vr in ("DA", "DT"):
-            removed = options.dates == "remove" or (options.dates == "modified" and jitter not in (None, 0))
-        else:
-            removed = False
-        if vr in ("DA", "DT") and jitter:
+        if jitter and vr in ("DA", "DT"):
             for p in parts:
-                new = shift_value(vr, p, jitter)
+                new = _shift(vr, p, jitter)
                 if new:
                     shifted.add(new)
-        if removed:
-            remove(path, vr, parts, tag in PSEUDONYMISED)
-        else:
+        if decision == KEEP:
             kept.update(parts)
+            continue
+        identity = tag in PSEUDONYMISED
+        base = _kind(vr)
+        for p in parts:
+            kind = IDENTITY if identity and (vr != "PN" or "^" in p or "=" in p) else base
+            if gone.get(p, LOCAL + 1) > kind:
+                gone[p] = kind
+        places.setdefault(path, set()).update(parts)
     return Collected(gone, frozenset(kept), frozenset(shifted), {k: frozenset(v) for k, v in places.items()},
                      frozenset(cleaned))
 
@@ -200,8 +211,10 @@ def _pydicom_leaves(ds: Dataset, prefix: tuple = ()):
 _SINGLE_VALUED = frozenset({"ST", "LT", "UT"})
 
 
-def _raw_parts(value: bytes, vr: str) -> list[str]:
-    """``_parts`` of a raw ASCII value, split and stripped the way pydicom decodes it."""
+@lru_cache(maxsize=1 << 16)
+def _raw_parts(value: bytes, vr: str) -> tuple[str, ...]:
+    """``_parts`` of a raw ASCII value, split and stripped the way pydicom decodes it (cached: the values of a
+    study repeat from instance to instance)."""
     if not value.isascii() or b"\x1b" in value:
         raise _rawpath().Fallback  # a character set is involved: let pydicom decode it
     text = value.decode("ascii")
@@ -212,7 +225,7 @@ def _raw_parts(value: bytes, vr: str) -> list[str]:
             out.append(s)
             if vr == "PN":
                 out += [c.strip() for g in s.split("=") for c in g.split("^") if c.strip()]
-    return out
+    return tuple(out)
 
 
 def _raw_leaves(buf: bytes, elems, prefix: tuple = ()):
