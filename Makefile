@@ -9,11 +9,11 @@ setup:
 ## Set up and start the whole local stack (PostgreSQL, Orthanc, GCS emulator, identifier service, Airflow 3),
 ## drop a sample study into the inbox and wait until it is delivered. A second `make run` reuses the stack.
 run: setup
-	@$(PY) -m dicom_relay.stack.local up
+	@$(PY) -m tests.support.stack.local up
 
 ## Stop exactly what `make run` started.
 stop:
-	@$(PY) -m dicom_relay.stack.local down
+	@$(PY) -m tests.support.stack.local down
 
 ## Set up and run the whole test suite (unit, integration with real services, end-to-end with a real Airflow).
 test: setup
@@ -26,7 +26,7 @@ test-fast: setup
 ## Benchmarks are not tests: they print ratios against peers measured in the same run.
 bench: setup
 	@$(PY) -m pip install -q -r requirements-bench.txt
-	@$(PY) scripts/bench_deid.py
+	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_deid.py   # tests.support.samples generates the study
 
 clean: stop
 	rm -rf .run

@@ -9,10 +9,11 @@ The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SE
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, chain, task
 
-from dicom_relay.airflow.tasks import record_task_failure, run_step
+from dicom_relay.airflow.tasks import record_task_failure, run_step_in_task
 from dicom_relay.config import Settings
+from dicom_relay.pipeline import STEPS
 
 defaults = Settings.from_env()
 
@@ -36,32 +37,9 @@ with DAG(
         "retry_delay": timedelta(seconds=defaults.task_retry_delay_seconds),
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(seconds=defaults.task_timeout_seconds),
         "on_failure_callback": record_task_failure,
     },
 ) as dag:
-
-    @task(task_id="import")
-    def import_():
-        return run_step("import", get_current_context())
-
-    @task
-    def get_identifiers():
-        return run_step("get_identifiers", get_current_context())
-
-    @task
-    def replace_identifiers():
-        return run_step("replace_identifiers", get_current_context())
-
-    @task
-    def send_orthanc():
-        return run_step("send_orthanc", get_current_context())
-
-    @task
-    def send_gcs():
-        return run_step("send_gcs", get_current_context())
-
-    @task
-    def cleanup():
-        return run_step("cleanup", get_current_context())
-
-    import_() >> get_identifiers() >> replace_identifiers() >> send_orthanc() >> send_gcs() >> cleanup()
+    # One task per pipeline step, in the pipeline's order; each runs dicom_relay.pipeline.STEPS[task_id].
+    chain(*(task(task_id=name)(run_step_in_task)(name) for name in STEPS))

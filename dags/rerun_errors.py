@@ -12,6 +12,9 @@ from airflow.sdk import DAG, task
 
 from dicom_relay.airflow import tasks
 from dicom_relay.airflow.operators import start_process_study_runs
+from dicom_relay.config import Settings
+
+defaults = Settings.from_env()
 
 with DAG(
     dag_id="rerun_errors",
@@ -23,6 +26,7 @@ with DAG(
     # A scheduled safety net must not wait for someone to unpause it.
     is_paused_upon_creation=False,
     tags=["dicom-relay"],
+    default_args={"execution_timeout": timedelta(seconds=defaults.task_timeout_seconds)},
 ) as dag:
 
     @task

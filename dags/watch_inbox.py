@@ -4,12 +4,15 @@ Exactly one process_study run per folder: the folder is claimed by an atomic ren
 is derived from the batch id (``batch__<batch_id>``), and a second request for the same run id is skipped.
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, task
 
 from dicom_relay.airflow import tasks
 from dicom_relay.airflow.operators import WaitForInboxOperator, start_process_study_runs
+from dicom_relay.config import Settings
+
+defaults = Settings.from_env()
 
 with DAG(
     dag_id="watch_inbox",
@@ -19,6 +22,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     tags=["dicom-relay"],
+    # The wait ends (with nothing to do) before its timeout; see WaitForInboxOperator.
+    default_args={"execution_timeout": timedelta(seconds=defaults.task_timeout_seconds)},
 ) as dag:
     wait = WaitForInboxOperator(task_id="wait_for_folders")
 

@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, args.src, args.dst, args.workers, args.db_url)))
         return 0
 
-    from dicom_relay.samples import generate_ct_study
+    from tests.support.samples import generate_ct_study
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-deid-"))
     postgres = None
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         db_url = None
         if "step" in plan:
             # The step needs its status store: a throwaway PostgreSQL cluster (fsync off) for this run only.
-            from dicom_relay.stack.postgres import start_postgres
+            from tests.support.stack.postgres import start_postgres
 
             pg_dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
             postgres = start_postgres(pg_dir, durable=False)

@@ -1,5 +1,6 @@
 """``dicom-relay``: the command line for the person on call.
 
+    dicom-relay migrate
     dicom-relay status [--json] [--limit N] [--batch ID]
     dicom-relay requeue BATCH [--force]
     dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
@@ -23,25 +24,21 @@ import psycopg
 
 from .config import ConfigError, Settings
 from .errors import RelayError
+from .files import write_json_atomically
 
 
 def _parse_option(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    # The value stays text: DeidOptions.from_mapping parses "true"/"0"/... for the options that are switches.
     name, value = text.split("=", 1)
-    lowered = value.strip().lower()
-    if lowered in ("true", "yes", "on", "1"):
-        return name, True
-    if lowered in ("false", "no", "off", "0"):
-        return name, False
-    return name, value
+    return name.strip(), value
 
 
 def cmd_status(args, settings: Settings) -> int:
     from .status import StatusStore, to_json
 
     store = StatusStore(settings.db_url)
-    store.migrate()
     if args.batch:
         batch = store.get_batch(args.batch)
         batches = [batch] if batch else []
@@ -68,6 +65,14 @@ def cmd_status(args, settings: Settings) -> int:
             d = b.last_decision
             print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
                   + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
+    return 0
+
+
+def cmd_migrate(args, settings: Settings) -> int:
+    """Create or update the status tables; run once at start (compose init, make run), safe to run again."""
+    from .status import StatusStore
+
+    print(f"status tables at version {StatusStore(settings.db_url).migrate()}")
     return 0
 
 
@@ -144,7 +149,8 @@ def _offline_identities(index, settings: Settings) -> dict:
     from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping
 
     entities = build_entities(index, settings.identifier_id_source)
-    return identities_from_mapping(pseudonym_mapping(entities, LocalProvider(settings.secret_key).lookup("offline", entities)))
+    provider = LocalProvider(settings.secret_key.get_secret_value())
+    return identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
 
 
 def cmd_deidentify(args, settings: Settings) -> int:
@@ -164,8 +170,9 @@ def cmd_deidentify(args, settings: Settings) -> int:
         return 2
     options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.in_dir)
-    run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings),
-                            Deidentifier(settings.secret_key, options), args.out_dir, workers=args.workers)
+    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
+    run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings), deidentifier,
+                            args.out_dir, workers=args.workers)
     outcomes = file_outcomes(index, run)
     counts = summary(outcomes)
     # Files are counted, never named, on the terminal (input names are PHI); --report maps them (mode 0600).
@@ -173,25 +180,11 @@ def cmd_deidentify(args, settings: Settings) -> int:
         if o.outcome in ("held_back", "leak"):
             print(f"{o.outcome.replace('_', ' ')}: file {n} of {len(outcomes)} ({o.reason})", file=sys.stderr)
     if args.report:
-        write_private_json(args.report, {"summary": counts, "files": [o.to_json() for o in outcomes]})
+        write_json_atomically(Path(args.report), {"summary": counts, "files": [o.to_json() for o in outcomes]},
+                              mode=0o600, indent=1)
     print(json.dumps(counts))
     return 1 if counts["leaks"] else 0
 
-
-def write_private_json(path: Path, document: dict) -> None:
-    """Write ``document`` to ``path`` readable by its owner only (0600 from creation on), atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # also when a stale temporary file existed with other bits
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def cmd_verify(args, settings: Settings) -> int:
@@ -214,7 +207,7 @@ def cmd_verify(args, settings: Settings) -> int:
     leaks = verify_folder(
         args.original_dir, index.instances, args.deidentified_dir, options,
         _offline_identities(index, settings) if keyed else None,
-        Deidentifier(settings.secret_key, options) if keyed else None,
+        Deidentifier(settings.secret_key.get_secret_value(), options) if keyed else None,
     )
     for leak in leaks:
         print(f"LEAK: {leak.message}")
@@ -235,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("migrate", help="create or update the status tables (once at start; safe to repeat)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("requeue", help="start a process_study run for a batch (Airflow REST API; AIRFLOW_URL, "
                                        "AIRFLOW_USER, AIRFLOW_PASSWORD); prints the run id")

@@ -5,171 +5,175 @@ by docker compose and by the Airflow components). The names of the switches inhe
 (``DEIDENTIFY_RESTFUL``, ``SEND_TO_ORTHANC``, ``SEND_TO_GOOGLE``) so that existing deployments read naturally;
 everything new is prefixed ``RELAY_``, ``ORTHANC_`` or ``GCS_``.
 
-Secrets (``RELAY_SECRET_KEY``, ``ORTHANC_PASSWORD``, ``RELAY_IDENTIFIER_TOKEN``) are never logged: ``Settings``
-hides them from ``repr``.
+``Settings`` is a pydantic-settings model: each field names its environment variable (``validation_alias``) and
+pydantic parses it (numbers, booleans, the JSON of ``RELAY_DEID_OPTIONS``). Secrets (``RELAY_SECRET_KEY``,
+``ORTHANC_PASSWORD``, ``RELAY_IDENTIFIER_TOKEN``) are ``SecretStr``: ``repr``, ``str`` and dumps show asterisks,
+and the code that needs the value asks for it (``settings.secret_key.get_secret_value()``) where it uses it.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-TRUE_WORDS = {"1", "true", "yes", "on"}
-FALSE_WORDS = {"0", "false", "no", "off"}
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+from pydantic_settings.sources.utils import parse_env_vars
 
 
 class ConfigError(ValueError):
     """A setting is missing or does not parse; the message names the setting, never its secret value."""
 
 
-def parse_bool(name: str, raw: str | None, default: bool) -> bool:
-    # An empty value means "not set": a blank line in .env must not switch de-identification off.
-    if raw is None or raw.strip() == "":
-        return default
-    word = raw.strip().lower()
-    if word in TRUE_WORDS:
-        return True
-    if word in FALSE_WORDS:
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+def _env(name: str, *default: Any, **kw: Any) -> Any:
+    """A field read from the environment variable ``name``."""
+    return Field(*default, validation_alias=name, **kw)
 
 
-def _secret(**kw):
-    return field(repr=False, **kw)
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        # Fields are set by name in code (``Settings(inbox=...)``, ``with_overrides``) and by variable name from the
+        # environment.
+        validate_by_name=True,
+        validate_by_alias=True,
+        case_sensitive=True,
+        # An empty value means "not set": a blank line in .env keeps the default.
+        env_ignore_empty=True,
+    )
 
-
-@dataclass(frozen=True)
-class Settings:
     # Folders. The inbox is watched; the work area holds claimed batches (originals, staging, quarantine).
-    inbox: Path = Path("/data/inbox")
-    work_dir: Path = Path("/data/relay")
+    inbox: Path = _env("RELAY_INBOX", Path("/data/inbox"))
+    work_dir: Path = _env("RELAY_WORK_DIR", Path("/data/relay"))
     # Seconds a finished folder must be quiet (no file changed) before it is claimed: guards against a sender
     # that renames before it has finished writing.
-    stable_seconds: float = 2.0
-    poll_seconds: float = 2.0
+    stable_seconds: float = _env("RELAY_STABLE_SECONDS", 2.0)
+    poll_seconds: float = _env("RELAY_POLL_SECONDS", 2.0)
 
     # The relay's own status tables (not Airflow's metadata database).
-    db_url: str = "postgresql://relay@127.0.0.1:5432/relay"
+    db_url: str = _env("RELAY_DB_URL", "postgresql://relay@127.0.0.1:5432/relay")
 
     # Switches inherited from sendit.
-    deidentify: bool = True  # DEIDENTIFY_RESTFUL
-    send_orthanc: bool = True  # SEND_TO_ORTHANC
-    send_gcs: bool = True  # SEND_TO_GOOGLE
+    deidentify: bool = _env("DEIDENTIFY_RESTFUL", True)
+    send_orthanc: bool = _env("SEND_TO_ORTHANC", True)
+    send_gcs: bool = _env("SEND_TO_GOOGLE", True)
 
     # Identifier service (DASHER-style REST). Empty URL: the embedded keyed local provider is used.
-    identifier_url: str = ""
-    identifier_token: str = _secret(default="")
-    identifier_timeout: float = 10.0
-    identifier_retries: int = 3
-    identifier_id_source: str = "MRN"
+    identifier_url: str = _env("RELAY_IDENTIFIER_URL", "")
+    identifier_token: SecretStr = _env("RELAY_IDENTIFIER_TOKEN", SecretStr(""))
+    identifier_timeout: float = _env("RELAY_IDENTIFIER_TIMEOUT", 10.0)
+    # Attempts after the first for one lookup (connection refused, timeouts, 5xx, 429), inside one task attempt.
+    identifier_retries: int = _env("RELAY_IDENTIFIER_RETRIES", 3)
+    identifier_id_source: str = _env("RELAY_IDENTIFIER_ID_SOURCE", "MRN")
     # Key of the local provider and of the UID hash (HMAC). Must be set for real use; the default is only
     # good enough for a demo and the CLI warns about it.
-    secret_key: str = _secret(default="")
+    secret_key: SecretStr = _env("RELAY_SECRET_KEY", SecretStr(""))
 
     # Orthanc: DICOM for C-STORE, REST for verifying receipt.
-    orthanc_host: str = "127.0.0.1"
-    orthanc_dicom_port: int = 4242
-    orthanc_ae_title: str = "ORTHANC"
-    calling_ae_title: str = "DICOMRELAY"
-    orthanc_url: str = "http://127.0.0.1:8042"
-    orthanc_user: str = "relay"
-    orthanc_password: str = _secret(default="")
+    orthanc_host: str = _env("ORTHANC_HOST", "127.0.0.1")
+    orthanc_dicom_port: int = _env("ORTHANC_DICOM_PORT", 4242)
+    orthanc_ae_title: str = _env("ORTHANC_AE_TITLE", "ORTHANC")
+    calling_ae_title: str = _env("RELAY_AE_TITLE", "DICOMRELAY")
+    orthanc_url: str = _env("ORTHANC_URL", "http://127.0.0.1:8042")
+    orthanc_user: str = _env("ORTHANC_USER", "relay")
+    orthanc_password: SecretStr = _env("ORTHANC_PASSWORD", SecretStr(""))
 
     # Google Cloud Storage (or an emulator through STORAGE_EMULATOR_HOST).
-    gcs_bucket: str = "dicom-relay"
-    gcs_project: str = "dicom-relay"
-    gcs_prefix: str = "studies"
+    gcs_bucket: str = _env("RELAY_GCS_BUCKET", "dicom-relay")
+    gcs_project: str = _env("RELAY_GCS_PROJECT", "dicom-relay")
+    gcs_prefix: str = _env("RELAY_GCS_PREFIX", "studies")
 
-    # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run; a run's
+    # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run, as a JSON object; a run's
     # ``deid_options`` param overrides them one by one.
-    deid_options: dict = field(default_factory=dict)
+    deid_options: dict = _env("RELAY_DEID_OPTIONS", default_factory=dict)
     # Processes that de-identify a large study (0: one per core).
-    deid_workers: int = 0
+    deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
 
-    # Destination retry budget inside one task attempt (Airflow retries come on top).
-    send_attempts: int = 4
-    send_backoff_seconds: float = 1.0
-    # How long google-cloud-storage keeps retrying one request (5xx, dropped connections) by itself.
-    gcs_retry_seconds: float = 60.0
+    # The one retry layer inside a task, per destination (Airflow's retries come on top, between attempts):
+    # Orthanc calls are retried ``send_attempts`` times with doubling delays from ``send_backoff_seconds``;
+    # google-cloud-storage retries each request by itself (5xx, dropped connections) for ``gcs_retry_seconds``.
+    send_attempts: int = _env("RELAY_SEND_ATTEMPTS", 4)
+    send_backoff_seconds: float = _env("RELAY_SEND_BACKOFF_SECONDS", 1.0)
+    gcs_retry_seconds: float = _env("RELAY_GCS_RETRY_SECONDS", 60.0)
 
     # Airflow's retries of a process_study task, the first delay (doubling), and how many times the
     # rerun_errors DAG retries a batch whose errors are transient before leaving it for a person.
-    task_retries: int = 3
-    task_retry_delay_seconds: float = 20.0
-    max_reruns: int = 3
+    task_retries: int = _env("RELAY_TASK_RETRIES", 3)
+    task_retry_delay_seconds: float = _env("RELAY_TASK_RETRY_DELAY_SECONDS", 20.0)
+    # The ``execution_timeout`` of every task: a hung attempt (a destination that accepts and never answers) is
+    # killed and retried instead of holding its slot forever. Generous: a 5,000-instance study fits many times.
+    task_timeout_seconds: float = _env("RELAY_TASK_TIMEOUT_SECONDS", 3600.0, gt=0)
+    max_reruns: int = _env("RELAY_MAX_RERUNS", 3)
+
+    @field_validator("max_reruns")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        return max(0, value)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        # ``Settings(...)`` is the defaults plus what the code passes; the environment is read by ``from_env`` only,
+        # so a test's ``Settings()`` never depends on the shell it runs in.
+        return (init_settings,)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Build settings from an environment mapping (``os.environ`` by default)."""
-        env = os.environ if env is None else env
-        d = cls()
-
-        def s(name: str, default: str) -> str:
-            return env.get(name, default)
-
-        def num(name: str, default, kind):
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                return kind(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-
-        raw_deid = env.get("RELAY_DEID_OPTIONS", "").strip() or "{}"
+        source = _MappingEnvSource(cls, os.environ if env is None else env)
         try:
-            deid_options = json.loads(raw_deid)
-        except json.JSONDecodeError as exc:
-            raise ConfigError("RELAY_DEID_OPTIONS must be a JSON object, e.g. {\"retain_safe_private\": true}") from exc
-        if not isinstance(deid_options, dict):
-            raise ConfigError("RELAY_DEID_OPTIONS must be a JSON object")
+            settings = cls(_build_sources=((source,), {}))
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+        except SettingsError:
+            # Only the JSON-valued settings are decoded before validation.
+            raise ConfigError('RELAY_DEID_OPTIONS must be a JSON object, e.g. {"retain_safe_private": true}') from None
+        if settings.deid_workers == 0:
+            settings = settings.model_copy(update={"deid_workers": os.cpu_count() or 1})
+        return settings
 
-        return cls(
-            deid_options=deid_options,
-            deid_workers=num("RELAY_DEID_WORKERS", d.deid_workers, int) or (os.cpu_count() or 1),
-            inbox=Path(s("RELAY_INBOX", str(d.inbox))),
-            work_dir=Path(s("RELAY_WORK_DIR", str(d.work_dir))),
-            stable_seconds=num("RELAY_STABLE_SECONDS", d.stable_seconds, float),
-            poll_seconds=num("RELAY_POLL_SECONDS", d.poll_seconds, float),
-            db_url=s("RELAY_DB_URL", d.db_url),
-            deidentify=parse_bool("DEIDENTIFY_RESTFUL", env.get("DEIDENTIFY_RESTFUL"), d.deidentify),
-            send_orthanc=parse_bool("SEND_TO_ORTHANC", env.get("SEND_TO_ORTHANC"), d.send_orthanc),
-            send_gcs=parse_bool("SEND_TO_GOOGLE", env.get("SEND_TO_GOOGLE"), d.send_gcs),
-            identifier_url=s("RELAY_IDENTIFIER_URL", d.identifier_url),
-            identifier_token=s("RELAY_IDENTIFIER_TOKEN", d.identifier_token),
-            identifier_timeout=num("RELAY_IDENTIFIER_TIMEOUT", d.identifier_timeout, float),
-            identifier_retries=num("RELAY_IDENTIFIER_RETRIES", d.identifier_retries, int),
-            identifier_id_source=s("RELAY_IDENTIFIER_ID_SOURCE", d.identifier_id_source),
-            secret_key=s("RELAY_SECRET_KEY", d.secret_key),
-            orthanc_host=s("ORTHANC_HOST", d.orthanc_host),
-            orthanc_dicom_port=num("ORTHANC_DICOM_PORT", d.orthanc_dicom_port, int),
-            orthanc_ae_title=s("ORTHANC_AE_TITLE", d.orthanc_ae_title),
-            calling_ae_title=s("RELAY_AE_TITLE", d.calling_ae_title),
-            orthanc_url=s("ORTHANC_URL", d.orthanc_url),
-            orthanc_user=s("ORTHANC_USER", d.orthanc_user),
-            orthanc_password=s("ORTHANC_PASSWORD", d.orthanc_password),
-            gcs_bucket=s("RELAY_GCS_BUCKET", d.gcs_bucket),
-            gcs_project=s("RELAY_GCS_PROJECT", d.gcs_project),
-            gcs_prefix=s("RELAY_GCS_PREFIX", d.gcs_prefix),
-            send_attempts=num("RELAY_SEND_ATTEMPTS", d.send_attempts, int),
-            send_backoff_seconds=num("RELAY_SEND_BACKOFF_SECONDS", d.send_backoff_seconds, float),
-            gcs_retry_seconds=num("RELAY_GCS_RETRY_SECONDS", d.gcs_retry_seconds, float),
-            task_retries=num("RELAY_TASK_RETRIES", d.task_retries, int),
-            task_retry_delay_seconds=num("RELAY_TASK_RETRY_DELAY_SECONDS", d.task_retry_delay_seconds, float),
-            max_reruns=max(0, num("RELAY_MAX_RERUNS", d.max_reruns, int)),
-        )
-
-    def with_overrides(self, **overrides) -> "Settings":
+    def with_overrides(self, **overrides: Any) -> "Settings":
         """Return a copy with per-run overrides (DAG params); ``None`` means keep the configured value."""
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
+        unknown = set(overrides) - set(type(self).model_fields)
         if unknown:
             raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return type(self).model_validate({**dict(self), **changes})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+
+    @classmethod
+    def variables(cls) -> tuple[str, ...]:
+        """The environment variable of every setting, in field order."""
+        return tuple(str(f.validation_alias) for f in cls.model_fields.values())
 
     @property
     def batches_dir(self) -> Path:
         return self.work_dir / "batches"
+
+
+class _MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping (``from_env(env)``) instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        self._mapping = env
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(self._mapping, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str)
+
+
+def _describe(exc: ValidationError) -> str:
+    """Name each setting that does not parse by its environment variable; never quote a value (it may be a
+    secret)."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        field = Settings.model_fields.get(name)
+        variable = field.validation_alias if field is not None and isinstance(field.validation_alias, str) else name
+        problems.append(f"{variable}: {error['msg']}")
+    return "; ".join(problems)

@@ -11,7 +11,8 @@ What counts as truncated (PS3.5 7.1, 7.5, A.4):
   whose value runs past the end, or a file that ends before, or inside, the Sequence Delimitation Item
   (FFFE,E0DD);
 * in a sequence of undefined length, a file that ends before its Sequence Delimitation Item;
-* a file that ends inside an element header.
+* a file that ends inside an element header (other than in zero bytes after the data set, which some media and
+  transfer tools append).
 
 Anything may follow Pixel Data (Data Set Trailing Padding (FFFC,FFFC), private elements, overlays written after
 the pixels): it is walked like any other element. A layout the walk does not understand (a sequence item that
@@ -76,6 +77,8 @@ class _Walker:
         if not head:
             return None
         if len(head) < 8:
+            if not in_item and not head.strip(b"\0"):
+                return None  # zero bytes after the data set: media or transfer padding, no element cut short
             raise Truncated("the file ends inside an element header of a sequence item" if in_item
                             else "the file ends inside the header of an element")
         tag_length, explicit, long_length = _STRUCTS[order]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PermanentError
+from .files import write_json_atomically
 
 CLAIM_FILE = "claim.json"
 INCOMING = "incoming"
@@ -96,19 +97,13 @@ class Claim:
         return self.path / INCOMING
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".partial")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def claim(inbox: Path, batches_dir: Path, name: str) -> Claim | None:
     """Claim the inbox folder ``name``; return None if it is gone (another claimer or the sender took it)."""
     batches_dir.mkdir(parents=True, exist_ok=True)
     batch_id = new_batch_id()
     path = batches_dir / batch_id
     path.mkdir()
-    _write_json_atomically(
+    write_json_atomically(
         path / CLAIM_FILE,
         {"batch_id": batch_id, "folder": name, "claimed_at": dt.datetime.now(dt.timezone.utc).isoformat()},
     )
@@ -152,7 +147,7 @@ def recover_claims(inbox: Path, batches_dir: Path) -> list[Claim]:
         c = read_claim(path)
         if c is None:
             # A crash before claim.json was complete: nothing was moved yet.
-            if not any(p.name not in (CLAIM_FILE, "claim.partial") for p in path.iterdir()):
+            if not any(p.name not in (CLAIM_FILE, CLAIM_FILE + ".partial") for p in path.iterdir()):
                 shutil.rmtree(path)
             continue
         source = inbox / c.folder

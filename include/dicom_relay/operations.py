@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 from . import inbox, quarantine
 from .config import ConfigError, Settings
 from .errors import PermanentError
+from .files import remove_empty_dirs
 from .status import Batch, StatusStore
 
 PROCESS_DAG = "process_study"
@@ -164,7 +165,6 @@ def decide_reruns(store: StatusStore, limit: int | None = None,
     the same one. "leave" decisions are recorded when they change; "wait" decisions are not recorded (the
     batch keeps the decision it waits on).
     """
-    store.migrate()
     limit = max_reruns() if limit is None else limit
     if run_state is not None:
         mark_stuck(store, run_state)
@@ -221,7 +221,6 @@ def requeue(store: StatusStore, client, batch_id: str, force: bool = False) -> s
     DONE batch does nothing) and while the batch's run is still active, unless ``force``.
     """
     _check_batch_id(batch_id)
-    store.migrate()
     batch = store.get_batch(batch_id)
     if batch is None:
         raise OperationError(f"no batch {batch_id}")
@@ -317,18 +316,6 @@ def quarantine_entries(settings: Settings, batch_id: str | None = None, include_
     return found
 
 
-def _remove_empty_dirs(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its parents while they are empty, up to (not including) ``stop``."""
-    folder = folder.resolve()
-    stop = stop.resolve()
-    while folder != stop and stop in folder.parents:
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
-
-
 def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -> dict:
     """Move a quarantined file back into the batch's ``incoming/`` at its original path, for a requeue to pick up.
 
@@ -339,7 +326,6 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
     if not _LABEL.match(label or ""):
         raise OperationError("a quarantine label looks like q0001 (see dicom-relay quarantine list)")
     qdir = _quarantine_dir(settings, batch_id)
-    store.migrate()
     batch = store.get_batch(batch_id)
     if batch is None:
         raise OperationError(f"no batch {batch_id}")
@@ -365,7 +351,7 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
         raise OperationError(f"file {label}: a file already exists at its original path in incoming; not released")
     target.parent.mkdir(parents=True, exist_ok=True)
     os.rename(source, target)
-    _remove_empty_dirs(source.parent, qdir)
+    remove_empty_dirs(source.parent, qdir)
     entries[label] = {**entry, "released_at": _now().isoformat(timespec="seconds")}
     quarantine.write_index(qdir, entries)
     # A file held back by replace_identifiers has an instance row in ERROR: make it work again.

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import inbox, quarantine
+from . import inbox, quarantine, retrying
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
+from .files import remove_empty_dirs, write_json_atomically
 from .folder_deid import deidentify_folder, instance_patient_key
 from .status import Instance, StatusStore
 
@@ -92,7 +93,6 @@ def step(name: str) -> Callable:
                 params: dict | None = None, **kw) -> dict:
             store = StatusStore(settings.db_url)
             started = time.monotonic()
-            store.migrate()
             batch = store.get_batch(batch_id)
             if batch is None:
                 raise PermanentError(f"batch {batch_id} is not known to the status table")
@@ -132,7 +132,6 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     requested, including ones claimed by an earlier cycle that crashed before requesting.
     """
     store = StatusStore(settings.db_url)
-    store.migrate()
     settings.batches_dir.mkdir(parents=True, exist_ok=True)
     inbox.recover_claims(settings.inbox, settings.batches_dir)
     for name in inbox.finished_folders(settings.inbox, settings.stable_seconds):
@@ -257,8 +256,7 @@ def get_identifiers(batch_id: str, settings: Settings, options: RunOptions, stor
     entities = build_entities(_index(paths), settings.identifier_id_source)
     provider = provider_from_settings(settings)
     mapping = pseudonym_mapping(entities, provider.lookup(batch_id, entities))
-    paths.identifiers.write_text(json.dumps({"provider": provider.name, "patients": mapping}))
-    os.chmod(paths.identifiers, 0o600)
+    write_json_atomically(paths.identifiers, {"provider": provider.name, "patients": mapping}, mode=0o600)
     return {
         "provider": provider.name,
         "patients": len(mapping),
@@ -283,7 +281,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         return _pass_through(batch_id, paths, store)
     identities = _load_identities(paths)
     deid_options = DeidOptions.from_mapping(options.deid)
-    deidentifier = Deidentifier(settings.secret_key, deid_options)
+    deidentifier = Deidentifier(settings.secret_key.get_secret_value(), deid_options)
     # A rerun starts the staging folder afresh: output is deterministic, and a half-written file must not be sent.
     shutil.rmtree(paths.deid, ignore_errors=True)
     paths.deid.mkdir(parents=True)
@@ -384,18 +382,9 @@ def _mark_sent_if_complete(store: StatusStore, batch_id: str, options: RunOption
     return len(sent)
 
 
-def _retrying(what: str, settings: Settings, fn: Callable[[], Any]) -> Any:
-    """Call ``fn`` with exponential backoff on transient errors, within the configured budget."""
-    delay = settings.send_backoff_seconds
-    for attempt in range(1, settings.send_attempts + 1):
-        try:
-            return fn()
-        except TransientError as exc:
-            if attempt == settings.send_attempts:
-                raise TransientError(f"{what}: {exc} (gave up after {attempt} attempts)") from None
-            log.warning("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt, exc, delay)
-            time.sleep(delay)
-            delay *= 2
+def _orthanc(settings: Settings, fn: Callable[[], Any]) -> Any:
+    """An Orthanc call under the task's one retry layer (see ``dicom_relay.retrying``)."""
+    return retrying.call("orthanc", settings.send_attempts, settings.send_backoff_seconds, fn)
 
 
 @step("send_orthanc")
@@ -414,14 +403,14 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
     stored = already = 0
     failed: list[str] = []
     for study_uid, instances in sorted(by_study.items()):
-        present = _retrying("orthanc", settings, lambda: orthanc.study_instances(study_uid))
+        present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
         to_send = [i for i in instances if i.deid_sop_instance_uid not in present]
         already += len(instances) - len(to_send)
         if to_send:
-            report = _retrying("orthanc", settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send]))
+            report = _orthanc(settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send]))
             stored += report.stored_count
             failed.extend(report.failure_messages())
-        present = _retrying("orthanc", settings, lambda: orthanc.study_instances(study_uid))
+        present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
         now_verified = [i for i in instances if i.deid_sop_instance_uid in present]
         store.update_instances(batch_id, [(i.relpath, {"sent_orthanc_at": _utcnow()}) for i in now_verified])
         missing = len(instances) - len(now_verified)
@@ -458,8 +447,9 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
                                inst.deid_sop_instance_uid)
         metadata = {"batch_id": batch_id, "patient_pseudonym": inst.patient_pseudonym or "",
                     "sop_class_uid": inst.sop_class_uid or ""}
-        result = _retrying("gcs", settings, lambda: gcs.upload(paths.root / inst.deid_relpath, name, metadata))
-        if not _retrying("gcs", settings, lambda: gcs.verify(result.object_name, result.md5_b64)):
+        # google-cloud-storage retries each request itself (RELAY_GCS_RETRY_SECONDS): no second layer here.
+        result = gcs.upload(paths.root / inst.deid_relpath, name, metadata)
+        if not gcs.verify(result.object_name, result.md5_b64):
             raise TransientError(f"GCS checksum of {result.object_name} does not match the uploaded file")
         return inst, result
 
@@ -498,7 +488,7 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         }
         prefix = instances[0].gcs_object.rsplit("/", 2)[0] if instances else f"{settings.gcs_prefix}/{study_uid}"
         manifest_name = f"{prefix}/manifest.json"
-        _retrying("gcs", settings, lambda: gcs.write_manifest(manifest_name, manifest))
+        gcs.write_manifest(manifest_name, manifest)
         manifests.append(manifest_name)
     _mark_sent_if_complete(store, batch_id, options)
     return {"destination": "gcs", "bucket": settings.gcs_bucket, "uploaded": uploaded, "already_present": skipped,
@@ -530,20 +520,12 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
             removed += 1
     shutil.rmtree(paths.deid, ignore_errors=True)
     # Keep whatever is left in incoming (nothing, unless a file appeared after import) rather than lose it.
-    _remove_empty_dirs(paths.incoming)
+    remove_empty_dirs(paths.incoming)
     paths.identifiers.unlink(missing_ok=True)
     store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
     kept = quarantine.kept_files(paths.quarantine)
     store.set_status(batch_id, "DONE", finished=True)
     return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
-
-
-def _remove_empty_dirs(folder: Path) -> None:
-    if not folder.exists():
-        return
-    for root, dirs, files in os.walk(folder, topdown=False):
-        if not os.listdir(root):
-            os.rmdir(root)
 
 
 #: The process_study steps, in order, by task id.

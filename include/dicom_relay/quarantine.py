@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from .files import write_json_atomically
+
 QUARANTINE = "quarantine"
 INDEX_FILE = "index.json"
 
@@ -25,9 +27,7 @@ def read_index(qdir: Path) -> dict[str, dict]:
 def write_index(qdir: Path, entries: dict[str, dict]) -> None:
     """Replace the index atomically: a crash leaves the old index or the new one, never half of one."""
     qdir.mkdir(parents=True, exist_ok=True)
-    tmp = qdir / (INDEX_FILE + ".partial")
-    tmp.write_text(json.dumps(entries, indent=2))
-    os.replace(tmp, qdir / INDEX_FILE)
+    write_json_atomically(qdir / INDEX_FILE, entries, indent=2)
 
 
 def next_number(qdir: Path) -> int:

@@ -12,19 +12,24 @@ identifier is stored here; the pseudonym mapping lives in the batch's work area 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from .errors import PermanentError
+
 BATCH_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR", "EMPTY")
 INSTANCE_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR")
 
-# Each migration runs once, in order, under an advisory lock so that concurrent tasks cannot race on it.
+# Each migration runs once, in order, under an advisory lock so that concurrent starts cannot race on it.
+# ``StatusStore.migrate`` runs once at start (``dicom-relay migrate``: the compose init service, ``make run``),
+# not on every task or page request.
 MIGRATIONS: tuple[str, ...] = (
     f"""
     CREATE TABLE relay_batch (
@@ -148,14 +153,26 @@ class Instance:
 INSTANCE_FIELDS = tuple(Instance.__dataclass_fields__)
 
 
+class StatusTablesMissing(PermanentError):
+    """The status database has no relay tables yet: the start-up migration has not run against it."""
+
+
 class StatusStore:
     """Reads and writes the status tables. Each call uses its own short connection (tasks are short-lived)."""
 
     def __init__(self, db_url: str):
         self.db_url = db_url
 
-    def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row, connect_timeout=10)
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[psycopg.Connection]:
+        try:
+            with psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row, connect_timeout=10) as conn:
+                yield conn
+        except psycopg.errors.UndefinedTable:
+            raise StatusTablesMissing(
+                "the relay's status tables do not exist in the RELAY_DB_URL database: run `dicom-relay migrate` "
+                "(the compose init service and make run do, once at start)"
+            ) from None
 
     # -- schema -------------------------------------------------------------------------------------------
     def migrate(self) -> int:
@@ -242,15 +259,6 @@ class StatusStore:
                 "UPDATE relay_batch SET summary = summary || %s::jsonb, updated_at = now() WHERE batch_id = %s",
                 (Jsonb({task: summary}), batch_id),
             )
-
-    def count_rerun(self, batch_id: str) -> int:
-        with self._connect() as conn:
-            row = conn.execute(
-                "UPDATE relay_batch SET rerun_count = rerun_count + 1, updated_at = now() WHERE batch_id = %s"
-                " RETURNING rerun_count",
-                (batch_id,),
-            ).fetchone()
-            return row["rerun_count"]
 
     # -- operations (migration 2; used by dicom_relay.operations) ----------------------------------------------
     def record_decision(self, batch_id: str, decision: dict, *, expect_rerun_count: int | None = None,

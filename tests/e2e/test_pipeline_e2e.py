@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from dicom_relay.samples import drop_atomically, generate_ct_study
-from dicom_relay.stack.local import start_stack
-from dicom_relay.stack.process import wait_until
+from tests.support.samples import drop_atomically, generate_ct_study
+from tests.support.stack.local import start_stack
+from tests.support.stack.process import wait_until
 from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.e2e
@@ -222,7 +222,7 @@ def test_relay_batches_page_requires_login_and_hides_folders(stack, dropped):
 def test_no_identifier_or_secret_in_any_log(stack, dropped):
     """Every Airflow log (tasks, scheduler, triggerer, dag-processor) and every service log of the stack is free of
     the planted identifiers, the folder names, and the stack's secrets."""
-    from dicom_relay.stack.faults import files_under, scan_files
+    from tests.support.faults import files_under, scan_files
 
     run_dir = Path(stack.env["RELAY_INBOX"]).parent
     home = Path(stack.env["AIRFLOW_HOME"])

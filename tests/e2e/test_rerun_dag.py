@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from dicom_relay.samples import drop_atomically, generate_ct_study
-from dicom_relay.stack.local import start_stack
-from dicom_relay.stack.orthanc import OrthancHandle, start_orthanc
-from dicom_relay.stack.process import wait_until
+from tests.support.samples import drop_atomically, generate_ct_study
+from tests.support.stack.local import start_stack
+from tests.support.stack.orthanc import OrthancHandle, start_orthanc
+from tests.support.stack.process import wait_until
 from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.e2e

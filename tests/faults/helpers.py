@@ -9,8 +9,8 @@ from pathlib import Path
 import requests
 
 from dicom_relay import pipeline
-from dicom_relay.samples import SampleStudy, drop_atomically
-from dicom_relay.stack.gcs import emulator_client
+from tests.support.samples import SampleStudy, drop_atomically
+from tests.support.stack.gcs import emulator_client
 from dicom_relay.status import StatusStore
 
 STEPS = list(pipeline.STEPS.values())

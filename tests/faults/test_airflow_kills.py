@@ -2,7 +2,8 @@
 
 One stack for the module (PostgreSQL, Orthanc, GCS emulator, identifier service, Airflow 3 api-server, scheduler,
 dag-processor, triggerer), with short heartbeat timeouts and retry delays so that Airflow notices a dead task in
-seconds rather than minutes (see ``FAULT_ENV``). The tests run in file order and share the stack:
+seconds rather than minutes (see ``FAULT_ENV``). The tests share the stack and pass alone and in any order: the
+checks of part 5 cover every study planted so far, and plant (and deliver) one of their own when none was:
 
 1. the triggerer is killed while ``watch_inbox`` waits deferred; two studies arrive while it is down;
 2. the scheduler (and with it every LocalExecutor worker and task it forked) is killed during ``replace_identifiers``;
@@ -23,11 +24,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from dicom_relay.samples import drop_atomically, generate_ct_study
-from dicom_relay.stack.faults import airflow_task_processes, files_under, scan_files, scan_texts, sigkill, wait_gone
-from dicom_relay.stack.gcs import emulator_client
-from dicom_relay.stack.local import start_stack
-from dicom_relay.stack.process import wait_until
+from tests.support.samples import drop_atomically, generate_ct_study
+from tests.support.faults import (
+    airflow_task_processes,
+    files_under,
+    process_group_members,
+    scan_files,
+    scan_texts,
+    sigkill,
+    wait_gone,
+)
+from tests.support.stack.gcs import emulator_client
+from tests.support.stack.local import start_stack
+from tests.support.stack.process import wait_until
 from dicom_relay.status import StatusStore
 
 from .helpers import delivery, orthanc_study_instances
@@ -84,7 +93,6 @@ def store(stack) -> StatusStore:
 
 def batch_of(stack, folder: str):
     s = store(stack)
-    s.migrate()
     return next((b for b in s.list_batches(limit=200) if b.folder == folder), None)
 
 
@@ -151,24 +159,11 @@ def kill_component(stack, name: str) -> list[int]:
     proc = stack.airflow.processes[name]
     pgid = proc.pid()
     assert pgid is not None and proc.is_running(), f"{name} is not running"
-    members = [p for p in _group_members(pgid)]
+    members = process_group_members(pgid)
     proc.signal(signal.SIGKILL)
     assert wait_gone(members, timeout=15), f"{name} survived SIGKILL"
     if proc.popen is not None:
         proc.popen.wait(timeout=10)
-    return members
-
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(stat[2]) == pgid:
-                members.append(int(entry.name))
     return members
 
 
@@ -301,12 +296,22 @@ def test_task_killed_in_send_orthanc(stack, sources, figures):
 
 # ---- 5. exactly once, no leak, no entry ------------------------------------------------------------------
 
-def test_exactly_one_run_per_folder(stack):
+@pytest.fixture
+def planted(stack, sources, figures) -> dict:
+    """The studies planted in this module so far; when there is none yet (this test runs alone, or first), one
+    small study of its own, delivered, so that the checks always have identifiers to look for."""
     if not Planted.studies:
-        pytest.skip("runs after the fault tests of this module")
+        folder = "ACC-FLT-PLAIN-0001"
+        drop(stack, sources, folder, "MRN-FLT-PLAIN-1", 4)
+        wait_done(stack, [folder])
+        verify(stack, [folder], figures)
+    return Planted.studies
+
+
+def test_exactly_one_run_per_folder(stack, planted):
     client = stack.airflow.client()
     runs = client.get("/dags/process_study/dagRuns", limit=200)["dag_runs"]
-    batches = {f: batch_of(stack, f) for f in Planted.studies}
+    batches = {f: batch_of(stack, f) for f in planted}
     assert all(b is not None for b in batches.values())
     assert sorted(r["dag_run_id"] for r in runs) == sorted(f"batch__{b.batch_id}" for b in batches.values())
     assert not list(Path(stack.env["RELAY_INBOX"]).iterdir()), "a folder was left in the inbox"
@@ -323,10 +328,8 @@ def _xcoms(client, dag_id: str, run_id: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def test_no_identifier_leaked_anywhere(stack, figures):
-    if not Planted.studies:
-        pytest.skip("runs after the fault tests of this module")
-    values = sorted({v for s in Planted.studies.values() for v in s.identifiers()} | set(Planted.studies))
+def test_no_identifier_leaked_anywhere(stack, planted, figures):
+    values = sorted({v for s in planted.values() for v in s.identifiers()} | set(planted))
     run_dir = Path(stack.env["RELAY_INBOX"]).parent
     home = Path(stack.env["AIRFLOW_HOME"])
     client = stack.airflow.client()
@@ -344,21 +347,21 @@ def test_no_identifier_leaked_anywhere(stack, figures):
             x = _xcoms(client, dag_id, run["dag_run_id"])
             n_xcom += len(x)
             texts += x
-    assert n_xcom >= len(Planted.studies) * len(TASKS)
+    assert n_xcom >= len(planted) * len(TASKS)
     # The relay's status rows as the CLI and UI show them (errors, summaries, run ids).
     for b in store(stack).list_batches(limit=200):
         texts.append((f"batch {b.batch_id}", json.dumps(b.public(), default=str).encode() + json.dumps(b.summary).encode()))
     # Every object name and its metadata; the manifests' content.
     gcs = emulator_client(stack.env["STORAGE_EMULATOR_HOST"], "dicom-relay")
     blobs = list(gcs.list_blobs(stack.env["RELAY_GCS_BUCKET"]))
-    assert len(blobs) >= sum(len(s.sop_instance_uids) for s in Planted.studies.values())
+    assert len(blobs) >= sum(len(s.sop_instance_uids) for s in planted.values())
     for blob in blobs:
         texts.append((f"gcs object {blob.name}", (blob.name + json.dumps(blob.metadata or {})).encode()))
         if blob.name.endswith("manifest.json"):
             texts.append((f"gcs manifest {blob.name}", blob.download_as_bytes()))
     leaks += scan_texts(texts, values)
     # Positive control: the same scan does find the planted values where they are supposed to be (the originals).
-    some_study = next(iter(Planted.studies.values()))
+    some_study = next(iter(planted.values()))
     assert len({leak.value_index for leak in scan_files(sorted(some_study.folder.glob("*.dcm"))[:1], values)}) >= 4
     figures.leaked(len(leaks))
     assert not leaks, [(leak.where, f"planted value #{leak.value_index}") for leak in leaks[:20]]

@@ -18,9 +18,9 @@ import requests
 from dicom_relay import pipeline
 from dicom_relay.config import Settings
 from dicom_relay.errors import PermanentError, RelayError
-from dicom_relay.samples import generate_ct_study
-from dicom_relay.stack.gcs import emulator_client
-from dicom_relay.stack.local import relay_env
+from tests.support.samples import generate_ct_study
+from tests.support.stack.gcs import emulator_client
+from tests.support.stack.local import relay_env
 from dicom_relay.status import StatusStore
 
 from .helpers import STEPS, claim_one, delivery, digests, run_all

@@ -11,8 +11,9 @@ import pytest
 
 from dicom_relay import pipeline
 from dicom_relay.config import Settings
-from dicom_relay.samples import generate_ct_study
-from dicom_relay.stack.postgres import start_postgres
+from dicom_relay.status import StatusStore
+from tests.support.samples import generate_ct_study
+from tests.support.stack.postgres import start_postgres
 
 from .helpers import STEPS, claim_one, delivery, digests
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 def own_postgres():
     """A cluster of this test's own: stopping it must not disturb the session's database."""
     handle = start_postgres(Path(tempfile.mkdtemp(prefix="relay-pg-down-")), durable=False)
+    StatusStore(handle.url("relay")).migrate()
     yield handle
     handle.stop()
 

@@ -22,7 +22,7 @@ from dicom_relay import cli, inbox, operations, pipeline
 from dicom_relay.config import Settings
 from dicom_relay.destinations.gcs import GcsDestination
 from dicom_relay.errors import PermanentError
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import pytest
 
 from dicom_relay.destinations.errors import DestinationConflict, DestinationRejected, DestinationUnavailable
 from dicom_relay.destinations.gcs import GcsDestination, file_checksums
-from dicom_relay.samples import generate_ct_study
-from dicom_relay.stack.gcs import start_gcs_emulator
+from tests.support.samples import generate_ct_study
+from tests.support.stack.gcs import start_gcs_emulator
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ from dicom_relay.identifiers import (
     Item,
     RestProvider,
 )
-from dicom_relay.stack.identifier_service import start_identifier_service
-from dicom_relay.stack.process import free_port
+from tests.support.stack.identifier_service import start_identifier_service
+from tests.support.stack.process import free_port
 
 pytestmark = pytest.mark.integration
 

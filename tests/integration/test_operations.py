@@ -19,7 +19,7 @@ from dicom_relay import cli, operations, pipeline
 from dicom_relay.airflow_client import AirflowClient
 from dicom_relay.config import Settings
 from dicom_relay.destinations.gcs import GcsDestination
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.integration
@@ -175,7 +175,6 @@ def test_release_refusals(settings, tmp_path):
 
 def test_requeue_refusals_need_no_airflow(settings, tmp_path, capsys, monkeypatch):
     store = StatusStore(settings.db_url)
-    store.migrate()
     store.create_batch("20260101T000000-aaaaaa", "ACC-SECRET")
     store.set_status("20260101T000000-aaaaaa", "DONE", finished=True)
     nowhere = AirflowClient("http://127.0.0.1:1", "admin", "x")  # never contacted for these refusals
@@ -197,7 +196,6 @@ def test_requeue_refusals_need_no_airflow(settings, tmp_path, capsys, monkeypatc
 
 def test_status_shows_the_last_decision(settings, capsys):
     store = StatusStore(settings.db_url)
-    store.migrate()
     store.create_batch("20260101T000000-cccccc", "ACC-SECRET-STATUS")
     store.set_status("20260101T000000-cccccc", "PROCESSING", run_id="batch__20260101T000000-cccccc")
     store.add_error("20260101T000000-cccccc", "send_orthanc", "Orthanc is down", transient=True)

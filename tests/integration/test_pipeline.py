@@ -15,7 +15,7 @@ import requests
 from dicom_relay import pipeline
 from dicom_relay.config import Settings
 from dicom_relay.errors import PermanentError, TransientError
-from dicom_relay.samples import drop_atomically, generate_ct_study
+from tests.support.samples import drop_atomically, generate_ct_study
 from dicom_relay.status import StatusStore
 
 pytestmark = pytest.mark.integration

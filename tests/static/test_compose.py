@@ -1,12 +1,14 @@
 """docker-compose.yaml, .env and the Dockerfile, checked without a Docker engine.
 
-The compose file is validated against the Compose Specification schema (../shared/schemas/compose-spec.json),
+The compose file is validated against the Compose Specification schema that check-jsonschema ships (vendored and
+kept current there: ``check_jsonschema/builtin_schemas/vendor/compose-spec.json``, from compose-spec/compose-spec),
 then against what the relay needs: the services, their wiring, the settings dicom_relay.config reads, the
 files it mounts, and an .env that defines every variable it needs and holds placeholders only.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import re
 import shlex
@@ -16,6 +18,8 @@ from pathlib import Path, PurePosixPath
 import jsonschema
 import pytest
 import yaml
+from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from dicom_relay.config import Settings
 
@@ -23,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ENV_FILE = ROOT / ".env"
 DOCKERFILE = ROOT / "Dockerfile"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = importlib.resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json"
 
 AIRFLOW_SERVICES = {
     "airflow-apiserver",
@@ -45,16 +49,18 @@ def load_compose() -> dict:
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        assert sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key), f".env line {number} is not KEY=VALUE"
-        assert key not in values, f".env defines {key} twice"
-        values[key] = value
-    return values
+    """The .env as python-dotenv reads it (raw values: compose interpolates them, not this test), after checking
+    that every line parses and no variable is set twice (the later line would silently win)."""
+    seen: set[str] = set()
+    with path.open() as stream:
+        for binding in parse_stream(stream):
+            assert not binding.error, f".env line {binding.original.line} is not KEY=VALUE"
+            if binding.key is None:  # a blank line or a comment
+                continue
+            assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", binding.key), f".env line {binding.original.line}: bad name"
+            assert binding.key not in seen, f".env defines {binding.key} twice"
+            seen.add(binding.key)
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
 def interpolations(text: str) -> list[tuple[str, str | None, str | None]]:
@@ -157,7 +163,7 @@ def env_file() -> dict[str, str]:
 
 def test_compose_file_follows_the_compose_specification(compose):
     schema = json.loads(SCHEMA.read_text())
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.validators.validator_for(schema)(schema)  # the draft the schema declares
     errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
 
@@ -197,21 +203,15 @@ def test_airflow_services_follow_the_airflow3_celery_shape(compose):
 
 def test_airflow_services_get_every_relay_setting(compose):
     """Whatever name dicom_relay.config.Settings reads must reach the Airflow services."""
-
-    class Recorder(dict):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def get(self, key, default=None):
-            self.names.append(key)
-            return default
-
-    recorder = Recorder()
-    Settings.from_env(recorder)
-    assert len(recorder.names) > 20  # the recorder really saw from_env at work
+    names = Settings.variables()
+    assert len(names) > 20 and "RELAY_SECRET_KEY" in names
+    # from_env really reads every one of them: a distinct number for each changes every numeric setting.
+    numeric = [n for n, f in zip(names, Settings.model_fields.values()) if f.annotation in (int, float)]
+    read = Settings.from_env({n: str(i + 7) for i, n in enumerate(numeric)})
+    assert [getattr(read, f) for f, v in Settings.model_fields.items() if v.validation_alias in numeric] == [
+        i + 7 for i in range(len(numeric))]
     for name in AIRFLOW_SERVICES:
-        missing = set(recorder.names) - set(environment(compose["services"][name]))
+        missing = set(names) - set(environment(compose["services"][name]))
         assert not missing, f"{name} lacks {sorted(missing)}"
 
 
@@ -253,7 +253,7 @@ def test_settings_resolve_to_the_compose_services(compose, env_file):
     assert re.fullmatch(r"postgresql://relay:[^@]+@postgres:5432/relay", settings.db_url)
     # One token configures both ends of the identifier service.
     id_env = {k: resolve(v, env_file) for k, v in environment(services["identifier-service"]).items()}
-    assert id_env["RELAY_IDENTIFIER_TOKEN"] == settings.identifier_token != ""
+    assert id_env["RELAY_IDENTIFIER_TOKEN"] == settings.identifier_token.get_secret_value() != ""
 
 
 def test_identifier_service_keeps_its_mapping_on_a_volume(compose):

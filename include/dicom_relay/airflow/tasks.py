@@ -32,6 +32,13 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
         raise AirflowFailException(str(exc)) from None
 
 
+def run_step_in_task(name: str) -> dict:
+    """The callable of every process_study task: run the pipeline step ``name`` for this run's batch."""
+    from airflow.sdk import get_current_context
+
+    return run_step(name, get_current_context())
+
+
 def record_task_failure(context: dict[str, Any]) -> None:
     """Last resort (``on_failure_callback``): a task that failed for good without the pipeline recording why
     (killed, timed out, its worker lost) still leaves the batch ERROR with a reason, never silently NEW."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -16,14 +17,20 @@ class InboxTrigger(BaseTrigger):
 
     The filesystem scan runs in a thread so the triggerer's event loop is never blocked. The event carries
     only a count: folder names may be PHI and trigger events are stored in Airflow's database.
+
+    ``deadline`` (seconds since the epoch, or None): when the inbox stays empty until then, the trigger fires with
+    ``{"waiting": 0}``, so the waiting task ends well within its ``execution_timeout`` (which also bounds the
+    deferral) and the continuous DAG simply starts its next run. An absolute time survives a triggerer restart.
     """
 
-    def __init__(self, inbox_dir: str, batches_dir: str, stable_seconds: float = 2.0, poll_seconds: float = 2.0):
+    def __init__(self, inbox_dir: str, batches_dir: str, stable_seconds: float = 2.0, poll_seconds: float = 2.0,
+                 deadline: float | None = None):
         super().__init__()
         self.inbox_dir = inbox_dir
         self.batches_dir = batches_dir
         self.stable_seconds = stable_seconds
         self.poll_seconds = poll_seconds
+        self.deadline = deadline
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -33,6 +40,7 @@ class InboxTrigger(BaseTrigger):
                 "batches_dir": self.batches_dir,
                 "stable_seconds": self.stable_seconds,
                 "poll_seconds": self.poll_seconds,
+                "deadline": self.deadline,
             },
         )
 
@@ -43,7 +51,7 @@ class InboxTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
             waiting = await asyncio.to_thread(self.waiting)
-            if waiting:
+            if waiting or (self.deadline is not None and time.time() >= self.deadline):
                 yield TriggerEvent({"waiting": waiting})
                 return
             await asyncio.sleep(self.poll_seconds)

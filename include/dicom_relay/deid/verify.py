@@ -54,7 +54,8 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 from dicom_relay.deid import codes
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
-from dicom_relay.deid.table import NESTED, resolve_compound, rules_for, sop_family
+from dicom_relay.deid.table import resolve_compound, rules_for, sop_family
+from dicom_relay.deid.text import cleaned as text_cleaned
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS"})
@@ -125,17 +126,20 @@ KEEP, REMOVE, CLEAN = 0, 1, 2
 
 
 @lru_cache(maxsize=1 << 14)
-def _decision(options: DeidOptions, family: str, tag: int, vr: str, dates_shift: bool, exclude_kept: bool) -> int:
+def _decision(options: DeidOptions, family: str, enclosing: tuple[int, ...], tag: int, vr: str, dates_shift: bool,
+              exclude_kept: bool) -> int:
     """What de-identification does with the value of one element, as far as verification cares: KEEP, REMOVE
-    (or replace), or CLEAN (text kept minus what identifies). ``dates_shift``: Modified Dates with a known,
-    non-zero jitter. Cached: a study repeats the same few hundred (tag, VR) pairs."""
+    (or replace), or CLEAN (text kept minus what identifies). ``enclosing``: the tags of the sequences around the
+    element (compound actions follow the attribute's Type at that place of the IOD, as in the engine);
+    ``dates_shift``: Modified Dates with a known, non-zero jitter. Cached: a study repeats the same few hundred
+    places."""
     if (tag >> 16) & 1:
         return REMOVE  # private attributes are removed (a safe-listed one holds parameters, not identities)
     if tag in PSEUDONYMISED:
         return REMOVE
     rule = rules_for(options).exact.get(tag)
     if rule is not None:
-        act = resolve_compound(rule[0], rule[2], family)
+        act = resolve_compound(rule[0], rule[2], family, enclosing)
         if act == "K":
             return KEEP
         if act == "C":
@@ -157,6 +161,11 @@ def _decision(options: DeidOptions, family: str, tag: int, vr: str, dates_shift:
 _shift = lru_cache(maxsize=1 << 16)(shift_value)
 
 
+def _cleanable(tag: int, vr: str, value: str) -> bool:
+    """Whether action C can keep ``value`` at all (valid for its VR or format before any cleaning)."""
+    return text_cleaned(tag, vr, value, None) is not None
+
+
 def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: bool) -> Collected:
     """Sort the values of an original instance (see :class:`Collected`).
 
@@ -172,11 +181,12 @@ def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: b
     for path, tag, vr, parts in leaves:
         if not parts:
             continue
-        # Inside sequence items the IOD's top-level attribute types do not apply (as in the engine).
-        decision = _decision(options, family if len(path) == 1 else NESTED, tag, vr, dates_shift, exclude_kept)
+        decision = _decision(options, family, path[:-1:2], tag, vr, dates_shift, exclude_kept)
         if decision == CLEAN:
-            cleaned.update(parts)
-            continue
+            if all(_cleanable(tag, vr, p) for p in parts):
+                cleaned.update(parts)  # keeps whatever is not identifying for this instance
+                continue
+            decision = REMOVE  # not valid for its VR or format: the engine does not keep it (text.cleaned)
         if jitter and vr in ("DA", "DT"):
             for p in parts:
                 new = _shift(vr, p, jitter)

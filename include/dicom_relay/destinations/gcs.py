@@ -120,8 +120,8 @@ class GcsDestination:
 
     @classmethod
     def from_settings(cls, settings, **kwargs) -> "GcsDestination":
-        # How long the client library keeps retrying one request (5xx, dropped connections) before the relay's own
-        # attempts (RELAY_SEND_ATTEMPTS) take over: RELAY_GCS_RETRY_SECONDS.
+        # How long the client library keeps retrying one request (5xx, dropped connections): RELAY_GCS_RETRY_SECONDS.
+        # This is the only retry layer inside the task for GCS; Airflow's task retries come after it.
         kwargs.setdefault("retry_deadline", settings.gcs_retry_seconds)
         return cls(bucket=settings.gcs_bucket, project=settings.gcs_project, prefix=settings.gcs_prefix, **kwargs)
 

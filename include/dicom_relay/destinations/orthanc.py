@@ -184,7 +184,7 @@ class OrthancDestination:
             calling_ae_title=settings.calling_ae_title,
             url=settings.orthanc_url,
             user=settings.orthanc_user,
-            password=settings.orthanc_password,
+            password=settings.orthanc_password.get_secret_value(),
         )
 
     # ---- DICOM -------------------------------------------------------------------------------------------------

@@ -58,10 +58,10 @@ class IdentifierProvider(Protocol):
 def provider_from_settings(settings) -> IdentifierProvider:
     """``LocalProvider(settings.secret_key)`` when ``settings.identifier_url`` is empty, else a ``RestProvider``."""
     if not settings.identifier_url.strip():
-        return LocalProvider(settings.secret_key)
+        return LocalProvider(settings.secret_key.get_secret_value())
     return RestProvider(
         settings.identifier_url.strip(),
-        token=settings.identifier_token,
+        token=settings.identifier_token.get_secret_value(),
         timeout=settings.identifier_timeout,
         retries=settings.identifier_retries,
     )

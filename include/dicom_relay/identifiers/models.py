@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping, Sequence
 
 from dicom_relay.errors import PermanentError, TransientError
@@ -65,13 +65,18 @@ class Entity:
 
 
 @dataclass(frozen=True)
-class ItemResult:
+class _Result:
+    """The service's answer for one identifier: its pseudonym (``suid``), jitter and moved date."""
+
     id: str = _hidden()
     id_source: str
     suid: str
     jitter: int
     jittered_timestamp: str | None = _hidden()
 
+
+@dataclass(frozen=True)
+class ItemResult(_Result):
     @classmethod
     def answer(cls, item: "Item", suid: str, jitter: int) -> "ItemResult":
         """The answer for ``item``: its pseudonym, and its date moved by its patient's jitter."""
@@ -80,12 +85,7 @@ class ItemResult:
 
 
 @dataclass(frozen=True)
-class EntityResult:
-    id: str = _hidden()
-    id_source: str
-    suid: str
-    jitter: int
-    jittered_timestamp: str | None = _hidden()
+class EntityResult(_Result):
     items: tuple[ItemResult, ...] = ()
 
     def __post_init__(self):
@@ -152,19 +152,17 @@ def _validate_one(thing: Entity | Item, i: int, j: int | None) -> None:
         raise IdentifierError(f"{where}: id_timestamp is not an ISO date (YYYY-MM-DD)")
 
 
+def _wire(record: Entity | Item | EntityResult | ItemResult) -> dict[str, Any]:
+    """A contract record as its JSON object: its fields in order, ``items`` as a list of objects."""
+    body = {f.name: getattr(record, f.name) for f in fields(record) if f.name != "items"}
+    if isinstance(record, (Entity, EntityResult)):
+        body["items"] = [_wire(item) for item in record.items]
+    return body
+
+
 def request_body(entities: Sequence[Entity]) -> dict[str, Any]:
     """The JSON body of ``POST <base>/uid/<study_name>``."""
-    return {
-        "identifiers": [
-            {
-                "id": e.id,
-                "id_source": e.id_source,
-                "id_timestamp": e.id_timestamp,
-                "items": [{"id": it.id, "id_source": it.id_source, "id_timestamp": it.id_timestamp} for it in e.items],
-            }
-            for e in entities
-        ]
-    }
+    return {"identifiers": [_wire(e) for e in entities]}
 
 
 def entities_from_request(body: object) -> list[Entity]:
@@ -198,28 +196,7 @@ def entities_from_request(body: object) -> list[Entity]:
 
 def results_body(results: Iterable[EntityResult]) -> dict[str, Any]:
     """The JSON body of the answer."""
-    return {
-        "results": [
-            {
-                "id": r.id,
-                "id_source": r.id_source,
-                "suid": r.suid,
-                "jitter": r.jitter,
-                "jittered_timestamp": r.jittered_timestamp,
-                "items": [
-                    {
-                        "id": it.id,
-                        "id_source": it.id_source,
-                        "suid": it.suid,
-                        "jitter": it.jitter,
-                        "jittered_timestamp": it.jittered_timestamp,
-                    }
-                    for it in r.items
-                ],
-            }
-            for r in results
-        ]
-    }
+    return {"results": [_wire(r) for r in results]}
 
 
 def _check_suid(value: object, original_id: str, where: str) -> str:

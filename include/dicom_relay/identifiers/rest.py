@@ -3,7 +3,8 @@
 Failure policy (the batch must never go on with a missing or made-up pseudonym):
 
 - connection refused, timeouts, HTTP 5xx and 429 are retried ``retries`` times with exponential backoff
-  (``backoff``, ``2 * backoff``, ...), then raise ``IdentifierUnavailable`` (transient: a later rerun may work);
+  (``backoff``, ``2 * backoff``, ...; ``dicom_relay.retrying``, the one retry layer inside a task), then raise
+  ``IdentifierUnavailable`` (transient: Airflow's retries and a later rerun may work);
 - HTTP 401/403 raise ``IdentifierError`` at once naming ``RELAY_IDENTIFIER_TOKEN``: there is no token endpoint
   to refresh from, so a person has to fix the token;
 - any other answer that is not a complete one (other HTTP errors, a body that is not JSON, an entity or item
@@ -15,13 +16,12 @@ quoted (a service may echo the identifiers it was sent).
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Sequence
 from urllib.parse import quote
 
 import requests
 
+from dicom_relay.retrying import retrying
 from dicom_relay.identifiers.models import (
     Entity,
     EntityResult,
@@ -31,8 +31,6 @@ from dicom_relay.identifiers.models import (
     results_from_answer,
     validate_entities,
 )
-
-log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -69,34 +67,30 @@ class RestProvider:
             headers["Authorization"] = f"Bearer {self._token}"
         body = request_body(entities)
 
-        attempts = self.retries + 1
         with requests.Session() as session:
-            for attempt in range(1, attempts + 1):
-                problem = None
+
+            def post() -> requests.Response:
                 try:
                     response = session.post(url, json=body, headers=headers, timeout=self.timeout)
                 except requests.Timeout:
-                    problem = f"no answer within {self.timeout:g}s"
+                    raise IdentifierUnavailable(f"no answer within {self.timeout:g}s") from None
                 except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                    problem = f"connection failed ({type(exc).__name__})"
+                    raise IdentifierUnavailable(f"connection failed ({type(exc).__name__})") from None
                 except requests.RequestException as exc:  # a bad URL, say: retrying will not help
                     raise IdentifierError(
                         f"identifier service {self.base_url} cannot be asked ({type(exc).__name__})"
                     ) from None
-                else:
-                    if response.status_code not in RETRY_STATUSES:
-                        return self._read(response, entities)
-                    problem = f"HTTP {response.status_code}"
-                if attempt < attempts:
-                    delay = self.backoff * 2 ** (attempt - 1)
-                    log.warning(
-                        "identifier service %s: %s (attempt %d of %d); retrying in %.1fs",
-                        self.base_url, problem, attempt, attempts, delay,
-                    )
-                    time.sleep(delay)
-        raise IdentifierUnavailable(
-            f"identifier service {self.base_url} unavailable after {attempts} attempt(s): {problem}"
-        )
+                if response.status_code in RETRY_STATUSES:
+                    raise IdentifierUnavailable(f"HTTP {response.status_code}")
+                return response
+
+            response = retrying(
+                f"identifier service {self.base_url}", self.retries + 1, self.backoff,
+                error=lambda problem, attempts: IdentifierUnavailable(
+                    f"identifier service {self.base_url} unavailable after {attempts} attempt(s): {problem}"
+                ),
+            )(post)
+        return self._read(response, entities)
 
     def _read(self, response: requests.Response, entities: Sequence[Entity]) -> list[EntityResult]:
         status = response.status_code

@@ -52,3 +52,15 @@ async def test_stability_guard_holds_a_busy_folder(tmp_path):
     await asyncio.sleep(0.3)
     assert not task.done()
     task.cancel()
+
+
+async def test_empty_inbox_fires_zero_at_its_deadline(tmp_path):
+    """The waiting task must end before its execution_timeout: at the deadline the trigger fires with nothing."""
+    import time
+
+    (tmp_path / "inbox").mkdir()
+    trigger = InboxTrigger(str(tmp_path / "inbox"), str(tmp_path / "batches"), poll_seconds=0.05,
+                           deadline=time.time() + 0.3)
+    assert InboxTrigger(**trigger.serialize()[1]).deadline == trigger.deadline
+    event = await asyncio.wait_for(trigger.run().__anext__(), timeout=10)
+    assert event.payload == {"waiting": 0}

@@ -1,24 +1,14 @@
-"""The dicom-relay command as a person runs it: a real subprocess, real files, a real status database."""
+"""The dicom-relay command as a person runs it: a real subprocess, real files (the commands that need the status
+database are in tests/integration/test_cli_status.py)."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pydicom
 import pytest
 
-from dicom_relay.samples import generate_ct_study
-from dicom_relay.status import Instance, StatusStore
-
-
-def relay(*args, env=None, **kw):
-    base = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
-    if os.environ.get("PYTHONPATH"):  # the code under test, not whichever checkout the venv installed
-        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    return subprocess.run([sys.executable, "-m", "dicom_relay.cli", *args], env={**base, **(env or {})},
-                          capture_output=True, text=True, timeout=120, **kw)
+from tests.support.cli import run_cli as relay
+from tests.support.samples import generate_ct_study
 
 
 @pytest.fixture(scope="module")
@@ -131,22 +121,6 @@ def test_an_output_with_a_leak_is_removed_and_reported(study, tmp_path):
     assert "InstitutionName" in leak["reason"] and study.patient_id not in leak["reason"]
     assert len(list(out.iterdir())) == 2  # the two clean instances stay, the leaking one is gone
     assert study.patient_id not in r.stdout + r.stderr + report.read_text()
-
-
-def test_status_lists_batches_without_folder_names(relay_db_url):
-    store = StatusStore(relay_db_url)
-    store.migrate()
-    store.create_batch("20260101T000000-aaaaaa", "ACC-SECRET-FOLDER")
-    store.add_instances("20260101T000000-aaaaaa", [Instance("20260101T000000-aaaaaa", "a.dcm", "NEW")])
-    store.add_error("20260101T000000-aaaaaa", "import", "file q0001 is not a DICOM file; kept in quarantine", status=None)
-    r = relay("status", "--json", env={"RELAY_DB_URL": relay_db_url})
-    assert r.returncode == 0, r.stderr
-    [batch] = json.loads(r.stdout)
-    assert batch["batch_id"] == "20260101T000000-aaaaaa" and batch["instances"] == {"NEW": 1}
-    assert batch["has_error"] is True
-    text = relay("status", "--errors", env={"RELAY_DB_URL": relay_db_url})
-    assert "q0001" in text.stdout
-    assert "ACC-SECRET-FOLDER" not in r.stdout + text.stdout
 
 
 def test_status_without_database_says_what_to_do():

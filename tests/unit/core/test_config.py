@@ -39,3 +39,28 @@ def test_deid_options_from_configuration_and_per_run():
     assert merged == {"retain_safe_private": True, "dates": "remove"}
     with pytest.raises(ConfigError, match="RELAY_DEID_OPTIONS"):
         Settings.from_env({"RELAY_DEID_OPTIONS": "[1, 2]"})
+
+
+def test_secrets_hidden_in_every_rendering_and_readable_where_used():
+    s = Settings.from_env({"RELAY_SECRET_KEY": "s3cr3t-key", "RELAY_IDENTIFIER_TOKEN": "tok-987654",
+                           "ORTHANC_PASSWORD": "pw-123456"})
+    for text in (repr(s), str(s), s.model_dump_json(), str(s.model_dump())):
+        assert not any(secret in text for secret in ("s3cr3t-key", "tok-987654", "pw-123456"))
+    assert s.secret_key.get_secret_value() == "s3cr3t-key"
+    assert s.orthanc_password.get_secret_value() == "pw-123456"
+
+
+def test_settings_read_only_the_mapping_given(monkeypatch):
+    """``Settings()`` is the defaults; ``from_env(env)`` reads ``env`` and nothing else; ``from_env()`` the process."""
+    monkeypatch.setenv("RELAY_INBOX", "/from/the/shell")
+    assert str(Settings().inbox) == "/data/inbox"
+    assert str(Settings.from_env({}).inbox) == "/data/inbox"
+    assert str(Settings.from_env().inbox) == "/from/the/shell"
+
+
+def test_bad_number_names_the_variable_and_overrides_are_validated():
+    with pytest.raises(ConfigError, match="RELAY_STABLE_SECONDS"):
+        Settings.from_env({"RELAY_STABLE_SECONDS": "soon"})
+    with pytest.raises(ConfigError, match="RELAY_SEND_ATTEMPTS"):
+        Settings().with_overrides(send_attempts="many")
+    assert Settings().with_overrides(send_attempts="2").send_attempts == 2

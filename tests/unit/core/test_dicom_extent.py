@@ -237,3 +237,14 @@ def test_a_cut_inside_a_header_sequence_is_reported_as_truncated(tmp_path):
     result = read_instance(cut, cut.name)
     assert isinstance(result, Rejected) and result.reason.startswith("is truncated"), result
     assert NAME not in result.reason
+
+
+@pytest.mark.parametrize("zeros", [1, 7, 8, 500])
+def test_zero_bytes_after_the_data_set_are_not_a_cut(tmp_path, zeros):
+    """Media written in blocks and some transfer tools pad files with zero bytes; no element is cut short by that.
+    (Eight zero bytes read as an element (0000,0000) of length 0, as pydicom reads them.)"""
+    data = _header(ExplicitVRLittleEndian) + _native(False, True) + _padding(False, True) + b"\0" * zeros
+    path = _write(tmp_path, data)
+    assert isinstance(read_instance(path, path.name), IndexedInstance), read_instance(path, path.name)
+    bad = _write(tmp_path, data[:-zeros] + b"\x10\x00\x10", "garbage.dcm")
+    assert read_instance(bad, bad.name).reason.startswith("is truncated")

@@ -5,7 +5,7 @@ import os
 from pydicom.data import get_testdata_file
 
 from dicom_relay.dicom_import import index_folder
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 
 def test_index_real_and_bad_files(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom.data
 
 from dicom_relay import dicom_import
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 
 def _full_path(monkeypatch, path: Path, relpath: str):

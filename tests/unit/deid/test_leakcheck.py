@@ -21,7 +21,7 @@ from dicom_relay.dicom_import import index_folder
 from dicom_relay.folder_deid import deidentify_folder
 from dicom_relay.identifiers import LocalProvider
 from dicom_relay.pipeline import build_entities, identities_from_mapping, pseudonym_mapping
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 from .corpus import planted_dataset
 from .test_profile import OPTION_SETS

@@ -15,7 +15,7 @@ from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage
 from dicom_relay.deid import Deidentifier, DeidError, DeidOptions, PatientIdentity, remap_uid
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.errors import PermanentError
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 KEY = "k-uids"
 

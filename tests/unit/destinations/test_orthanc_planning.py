@@ -16,7 +16,7 @@ from dicom_relay.destinations.orthanc import (
     _read_meta,
     plan_associations,
 )
-from dicom_relay.samples import generate_ct_study
+from tests.support.samples import generate_ct_study
 
 
 def test_each_sop_class_and_transfer_syntax_pair_is_one_context_once():

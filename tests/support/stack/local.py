@@ -1,7 +1,7 @@
 """The whole local stack, for ``make run`` / ``make stop`` and for the end-to-end tests.
 
-    python -m dicom_relay.stack.local up   [--run-dir .run] [--no-sample]
-    python -m dicom_relay.stack.local down [--run-dir .run]
+    python -m tests.support.stack.local up   [--run-dir .run] [--no-sample]
+    python -m tests.support.stack.local down [--run-dir .run]
 
 ``up`` starts (or finds again) PostgreSQL, Orthanc, the GCS emulator, the identifier service and Airflow
 (api-server, scheduler, dag-processor, triggerer), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
@@ -21,6 +21,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dotenv import dotenv_values
+
+from dicom_relay.airflow_client import AirflowClient
+from dicom_relay.status import StatusStore
+
+from .. import REPO
 from .airflow import COMPONENTS, AirflowHandle, start_airflow
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
@@ -28,7 +34,6 @@ from .orthanc import start_orthanc
 from .postgres import start_postgres
 from .process import ManagedProcess, free_port, port_open, wait_until
 
-REPO = Path(__file__).resolve().parents[3]
 SERVICE_NAMES = ("postgres", "orthanc", "gcs", "identifier-service", *(f"airflow-{c}" for c in COMPONENTS))
 # Ports a person would expect; a free one is taken instead when something else listens there.
 PREFERRED_PORTS = {"airflow": 8080, "orthanc_http": 8042, "orthanc_dicom": 4242, "gcs": 4443, "identifier": 8765}
@@ -40,19 +45,11 @@ def _port(name: str) -> int:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, shell-quoted or not; comments skipped."""
-    env: dict[str, str] = {}
+    """``KEY=VALUE`` (or ``export KEY=VALUE``) lines of an env file, quoted or not, as python-dotenv reads them;
+    values are taken literally (no ``${...}`` expansion: compose's own .env is interpolated by compose)."""
     if not path.exists():
-        return env
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, value = line.split("=", 1)
-        key = key.strip().removeprefix("export ").strip()
-        parts = shlex.split(value, comments=True)
-        env[key] = parts[0] if parts else ""
-    return env
+        return {}
+    return {k: v or "" for k, v in dotenv_values(path, interpolate=False).items()}
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
@@ -62,7 +59,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> None:
 
 def relay_env(inbox: Path, work_dir: Path, db_url: str, orthanc, gcs_bucket: str, identifier_url: str,
               identifier_token: str, secret_key: str) -> dict[str, str]:
-    """The relay's settings (as environment variables) for services started by ``dicom_relay.stack``."""
+    """The relay's settings (as environment variables) for services started by ``tests.support.stack``."""
     return {
         "RELAY_INBOX": str(inbox),
         "RELAY_WORK_DIR": str(work_dir),
@@ -119,6 +116,7 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     try:
         pg = start_postgres(run_dir / "postgres", databases=("relay", "airflow"), durable=fixed_ports)
         stack.services.append(pg)
+        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does
         orthanc = start_orthanc(
             run_dir / "orthanc",
             http_port=_port("orthanc_http") if fixed_ports else None,
@@ -185,7 +183,7 @@ def stop_all(run_dir: Path) -> list[str]:
 
 def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
     """Generate a CT study and drop it into the inbox the atomic way; return the folder name used."""
-    from dicom_relay.samples import drop_atomically, generate_ct_study
+    from tests.support.samples import drop_atomically, generate_ct_study
 
     run_dir = Path(env["RELAY_INBOX"]).parent
     name = f"SAMPLE-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -198,16 +196,12 @@ def drop_sample(env: dict[str, str], n_instances: int = 12) -> str:
 def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     """Wait until the folder's batch has a finished run (retries included); return the batch."""
     from dicom_relay.inbox import run_id_for
-    from dicom_relay.status import StatusStore
-
-    from .airflow import AirflowClient
 
     store = StatusStore(env["RELAY_DB_URL"])
     client = AirflowClient(env["AIRFLOW_URL"], env["AIRFLOW_USER"], env["AIRFLOW_PASSWORD"])
     found = {}
 
     def finished() -> bool:
-        store.migrate()
         batch = next((b for b in store.list_batches(limit=200) if b.folder == folder), None)
         if batch is None:
             return False
@@ -261,7 +255,7 @@ Stop            make stop
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dicom_relay.stack.local")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.stack.local")
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run")
     parser.add_argument("--no-sample", action="store_true")

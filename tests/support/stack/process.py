@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import requests
+import psutil
 
 
 class ServiceError(RuntimeError):
@@ -50,8 +50,14 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def http_ok(url: str, auth=None, timeout: float = 2.0) -> bool:
-    return requests.get(url, auth=auth, timeout=timeout).status_code < 500
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie still answers ``kill(pid, 0)``)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # someone else's live process
+        return True
 
 
 class ManagedProcess:
@@ -92,18 +98,7 @@ class ManagedProcess:
             return False
         if self.popen is not None and self.popen.poll() is not None:
             return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # A zombie still answers kill(0); treat it as gone.
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-            return state != "Z"
-        except (FileNotFoundError, IndexError):
-            return False
+        return pid_alive(pid)
 
     def start(self) -> "ManagedProcess":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)

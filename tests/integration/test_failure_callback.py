@@ -1,7 +1,11 @@
 """A task that fails for good without the pipeline recording why still leaves the batch ERROR with a reason."""
 
+import pytest
+
 from dicom_relay.airflow.tasks import record_task_failure
 from dicom_relay.status import StatusStore
+
+pytestmark = pytest.mark.integration
 
 
 class TaskInstance:
@@ -11,7 +15,6 @@ class TaskInstance:
 def test_unrecorded_failure_marks_batch_error_once(relay_db_url, monkeypatch):
     monkeypatch.setenv("RELAY_DB_URL", relay_db_url)
     store = StatusStore(relay_db_url)
-    store.migrate()
     store.create_batch("b-killed", "folder")
     store.set_status("b-killed", "PROCESSING")
     context = {"params": {"batch_id": "b-killed"}, "task_instance": TaskInstance()}

@@ -10,13 +10,14 @@ import pytest
 from dicom_relay import operations
 from dicom_relay.status import StatusStore
 
+pytestmark = pytest.mark.integration
+
 FOLDER = "ACC-SECRET-4711"  # folder names are PHI: never in a decision
 
 
 @pytest.fixture
 def store(relay_db_url) -> StatusStore:
     s = StatusStore(relay_db_url)
-    s.migrate()
     return s
 
 

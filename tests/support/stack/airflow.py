@@ -18,11 +18,11 @@ from typing import Mapping
 
 import requests
 
-from dicom_relay.airflow_client import AirflowClient  # noqa: F401 - moved there; kept importable from here
+from dicom_relay.airflow_client import AirflowClient
 
+from .. import REPO
 from .process import ManagedProcess, free_port, wait_until
 
-REPO = Path(__file__).resolve().parents[3]
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 

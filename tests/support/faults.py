@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+import psutil
+
+from .stack.process import pid_alive
+
 LOOPBACK = "127.0.0.1"
 MODES = ("pass", "refuse", "reset", "hang", "http", "lose_reply", "delay")
 _CHUNK = 256 * 1024
@@ -366,18 +370,25 @@ class FaultProxy:
 # ---- processes ---------------------------------------------------------------------------------------------
 
 def process_cmdlines() -> dict[int, str]:
-    """``{pid: command line}`` of every process (from /proc), arguments joined by spaces."""
+    """``{pid: command line}`` of every process (psutil), arguments joined by spaces."""
     found = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = Path(entry.path, "cmdline").read_bytes()
-        except OSError:
-            continue
-        if raw:
-            found[int(entry.name)] = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline")  # None or [] when unreadable or a kernel thread
+        if cmdline:
+            found[proc.pid] = " ".join(cmdline).strip()
     return found
+
+
+def process_group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid``."""
+    members = []
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and pid_alive(pid):
+                members.append(pid)
+        except ProcessLookupError:
+            continue
+    return sorted(members)
 
 
 def find_processes(*needles: str, exclude: Iterable[str] = ()) -> list[int]:
@@ -417,15 +428,7 @@ def wait_gone(pids: Iterable[int], timeout: float = 10.0) -> bool:
     pids = list(pids)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = []
-        for pid in pids:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if state != "Z":
-                alive.append(pid)
-        if not alive:
+        if not any(pid_alive(pid) for pid in pids):
             return True
         time.sleep(0.05)
     return False

@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from dicom_relay.identifiers.service import TOKEN_ENV
-from dicom_relay.stack.process import ManagedProcess, ServiceError, free_port
+from tests.support.stack.process import ManagedProcess, ServiceError, free_port
 
 LOOPBACK = "127.0.0.1"
 NAME = "identifier-service"

@@ -6,7 +6,6 @@ identifies the patient is derived from ``patient_id`` so a test can search the o
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 from dataclasses import dataclass
@@ -189,6 +188,3 @@ def drop_atomically(source: Path, inbox: Path, name: str, suffix: str = ".tmp000
     os.rename(staging, final)
     return final
 
-
-def today_dicom() -> str:
-    return dt.date.today().strftime("%Y%m%d")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from dicom_relay.stack.process import ManagedProcess, free_port, port_open
+from tests.support.stack.process import ManagedProcess, free_port, port_open
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 LOOPBACK = "127.0.0.1"

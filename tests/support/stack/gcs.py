@@ -17,7 +17,7 @@ from pathlib import Path
 
 import requests
 
-from dicom_relay.stack.process import ManagedProcess, ServiceError, free_port
+from tests.support.stack.process import ManagedProcess, ServiceError, free_port
 
 LOOPBACK = "127.0.0.1"
 
