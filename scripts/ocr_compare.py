@@ -16,7 +16,6 @@ import time
 
 os.environ.setdefault("OMP_THREAD_LIMIT", "1")
 
-import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tests.unit.deid.pixels.render import render, tokens  # noqa: E402

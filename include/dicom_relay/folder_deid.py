@@ -97,7 +97,7 @@ def deidentify_folder(
     try:
         results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check)
         outputs = [r.path for r in results if r.path is not None]
-        leaks = check.find_leaks(outputs)
+        leaks = check.find_leaks(outputs, workers=workers)
     except BaseException as exc:
         full = _out_of_space(exc, out_dir)  # asked before the removal below frees the space again
         # Nothing unverified may stay: remove what this call may have written (names are new SOP UIDs, so

@@ -346,7 +346,8 @@ class StatusStore:
         """Apply ``(relpath, {column: value})`` changes in one transaction."""
         if not changes:
             return
-        with self._connect() as conn, conn.transaction(), conn.cursor() as cur:
+        # Pipeline mode: the updates go out without a round trip each (500 instances: one wait, not 500).
+        with self._connect() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             for relpath, values in changes:
                 unknown = set(values) - set(INSTANCE_FIELDS)
                 if unknown:

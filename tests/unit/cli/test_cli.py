@@ -123,6 +123,12 @@ def test_an_output_with_a_leak_is_removed_and_reported(study, tmp_path):
     assert study.patient_id not in r.stdout + r.stderr + report.read_text()
 
 
+def test_status_without_database_says_what_to_do():
+    r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
+    assert r.returncode == 2
+    assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr
+
+
 def test_deidentify_pixels_policy_and_the_pixel_record_in_the_report(tmp_path):
     from tests.unit.deid.pixels.render import render, us_dataset
 
@@ -144,9 +150,3 @@ def test_deidentify_pixels_policy_and_the_pixel_record_in_the_report(tmp_path):
     r = relay("deidentify", str(src), str(tmp_path / "weak"), "--pixels", "clean",
               env={**env, "RELAY_PIXEL_POLICY": "all-text"})
     assert r.returncode == 2 and "weaker" in r.stderr and not (tmp_path / "weak").exists()
-
-
-def test_status_without_database_says_what_to_do():
-    r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
-    assert r.returncode == 2
-    assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr

@@ -1,11 +1,12 @@
 """Reading burned-in text: a cheap text-region detector and Tesseract (through tesserocr) on each region.
 
 Why this shape (measured in ``scripts/ocr_compare.py``; figures in docs/DEIDENTIFICATION.md): Tesseract on a
-whole 640x480 ultrasound frame reads about 60% of the rendered tokens and takes ~80 ms, because the speckle
-confuses its page layout analysis. Overlay text is drawn with a colour far brighter (or darker) than its
+whole 640x480 ultrasound frame reads 64% of the rendered tokens and takes ~100 ms, because the speckle
+confuses its page layout analysis; this reader finds 92% in ~40 ms. Overlay text is drawn with a colour far brighter (or darker) than its
 surroundings, so a morphological top-hat / black-hat finds the text lines in a few milliseconds; each line is
 then binarised, enlarged when small, and read by Tesseract as a block of text. One ``PyTessBaseAPI`` is kept
-per process (creating one loads the model: ~100 ms), and the result of each region is cached by its pixels:
+per thread (creating one loads the model: 0.2-0.4 s measured), and the result of each region is cached by its
+binarised pixels:
 a cine loop repeats the same overlay on every frame, and the proof pass re-reads regions that cleaning left
 unchanged.
 
@@ -20,7 +21,6 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -279,15 +279,9 @@ _local = threading.local()
 
 
 def reader() -> TesseractReader:
-    """This thread's reader (created on first use: loading the model costs ~100 ms)."""
+    """This thread's reader (created on first use: loading the model costs 0.2-0.4 s)."""
     r = getattr(_local, "reader", None)
     if r is None or getattr(_local, "pid", None) != os.getpid():
         r = _local.reader = TesseractReader()
         _local.pid = os.getpid()
     return r
-
-
-@lru_cache(maxsize=1)
-def engine_description() -> dict:
-    """What reads the pixels, without starting an engine in this thread twice."""
-    return reader().describe()

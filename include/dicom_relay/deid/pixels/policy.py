@@ -87,14 +87,3 @@ def scan_reason(modality: str, sop_class: str, burned_in: str, image_type: str, 
     if scan_all:
         return "every image is read (scan_all)"
     return None
-
-
-def dataset_scan_reason(ds, *, scan_all: bool = False) -> str | None:
-    """:func:`scan_reason` for a pydicom dataset (only images: no Pixel Data, nothing to read)."""
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        return None
-    image_type = ds.get("ImageType", "")
-    if not isinstance(image_type, str):
-        image_type = "\\".join(str(v) for v in image_type)
-    return scan_reason(str(ds.get("Modality", "") or ""), str(ds.get("SOPClassUID", "") or ""),
-                       str(ds.get("BurnedInAnnotation", "") or ""), image_type, scan_all=scan_all)

@@ -1,7 +1,7 @@
 """The pixel-cleaning stage for one instance: decode, find, blank, prove, write back, and say what was done.
 
 :func:`clean_instance` is called by the engine (:mod:`dicom_relay.deid.engine`) for every instance whose pixels
-the policy scans (:func:`dicom_relay.deid.pixels.policy.dataset_scan_reason`), on the ORIGINAL dataset with its
+the policy scans (:func:`dicom_relay.deid.pixels.policy.scan_reason`), on the ORIGINAL dataset with its
 pixel data, before the header is de-identified (rules and needles need the original header). It changes only
 the Pixel Data and the attributes that must follow it (transfer syntax, photometric interpretation, lossy
 compression history: see :mod:`~dicom_relay.deid.pixels.codec`), and only when something was blanked and the
