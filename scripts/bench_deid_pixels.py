@@ -155,9 +155,7 @@ def generate(work: Path, n_us: int, cine_frames: int, n_ct_text: int, n_ct_prima
 
     dirs = {m: work / m for m in ("us", "us-cine", "ct-text", "ct-primary")}
     for i in range(n_us):  # a different patient, text layout and speckle per file
-        for f in pixel_corpus.build(dirs["us"], seed=f"bench-us-{i}",
-                                    scenes={f"us{i:03d}": ("us", "RGB", ("explicit",), 1)}):
-            pass
+        pixel_corpus.build(dirs["us"], seed=f"bench-us-{i}", scenes={f"us{i:03d}": ("us", "RGB", ("explicit",), 1)})
     pixel_corpus.build(dirs["us-cine"], seed="bench-cine", scenes={"cine": ("us", "RGB", ("explicit",), cine_frames)})
     for i in range(n_ct_text):
         pixel_corpus.build(dirs["ct-text"], seed=f"bench-ct-{i}",
