@@ -717,8 +717,6 @@ class LeakCheck:
             leaks += _check_file(path, needles, own, self._places)
         return leaks
 
-    _add_collected = add_collected  # the engine's name until it imports the public one
-
 
 def _key(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
@@ -765,6 +763,3 @@ def collect(original, options: DeidOptions, identity) -> Collected:
 def _read_all_but_pixels(path: Path) -> Dataset:
     """Every element of a file, those after the pixel data included; large values (the pixels) not loaded."""
     return pydicom.dcmread(path, force=True, defer_size=1024)
-
-
-_collect = collect  # the engine's name until it imports the public one
