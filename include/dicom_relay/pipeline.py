@@ -28,14 +28,13 @@ from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import remove_empty_dirs, write_json_atomically
-from .folder_deid import deidentify_folder, instance_patient_key
+from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
 
 DEID = "deid"
 IDENTIFIERS_FILE = "identifiers.json"
-ACCESSION_SOURCE = "DCM Accession #"
 GCS_PARALLEL_UPLOADS = 8
 # Below this many instances a process pool costs more than it saves.
 DEID_POOL_MIN_INSTANCES = 200
@@ -52,21 +51,37 @@ class RunOptions:
     deidentify: bool = True
     send_orthanc: bool = True
     send_gcs: bool = True
-    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid
+    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid ("pixels" included)
 
     @classmethod
     def resolve(cls, settings: Settings, params: dict | None = None) -> "RunOptions":
+        """The run's options: the settings, overridden by the run's params.
+
+        The pixel policy (``pixel_policy`` param, or ``pixels`` in the ``deid_options`` param) may only be made
+        stricter than the deployment's (RELAY_PIXEL_POLICY, or ``pixels`` in RELAY_DEID_OPTIONS, the stricter of
+        the two): a weaker one is a ConfigError, which fails the run at its first task.
+        """
+        from .deid.errors import DeidError
+        from .deid.pixels import policy as pixel_policy
+
         params = params or {}
 
         def pick(name: str, default: bool) -> bool:
             value = params.get(name)
             return default if value is None else bool(value)
 
+        run_deid = dict(params.get("deid_options") or {})
+        try:
+            deployed = pixel_policy.at_least(settings.pixel_policy, settings.deid_options.get("pixels"))
+            pixels = pixel_policy.at_least(deployed, run_deid.pop("pixels", None))
+            pixels = pixel_policy.at_least(pixels, params.get("pixel_policy"))
+        except DeidError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             deidentify=pick("deidentify", settings.deidentify),
             send_orthanc=pick("send_orthanc", settings.send_orthanc),
             send_gcs=pick("send_gcs", settings.send_gcs),
-            deid={**settings.deid_options, **(params.get("deid_options") or {})},
+            deid={**settings.deid_options, **run_deid, "pixels": pixels},
         )
 
     def destinations(self) -> list[str]:
@@ -186,65 +201,6 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
     }
 
 
-def _iso(dicom_date: str) -> str | None:
-    d = dicom_date.strip()
-    if len(d) == 8 and d.isdigit():
-        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
-    return None
-
-
-def build_entities(index: FolderIndex, id_source: str) -> list:
-    """One identifier-contract entity per patient, with one item per accession number (sendit's request)."""
-    from .identifiers import Entity, Item
-
-    patients: dict[str, dict[str, Any]] = {}
-    for inst in index.instances:
-        entry = patients.setdefault(instance_patient_key(inst), {"birth": inst.patient_birth_date, "items": {}})
-        if inst.accession_number:
-            entry["items"].setdefault(inst.accession_number, inst.study_date)
-    return [
-        Entity(
-            id=key,
-            id_source=id_source,
-            id_timestamp=_iso(p["birth"]),
-            items=tuple(
-                Item(id=acc, id_source=ACCESSION_SOURCE, id_timestamp=_iso(date)) for acc, date in sorted(p["items"].items())
-            ),
-        )
-        for key, p in sorted(patients.items())
-    ]
-
-
-def pseudonym_mapping(entities: list, results: list) -> dict[str, dict[str, Any]]:
-    """``{patient key: {suid, jitter, accessions}}``; fails closed when any pseudonym is missing.
-
-    Errors name the patient by position (or pseudonym), never by the identifier that was asked for.
-    """
-    mapping: dict[str, dict[str, Any]] = {}
-    by_id = {r.id: r for r in results}
-    for n, entity in enumerate(entities, start=1):
-        result = by_id.get(entity.id)
-        if result is None or not result.suid:
-            raise PermanentError(f"the identifier service gave no pseudonym for patient {n} of {len(entities)}")
-        items = {i.id: i.suid for i in result.items}
-        for m, item in enumerate(entity.items, start=1):
-            if not items.get(item.id):
-                raise PermanentError(
-                    f"the identifier service gave no pseudonym for accession {m} of patient {result.suid}"
-                )
-        mapping[entity.id] = {"suid": result.suid, "jitter": int(result.jitter), "accessions": items}
-    return mapping
-
-
-def identities_from_mapping(mapping: dict[str, dict[str, Any]]) -> dict:
-    from .deid import PatientIdentity
-
-    return {
-        key: PatientIdentity(patient_pseudonym=p["suid"], jitter_days=p["jitter"], accession_pseudonyms=p["accessions"])
-        for key, p in mapping.items()
-    }
-
-
 @step("get_identifiers")
 def get_identifiers(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
     """Ask the identifier provider for a pseudonym and a date shift per patient, and per accession number."""
@@ -309,10 +265,11 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 number += 1
                 held_back += 1
                 store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
-                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})"}))
+                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})", "pixels": result.pixels}))
                 continue
             changes.append((inst.relpath, {
                 "state": "DONEPROCESSING",
+                "pixels": result.pixels,
                 "patient_pseudonym": done.identity.patient_pseudonym,
                 "deid_study_instance_uid": result.study_instance_uid,
                 "deid_series_instance_uid": result.series_instance_uid,
@@ -342,6 +299,8 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     return {
         "deidentified": len(done),
         "held_back": held_back,
+        "pixel_policy": deid_options.pixels,
+        "pixels_cleaned": sum(1 for c in done if c["pixels"] is not None),
         "studies": sorted({c["deid_study_instance_uid"] for c in done}),
         "verified_no_leak": True,
     }

@@ -243,6 +243,15 @@ def test_real_files_give_no_false_leak(names: list[str], tmp_path: Path) -> None
     assert all(i.delivered for i in run.instances)
 
 
+def test_retain_safe_private_gives_no_false_leak(tmp_path: Path) -> None:
+    # Before: the kept Private Creators (GEMS_ACQU_01, ...) and safe elements of CT_small.dcm were "leaks".
+    options = dataclasses.replace(NO_HOLD, retain_safe_private=True)
+    _, run = _deidentify(_folder(tmp_path, REAL_FILES), tmp_path / "out", options)
+    assert [(i.instance.relpath, leak.location) for i in run.instances for leak in i.leaks] == []
+    ct = pydicom.dcmread(next(i.result.path for i in run.instances if i.instance.relpath == "CT_small.dcm"))
+    assert ct.get((0x0019, 0x0010)) is not None  # the safe list did keep something of the GE blocks
+
+
 def test_in_a_folder_another_files_values_are_found_where_they_identify(tmp_path: Path) -> None:
     _, run = _deidentify(_folder(tmp_path, REAL_FILES), tmp_path / "out")
     outputs = {i.instance.relpath: i.result.path for i in run.instances}
@@ -325,3 +334,25 @@ def test_a_broken_profile_leaves_planted_values_and_every_one_is_found(broken: s
     check.add(src, identity, out)
     found = {leak.location for leak in check.find_leaks()}
     assert expected - found == set()
+
+
+def test_find_leaks_in_a_pool_finds_the_same_leaks_in_the_same_order(tmp_path: Path) -> None:
+    from dicom_relay.deid.verify import POOL_MIN_OUTPUTS
+
+    study = generate_ct_study(tmp_path / "in", n_instances=POOL_MIN_OUTPUTS + 6, rows=8, columns=8)
+    identity = PatientIdentity("PSEUDO", 4, {study.accession_number: "ACC"})
+    d = Deidentifier("k")
+    check = LeakCheck(d.options)
+    outputs = []
+    for src in sorted(study.folder.glob("*.dcm")):
+        outputs.append(d.deidentify_file(src, tmp_path / "out", identity).path)
+        check.add(src, identity, outputs[-1])
+    assert check.find_leaks(workers=2) == []
+    for n in (3, 40):
+        ds = pydicom.dcmread(outputs[n])
+        ds.ImageComments = study.patient_id
+        ds.ContentDate = study.study_date
+        ds.save_as(outputs[n])
+    serial = check.find_leaks()
+    assert [leak.file for leak in serial] == [outputs[3].name] * 2 + [outputs[40].name] * 2
+    assert check.find_leaks(workers=2) == serial
