@@ -95,13 +95,16 @@ def read_header(path: Path) -> Header:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except InvalidDicomError:
             return Header(_read_without_meta(path), None)
+        ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        if ts is None or UID(ts).is_deflated or not UID(ts).is_transfer_syntax:
+            # Checked first: pydicom inflates a deflated dataset (and may guess an unknown encoding) from the
+            # whole rest of the file, so the file position says nothing about where the pixel data starts. Taken
+            # as "nothing after the header", it would drop the pixel data and hide it from the pixel stage.
+            return Header(pydicom.dcmread(path), None)
         offset = f.tell()
         size = os.fstat(f.fileno()).st_size
         if offset >= size:
             return Header(ds, None)
-        ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
-        if ts is None or UID(ts).is_deflated or not UID(ts).is_transfer_syntax:
-            return Header(pydicom.dcmread(path), None)
         try:
             end = scan_pixel_elements(f, offset, size, UID(ts).is_little_endian, UID(ts).is_implicit_VR)
         except (NeedsFullRead, struct.error):
