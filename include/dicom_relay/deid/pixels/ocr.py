@@ -244,12 +244,14 @@ class TesseractReader:
         confs = api.AllWordConfidences()
         scale = (b.shape[0] - 2 * BORDER) / crop_height
         ink = None
-        words = api.GetComponentImages(tess.RIL.WORD, True)
-        for _img, wbox, _block, _para in words:
-            wx0, wy0 = wbox["x"], wbox["y"]
-            wx1, wy1 = wx0 + wbox["w"], wy0 + wbox["h"]
-            ink = (wx0, wy0, wx1, wy1) if ink is None else (min(ink[0], wx0), min(ink[1], wy0),
-                                                            max(ink[2], wx1), max(ink[3], wy1))
+        # The result iterator, not GetComponentImages: the same word boxes without a PIL image made per word.
+        word = tess.RIL.WORD
+        for w in tess.iterate_level(api.GetIterator(), word):
+            wbox = w.BoundingBox(word)
+            if wbox is None:
+                continue
+            ink = wbox if ink is None else (min(ink[0], wbox[0]), min(ink[1], wbox[1]),
+                                            max(ink[2], wbox[2]), max(ink[3], wbox[3]))
         if ink is not None:  # binarised (scaled, bordered) pixels -> crop pixels, rounded outwards
             ink = (max(0, int((ink[0] - BORDER) / scale)), max(0, int((ink[1] - BORDER) / scale)),
                    int(np.ceil((ink[2] - BORDER) / scale)), int(np.ceil((ink[3] - BORDER) / scale)))
