@@ -112,6 +112,28 @@ def read_header(path: Path) -> Header:
     return Header(ds, (offset, end - offset))
 
 
+def with_pixels(header: Header, path: Path) -> Header:
+    """``header`` with its pixel elements read from ``path`` into its dataset (for the pixel stage).
+
+    Only the bytes of :attr:`Header.tail` are read and parsed: the header is not parsed a second time.
+    """
+    if header.tail is None:
+        return header
+    from pydicom.filereader import read_dataset
+
+    offset, length = header.tail
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise EOFError("file shorter than its pixel data")
+    implicit, little = header.ds.original_encoding
+    tail = read_dataset(DicomBytesIO(data), implicit, little)
+    for elem in tail.elements():
+        header.ds[elem.tag] = elem
+    return Header(header.ds, None)
+
+
 def _read_without_meta(path: Path) -> FileDataset:
     """A dataset stored without preamble and file meta (ACR-NEMA style or a bare C-STORE dump).
 
