@@ -29,7 +29,7 @@ test-fast: setup
 bench: setup
 	@$(PY) -m pip install -q -r requirements-bench.txt
 	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_deid.py   # tests.support.samples generates the study
-	@$(PY) scripts/bench_deid_pixels.py   # the pixel stage: US / CT frames/s per core, CT primary with vs without it
+	@$(PY) scripts/bench_pixels.py   # the pixel stage: US / CT frames/s per core, CT primary with vs without it, anchors
 
 ## The relay end to end on its own stack (.run/bench-e2e): 500 and 2000 instances, three studies at once, and the
 ## anchors (storescu, Orthanc REST, transfer_manager) on the same files; prints ratios and which goals hold.
