@@ -29,6 +29,7 @@ from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import remove_empty_dirs, write_json_atomically
+from .progress import Progress
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,8 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
         label = quarantine.hold(paths.incoming, paths.quarantine, rejected.relpath, rejected.reason, number)
         number += 1
         store.add_error(batch_id, "import", f"file {label} {rejected.reason}; kept in quarantine", status=None)
+        # By label only: the file's name may be PHI (``dicom-relay quarantine list --show-paths`` maps it).
+        log.warning("batch %s: import held back %s: file %s", batch_id, label, rejected.reason)
     known = {i.relpath for i in store.instances(batch_id)}
     store.add_instances(
         batch_id,
@@ -330,6 +333,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 number += 1
                 held_back += 1
                 store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
+                log.warning("batch %s: replace_identifiers held back %s: %s", batch_id, label, result.quarantine_reason)
                 changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})"}))
                 continue
             changes.append((inst.relpath, {
@@ -443,12 +447,16 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
         by_study.setdefault(inst.deid_study_instance_uid, []).append(inst)
     stored = already = 0
     failed: list[str] = []
+    # Over every study of the batch: one per C-STORE response, and what Orthanc held already counts as stored.
+    progress = Progress(log, "send_orthanc", len(pending), "stored")
     for study_uid, instances in sorted(by_study.items()):
         present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
         to_send = [i for i in instances if i.deid_sop_instance_uid not in present]
         already += len(instances) - len(to_send)
+        progress.advance(len(instances) - len(to_send))
         if to_send:
-            report = _orthanc(settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send]))
+            report = _orthanc(settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send],
+                                                              progress=progress.advance))
             stored += report.stored_count
             failed.extend(report.failure_messages())
         present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
@@ -495,6 +503,7 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         return inst, result
 
     uploaded = skipped = 0
+    progress = Progress(log, "send_gcs", len(pending), "uploaded")
     # Uploads are network-bound: a few in flight at once. Each verified upload is recorded as it completes
     # (in small groups), so a crash part-way keeps what was already verified.
     done: list[tuple[str, dict]] = []
@@ -505,6 +514,7 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
                 inst, result = future.result()
                 skipped += int(result.skipped)
                 uploaded += int(not result.skipped)
+                progress.advance()
                 done.append((inst.relpath, {"sent_gcs_at": _utcnow(), "gcs_object": result.object_name,
                                             "gcs_md5": result.md5_b64}))
                 if len(done) >= 25:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,11 @@ from pynetdicom.status import code_to_category
 from dicom_relay.destinations.errors import DestinationRejected, DestinationUnavailable
 
 log = logging.getLogger(__name__)
+
+# pynetdicom logs two INFO lines per C-STORE (request sent, response received): a 500-instance study would bury the
+# task log in a thousand lines. Its warnings and errors (rejections, aborts, timeouts) still show; the relay logs
+# its own progress every tenth of a send (dicom_relay.progress).
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
 
 #: PS3.8 9.3.2.2: an A-ASSOCIATE-RQ carries at most 128 presentation contexts (odd IDs 1..255).
 MAX_PRESENTATION_CONTEXTS = 128
@@ -189,8 +194,11 @@ class OrthancDestination:
 
     # ---- DICOM -------------------------------------------------------------------------------------------------
 
-    def store(self, paths: Sequence[Path]) -> StoreReport:
+    def store(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None) -> StoreReport:
         """C-STORE every file, in one association (see ``plan_associations``); return the per-file outcome.
+
+        ``progress``, when given, is called with 1 after each C-STORE response (stored or not), e.g.
+        ``dicom_relay.progress.Progress.advance``.
 
         Raises ``DestinationUnavailable`` when Orthanc cannot be reached, rejects or aborts the association, or
         stops answering; files already stored stay stored (a resend is harmless: Orthanc keeps one copy per SOP
@@ -213,7 +221,7 @@ class OrthancDestination:
             ]
             report.associations += 1
             try:
-                self._store_group(contexts, group, outcomes)
+                self._store_group(contexts, group, outcomes, progress)
             except DestinationUnavailable as exc:
                 # Keep what is known (some instances may be stored) for a caller that wants to record it.
                 report.outcomes = [outcomes[i] for i in sorted(outcomes)]
@@ -244,6 +252,7 @@ class OrthancDestination:
         contexts: Sequence[tuple[str, str]],
         group: Sequence[tuple[int, _Instance]],
         outcomes: dict[int, InstanceOutcome],
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         ae = self._application_entity(contexts)
         watch = _ConnectionWatch(self.tcp_nodelay)
@@ -284,6 +293,8 @@ class OrthancDestination:
                 outcomes[index] = InstanceOutcome(
                     inst.path, stored=stored, status=code, reason=None if category == "Success" else category
                 )
+                if progress is not None:
+                    progress(1)
         finally:
             if assoc.is_established:
                 assoc.release()
