@@ -97,9 +97,10 @@ def step(name: str) -> Callable:
             batch = store.get_batch(batch_id)
             if batch is None:
                 raise PermanentError(f"batch {batch_id} is not known to the status table")
-            if batch.status == "DONE":
-                # A rerun of a finished batch: everything was delivered and verified; there is nothing to redo.
-                return {"batch_id": batch_id, "skipped": "the batch is already DONE"}
+            if batch.status in ("DONE", "HELD_BACK"):
+                # A rerun of a finished batch: everything deliverable was delivered and verified; there is nothing
+                # to redo (held-back files go on only once a review releases them, which makes the batch NEW).
+                return {"batch_id": batch_id, "skipped": f"the batch is already {batch.status}"}
             try:
                 try:
                     options = options or RunOptions.resolve(settings, params)
@@ -470,7 +471,8 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
             )
     _mark_sent_if_complete(store, batch_id, options)
     return {"destination": "orthanc", "stored": stored, "already_present": already, "verified": stored + already,
-            "studies": sorted(by_study)}
+            "studies": sorted(by_study),
+            "patient_pseudonyms": sorted({i.patient_pseudonym for i in pending if i.patient_pseudonym})}
 
 
 @step("send_gcs")
@@ -543,7 +545,8 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         manifests.append(manifest_name)
     _mark_sent_if_complete(store, batch_id, options)
     return {"destination": "gcs", "bucket": settings.gcs_bucket, "uploaded": uploaded, "already_present": skipped,
-            "verified": uploaded + skipped, "manifests": manifests}
+            "verified": uploaded + skipped, "manifests": manifests, "studies": sorted(studies),
+            "patient_pseudonyms": sorted({i.patient_pseudonym for i in pending if i.patient_pseudonym})}
 
 
 @step("cleanup")
@@ -553,7 +556,8 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
     _mark_sent_if_complete(store, batch_id, options)
     instances = store.instances(batch_id)
     deliverable = [i for i in instances if i.state != "ERROR"]
-    if not deliverable:
+    held = quarantine.held(paths.quarantine)
+    if not deliverable and not held:
         raise PermanentError("no instance of the batch could be delivered: every file is held back in quarantine")
     unsent = [i for i in deliverable if i.state not in ("SENT", "DONE")]
     if unsent:
@@ -575,8 +579,14 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
     paths.identifiers.unlink(missing_ok=True)
     store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
     kept = quarantine.kept_files(paths.quarantine)
-    store.set_status(batch_id, "DONE", finished=True)
-    return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
+    # Held-back files wait for a review (release / discard / keep held): the batch is finished but not clean.
+    status = "HELD_BACK" if held else "DONE"
+    store.set_status(batch_id, status, finished=True)
+    if held:
+        log.warning("batch %s: %d instance(s) held back for review: %s", batch_id, len(held),
+                    "; ".join(f"{label}: {reason}" for label, reason in held.items()))
+    return {"originals_removed": removed, "quarantined_kept": kept, "held_back": len(held), "status": status,
+            "destinations": options.destinations()}
 
 
 #: The process_study steps, in order, by task id.

@@ -24,7 +24,10 @@ from psycopg.types.json import Jsonb
 
 from .errors import PermanentError
 
-BATCH_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR", "EMPTY")
+# HELD_BACK: every instance that could go was delivered and verified, but some are held back in quarantine
+# (unreadable, or not safe to send) until a person releases or discards them: finished, but not clean.
+_BATCH_STATES_V1 = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR", "EMPTY")
+BATCH_STATES = _BATCH_STATES_V1 + ("HELD_BACK",)
 INSTANCE_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR")
 
 # Each migration runs once, in order, under an advisory lock so that concurrent starts cannot race on it.
@@ -35,7 +38,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE relay_batch (
         batch_id      text PRIMARY KEY,
         folder        text NOT NULL,
-        status        text NOT NULL DEFAULT 'NEW' CHECK (status IN {BATCH_STATES!r}),
+        status        text NOT NULL DEFAULT 'NEW' CHECK (status IN {_BATCH_STATES_V1!r}),
         has_error     boolean NOT NULL DEFAULT false,
         errors        jsonb NOT NULL DEFAULT '[]'::jsonb,
         run_id        text,
@@ -85,6 +88,11 @@ MIGRATIONS: tuple[str, ...] = (
     END $$;
     CREATE TRIGGER relay_batch_run_started BEFORE UPDATE OF status ON relay_batch
         FOR EACH ROW EXECUTE FUNCTION relay_batch_run_started();
+    """,
+    # 3: HELD_BACK, the final status of a batch delivered except for instances held back for review.
+    f"""
+    ALTER TABLE relay_batch DROP CONSTRAINT relay_batch_status_check;
+    ALTER TABLE relay_batch ADD CONSTRAINT relay_batch_status_check CHECK (status IN {BATCH_STATES!r});
     """,
 )
 
