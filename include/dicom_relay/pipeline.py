@@ -91,7 +91,7 @@ def step(name: str) -> Callable:
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
         @functools.wraps(fn)
         def run(batch_id: str, settings: Settings, options: RunOptions | None = None, *,
-                params: dict | None = None, **kw) -> dict:
+                params: dict | None = None, attempt: int | None = None, **kw) -> dict:
             store = StatusStore(settings.db_url)
             started = time.monotonic()
             batch = store.get_batch(batch_id)
@@ -108,14 +108,20 @@ def step(name: str) -> Callable:
                     raise PermanentError(f"the run's options are not valid: {exc}") from None
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
-                store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status)
+                store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status,
+                                attempt=attempt)
                 log.error("batch %s: %s failed: %s", batch_id, name, exc)
                 raise
             except Exception as exc:
                 # Unknown failures are recorded by type only: their text may quote file content.
-                store.add_error(batch_id, name, f"unexpected {type(exc).__name__}; see the task log", transient=False)
+                store.add_error(batch_id, name, f"unexpected {type(exc).__name__}; see the task log", transient=False,
+                                attempt=attempt)
                 raise
-            summary = {"batch_id": batch_id, **summary, "seconds": round(time.monotonic() - started, 3)}
+            summary = {"batch_id": batch_id, **summary, "seconds": round(time.monotonic() - started, 3),
+                       # When the step last succeeded: an error of this step recorded before it is resolved.
+                       "finished_at": _utcnow().isoformat(timespec="seconds")}
+            if attempt is not None:
+                summary["attempt"] = attempt
             store.merge_summary(batch_id, name, summary)
             log.info("batch %s: %s done: %s", batch_id, name, json.dumps(summary, default=str))
             return summary

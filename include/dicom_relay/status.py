@@ -250,9 +250,13 @@ class StatusStore:
             if cur.rowcount != 1:
                 raise KeyError(f"no batch {batch_id}")
 
-    def add_error(self, batch_id: str, task: str, message: str, *, transient: bool = False, status: str | None = "ERROR") -> None:
-        """Append a readable error to the batch (and, by default, set it to ERROR)."""
+    def add_error(self, batch_id: str, task: str, message: str, *, transient: bool = False, status: str | None = "ERROR",
+                  attempt: int | None = None) -> None:
+        """Append a readable error to the batch (and, by default, set it to ERROR). ``attempt`` is the Airflow
+        try number of the task that failed, when known."""
         entry = {"at": _now().isoformat(timespec="seconds"), "task": task, "message": message, "transient": transient}
+        if attempt is not None:
+            entry["attempt"] = attempt
         with self._connect() as conn:
             conn.execute(
                 "UPDATE relay_batch SET errors = errors || %s::jsonb, has_error = true, updated_at = now(),"

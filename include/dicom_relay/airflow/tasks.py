@@ -29,6 +29,9 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
         raise AirflowFailException("the run has no batch_id param; trigger with --conf '{\"batch_id\": ...}'")
     settings = Settings.from_env()
     kwargs = {"run_id": context["run_id"]} if name == "import" else {}
+    ti = context.get("ti") or context.get("task_instance")
+    if getattr(ti, "try_number", None) is not None:
+        kwargs["attempt"] = int(ti.try_number)
     try:
         return STEPS[name](batch_id, settings, params=params, **kwargs)
     except PermanentError as exc:
@@ -123,7 +126,8 @@ def record_task_failure(context: dict[str, Any]) -> None:
         return
     task_id = getattr(context.get("task_instance") or context.get("ti"), "task_id", "task")
     store.add_error(batch_id, task_id, "the task failed in Airflow after its retries (killed, timed out or its "
-                    "worker lost); see the task log", transient=True)
+                    "worker lost); see the task log", transient=True,
+                    attempt=getattr(context.get("task_instance") or context.get("ti"), "try_number", None))
 
 
 def claim_folders() -> list[dict[str, Any]]:
