@@ -69,7 +69,7 @@ def _run_links(run_id: str | None) -> str:
     if not run_id:
         return "-"
     run = f"../dags/{DAG}/runs/{quote(run_id, safe='')}"
-    return (f"<a target='_top' href='{run}'><code>{html.escape(run_id)}</code></a>")
+    return f"<a class='af' href='{run}'><code>{html.escape(run_id)}</code></a>"
 
 
 def _task_log_link(run_id: str | None, task: str, attempt: int | None) -> str:
@@ -78,7 +78,7 @@ def _task_log_link(run_id: str | None, task: str, attempt: int | None) -> str:
     href = f"../dags/{DAG}/runs/{quote(run_id, safe='')}/tasks/{quote(task, safe='')}"
     if attempt:
         href += f"?try_number={int(attempt)}"
-    return f"<a target='_top' href='{href}'>{html.escape(task)}</a>"
+    return f"<a class='af' href='{href}'>{html.escape(task)}</a>"
 
 
 def _error_line(e: dict, run_id: str | None) -> str:
@@ -109,7 +109,7 @@ def render(batches: list[dict], status: str | None = None, can_act: bool = False
                 html.escape(f"{len(labels)} {reason} ({', '.join(labels)})") for reason, labels in sorted(held.items()))
             review = (f"../dags/{DAG}/runs/{quote(b['run_id'], safe='')}/tasks/review/required_actions"
                       if b.get("run_id") else "../required_actions")
-            held_html += f" <br><a class='review' target='_top' href='{review}'>review under Required Actions</a>"
+            held_html += f" <br><a class='af review' href='{review}'>review under Required Actions</a>"
         action = ""
         if can_act and b["status"] in ("ERROR", "NEW"):
             action = (f"<form method='post' action='batches/{quote(b['batch_id'], safe='')}/requeue'>"
@@ -137,15 +137,28 @@ td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:
 <button type="submit" id="refresh">Refresh</button> <span class="who">Signed in as {html.escape(user)}.{role}</span></form>
 <p>Statuses from the relay's own tables. Batches are named by batch id; folder and file names are not shown.
 HELD_BACK: delivered except for files held back for review.</p>
+<script>{FOLLOW_IN_AIRFLOW}</script>
 <table><tr><th>Batch</th><th>Status</th><th>Instances</th><th>Airflow run</th><th>Updated (UTC)</th>
 <th>Held back</th><th>Errors</th><th>Last decision</th><th></th></tr>
 {body}</table></body></html>"""
 
 
-# The login page replaces the whole Airflow window, not the frame this page is shown in, and comes back after.
+# Airflow shows this page in a sandboxed frame (no top navigation): a link to an Airflow page is followed by the
+# Airflow UI's own router (history + popstate on the same-origin parent), as its own links are. Outside a frame,
+# links work as usual.
+FOLLOW_IN_AIRFLOW = """document.addEventListener('click', function (e) {
+  var a = e.target.closest && e.target.closest('a.af');
+  if (!a || window.top === window) return;
+  try { window.top.history.pushState({}, '', a.href);
+        window.top.dispatchEvent(new PopStateEvent('popstate', {state: {}})); e.preventDefault(); } catch (err) {}
+});"""
+
+
+# An expired session shows Airflow's login form (in the frame, whose sandbox forbids navigating the whole window),
+# which comes back to this page once signed in. Never a raw 401 JSON.
 LOGIN_REDIRECT = """<!doctype html><html><head><meta charset="utf-8"><title>Signed out</title></head><body>
-<p>Your session has expired. <a id="login" target="_top" href="{login}">Sign in again</a>.</p>
-<script>var w = window.top || window; w.location.href = "{login}?next=" + encodeURIComponent(w.location.href);</script>
+<p>Your session has expired. <a id="login" href="{login}">Sign in again</a>.</p>
+<script>location.replace("{login}?next=" + encodeURIComponent(location.href));</script>
 </body></html>"""
 
 

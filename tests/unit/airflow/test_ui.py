@@ -33,7 +33,7 @@ def test_rows_link_to_the_run_and_task_logs_and_mark_resolved_errors():
     assert "runs/batch__20260101T000000-abcdef/tasks/send_orthanc?try_number=1'" in page
     assert "send_orthanc</a> attempt 1: Orthanc down — <span class='ok'>resolved by a later attempt" in page
     assert "send_gcs</a> attempt 2: GCS down — <span class='bad'>unresolved" in page
-    assert "target='_top'" in page  # the run opens in the Airflow window, not inside the page's frame
+    assert "class='af'" in page and "window.top.history.pushState" in page  # followed by Airflow's router
 
 
 def test_held_back_files_show_counts_reasons_and_the_review_link():
