@@ -6,6 +6,7 @@ Four small studies, each with one bad file beside two good instances, are droppe
 - RELEASE: a truncated instance; its sender re-sends it complete, the Admin releases it, a new run delivers it.
 - BROWSER: a file that is not DICOM; the Op answers "keep held" in Required Actions, in Chromium.
 - TIMEOUT: a file that is not DICOM; nobody answers; at the deadline (RELAY_REVIEW_TIMEOUT_SECONDS) it stays held.
+The browser test runs early: its review must be answered before that deadline.
 The research DAG in tests/e2e/dags is scheduled on the GCS asset and must see the pseudonymous study UIDs.
 """
 
@@ -27,7 +28,7 @@ from dicom_relay.status import StatusStore
 pytestmark = pytest.mark.e2e
 
 DAG = "process_study"
-REVIEW_TIMEOUT = 150
+REVIEW_TIMEOUT = 90
 FOLDERS = {"DISCARD": "ACC-OV-DISCARD", "RELEASE": "ACC-OV-RELEASE", "BROWSER": "ACC-OV-BROWSER",
            "TIMEOUT": "ACC-OV-TIMEOUT"}
 JUNK = "scan-notes-of-MRN-OV.bin"
@@ -119,6 +120,54 @@ def test_review_shows_batch_counts_and_reasons_without_patient_data(stack, batch
     assert run["state"] == "running"  # not green while the review waits
 
 
+def test_browser_login_browse_menu_run_link_and_review_answer(stack, batches, request):
+    from tests.support.browser import Browser
+
+    url = stack.env["AIRFLOW_URL"]
+    b = batches["by_key"]["BROWSER"]
+    shots = ARTIFACTS / request.node.name
+    with Browser(shots / "profile") as browser:
+        try:
+            # No session: the page sends the window to the login form.
+            browser.goto(f"{url}/relay/")
+            browser.wait_for("location.pathname.startsWith('/auth/login')", 30, "the login page")
+            browser.wait_for("!!document.querySelector('input[type=password]')", 30, "the login form")
+            browser.type_into("input:not([type=password])", "op")
+            browser.type_into("input[type=password]", stack.airflow.passwords["op"])
+            browser.js("document.querySelector('button[type=submit]').click()")
+            browser.wait_for("!location.pathname.startsWith('/auth/login')", 30, "signed in")
+            browser.goto(f"{url}/")
+            browser.wait_for("[...document.querySelectorAll('button')].some(e => e.textContent.trim() === 'Browse')",
+                             60, "the Airflow navigation")
+            browser.click_text("Browse", "button")
+            browser.wait_for("[...document.querySelectorAll('a,[role=menuitem]')].some("
+                             "e => e.textContent.trim() === 'Relay batches')", 20, "the Browse menu")
+            browser.click_text("Relay batches", "a, [role=menuitem]")
+            frame = "document.querySelector('iframe')?.contentDocument"
+            browser.wait_for(f"!!{frame}?.querySelector('tr.batch')", 60, "the batches page in the Airflow frame")
+            assert "Signed in as op." in browser.js(f"{frame}.body.innerText")
+            print(f"\nscreenshot: {browser.screenshot(shots / '1-relay-batches.png')}")
+            browser.js(f"{frame}.querySelector(\"a[href*='runs/{b.run_id}']\").click()")
+            browser.wait_for(f"location.pathname.endsWith('/runs/{b.run_id}')", 30, "the run's grid")
+            time.sleep(2)
+            print(f"screenshot: {browser.screenshot(shots / '2-run-grid.png')}")
+            browser.goto(f"{url}/dags/{DAG}/runs/{b.run_id}/tasks/review/required_actions")
+            browser.wait_for("[...document.querySelectorAll('button')].some(e => e.textContent.trim() === 'keep held')",
+                             60, "the review's options")
+            print(f"screenshot: {browser.screenshot(shots / '3-required-action.png')}")
+            browser.click_text("keep held", "button")
+        except Exception:
+            print(f"screenshot at failure: {browser.screenshot(shots / 'failure.png')}")
+            raise
+    client = stack.airflow.client()
+    wait_until(lambda: client.get(hitl_path(b.run_id)).get("response_received"), 30, "the answer recorded")
+    detail = client.get(hitl_path(b.run_id))
+    assert detail["chosen_options"] == ["keep held"] and detail["responded_by_user"]["name"] == "op"
+    wait_until(lambda: run_finished(client, DAG, b.run_id), 120, "the run finished", interval=1)
+    assert batches["store"].get_batch(b.batch_id).status == "HELD_BACK"
+    assert client.get(f"/dags/{DAG}/dagRuns/{b.run_id}")["note"] == "HELD_BACK: 1 file(s) kept held by op"
+
+
 def test_viewer_cannot_answer_and_op_discard_is_recorded_with_who_and_when(stack, batches):
     client = stack.airflow.client()
     b = batches["by_key"]["DISCARD"]
@@ -152,13 +201,13 @@ def test_admin_release_runs_the_file_through_the_pipeline_again(stack, batches, 
     wait_until(lambda: run_finished(client, DAG, release_run), 240, "the release run finished", interval=2)
     assert client.get(f"/dags/{DAG}/dagRuns/{release_run}")["state"] == "success"
     batch = store.get_batch(b.batch_id)
-    assert batch.status == "DONE" and batch.counts == {"DONE": 3}
-    # De-identified and verified like the rest: three instances under the pseudonym, none under the MRN.
+    assert batch.status == "DONE" and batch.counts == {"DONE": 2}
+    # De-identified and verified like the rest: both instances under the pseudonym, none under the MRN.
     env = stack.env
     found = requests.post(f"{env['ORTHANC_URL']}/tools/find", auth=(env["ORTHANC_USER"], env["ORTHANC_PASSWORD"]),
                           json={"Level": "Instance", "Query": {"PatientID": store.instances(b.batch_id)[0].patient_pseudonym}},
                           timeout=30).json()
-    assert len(found) == 3
+    assert len(found) == 2
     assert client.xcom(DAG, release_run, "replace_identifiers")["verified_no_leak"] is True
     assert client.get(f"/dags/{DAG}/dagRuns/{b.run_id}")["note"].startswith(
         f"1 held-back file(s) released by admin; a new run delivers them ({release_run})")
@@ -214,54 +263,6 @@ def test_batches_page_links_runs_marks_held_back_and_checks_roles(stack, batches
     assert r.status_code == 409 and "HELD_BACK" in r.text
     expired = requests.get(f"{url}/relay/", cookies={"_token": "expired"}, timeout=30)
     assert expired.status_code == 401 and "location.replace" in expired.text and "/auth/login" in expired.text
-
-
-def test_browser_login_browse_menu_run_link_and_review_answer(stack, batches, request):
-    from tests.support.browser import Browser
-
-    url = stack.env["AIRFLOW_URL"]
-    b = batches["by_key"]["BROWSER"]
-    shots = ARTIFACTS / request.node.name
-    with Browser(shots / "profile") as browser:
-        try:
-            # No session: the page sends the window to the login form.
-            browser.goto(f"{url}/relay/")
-            browser.wait_for("location.pathname.startsWith('/auth/login')", 30, "the login page")
-            browser.wait_for("!!document.querySelector('input[type=password]')", 30, "the login form")
-            browser.type_into("input:not([type=password])", "op")
-            browser.type_into("input[type=password]", stack.airflow.passwords["op"])
-            browser.js("document.querySelector('button[type=submit]').click()")
-            browser.wait_for("!location.pathname.startsWith('/auth/login')", 30, "signed in")
-            browser.goto(f"{url}/")
-            browser.wait_for("[...document.querySelectorAll('button')].some(e => e.textContent.trim() === 'Browse')",
-                             60, "the Airflow navigation")
-            browser.click_text("Browse", "button")
-            browser.wait_for("[...document.querySelectorAll('a,[role=menuitem]')].some("
-                             "e => e.textContent.trim() === 'Relay batches')", 20, "the Browse menu")
-            browser.click_text("Relay batches", "a, [role=menuitem]")
-            frame = "document.querySelector('iframe')?.contentDocument"
-            browser.wait_for(f"!!{frame}?.querySelector('tr.batch')", 60, "the batches page in the Airflow frame")
-            assert "Signed in as op." in browser.js(f"{frame}.body.innerText")
-            print(f"\nscreenshot: {browser.screenshot(shots / '1-relay-batches.png')}")
-            browser.js(f"{frame}.querySelector(\"a[href*='runs/{b.run_id}']\").click()")
-            browser.wait_for(f"location.pathname.endsWith('/runs/{b.run_id}')", 30, "the run's grid")
-            time.sleep(2)
-            print(f"screenshot: {browser.screenshot(shots / '2-run-grid.png')}")
-            browser.goto(f"{url}/dags/{DAG}/runs/{b.run_id}/tasks/review/required_actions")
-            browser.wait_for("[...document.querySelectorAll('button')].some(e => e.textContent.trim() === 'keep held')",
-                             60, "the review's options")
-            print(f"screenshot: {browser.screenshot(shots / '3-required-action.png')}")
-            browser.click_text("keep held", "button")
-        except Exception:
-            print(f"screenshot at failure: {browser.screenshot(shots / 'failure.png')}")
-            raise
-    client = stack.airflow.client()
-    wait_until(lambda: client.get(hitl_path(b.run_id)).get("response_received"), 30, "the answer recorded")
-    detail = client.get(hitl_path(b.run_id))
-    assert detail["chosen_options"] == ["keep held"] and detail["responded_by_user"]["name"] == "op"
-    wait_until(lambda: run_finished(client, DAG, b.run_id), 120, "the run finished", interval=1)
-    assert batches["store"].get_batch(b.batch_id).status == "HELD_BACK"
-    assert client.get(f"/dags/{DAG}/dagRuns/{b.run_id}")["note"] == "HELD_BACK: 1 file(s) kept held by op"
 
 
 def test_no_answer_by_the_deadline_keeps_the_files_held(stack, batches):

@@ -46,7 +46,8 @@ class Browser:
             time.sleep(0.1)
         port = int(port_file.read_text().split()[0])
         pages = [t for t in requests.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"]
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
+        self._connection = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 1024 * 1024)
+        self.ws = self._connection.__enter__()
         self._ids = itertools.count(1)
         self.send("Page.enable")
         self.send("Runtime.enable")
@@ -59,7 +60,7 @@ class Browser:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            self._connection.__exit__(None, None, None)
         finally:
             self.process.terminate()
             try:
