@@ -21,11 +21,11 @@ from urllib.parse import quote
 
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from dicom_relay import operations, quarantine
 from dicom_relay.config import Settings
-from dicom_relay.status import BATCH_STATES, StatusStore
+from dicom_relay.status import BATCH_STATES, StatusStore, StatusTablesMissing
 
 STATUS_COLOURS = {"DONE": "#1e8449", "ERROR": "#c0392b", "EMPTY": "#7f8c8d", "HELD_BACK": "#b9770e"}
 DAG = operations.PROCESS_DAG
@@ -163,6 +163,12 @@ LOGIN_REDIRECT = """<!doctype html><html><head><meta charset="utf-8"><title>Sign
 
 
 app = FastAPI(title="dicom-relay")
+
+
+@app.exception_handler(StatusTablesMissing)
+async def tables_missing(request, exc: StatusTablesMissing) -> PlainTextResponse:
+    # The page does not migrate (that happens once at start); it says what to run instead of a bare 500.
+    return PlainTextResponse(str(exc), status_code=503)
 
 
 @app.get("/batches.json", dependencies=[Depends(get_user)])
