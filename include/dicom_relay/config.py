@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     deid_options: dict = _env("RELAY_DEID_OPTIONS", default_factory=dict)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
+    # Burned-in text in the pixels: clean | all-text | hold (dicom_relay.deid.pixels.policy). A run may make it
+    # stricter, never weaker.
+    pixel_policy: Literal["clean", "all-text", "hold"] = _env("RELAY_PIXEL_POLICY", "clean")
 
     # The one retry layer inside a task, per destination (Airflow's retries come on top, between attempts):
     # Orthanc calls are retried ``send_attempts`` times with doubling delays from ``send_backoff_seconds``;
@@ -109,6 +112,11 @@ class Settings(BaseSettings):
     max_reruns: int = _env("RELAY_MAX_RERUNS", 3)
     # How long a review of held-back instances waits for an answer (Required Actions) before it keeps them held.
     review_timeout_seconds: float = _env("RELAY_REVIEW_TIMEOUT_SECONDS", 72 * 3600.0, gt=0)
+
+    @field_validator("pixel_policy", mode="before")
+    @classmethod
+    def _policy_word(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("max_reruns")
     @classmethod

@@ -53,21 +53,37 @@ class RunOptions:
     deidentify: bool = True
     send_orthanc: bool = True
     send_gcs: bool = True
-    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid
+    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid ("pixels" included)
 
     @classmethod
     def resolve(cls, settings: Settings, params: dict | None = None) -> "RunOptions":
+        """The run's options: the settings, overridden by the run's params.
+
+        The pixel policy (``pixel_policy`` param, or ``pixels`` in the ``deid_options`` param) may only be made
+        stricter than the deployment's (RELAY_PIXEL_POLICY, or ``pixels`` in RELAY_DEID_OPTIONS, the stricter of
+        the two): a weaker one is a ConfigError, which fails the run at its first task.
+        """
+        from .deid.errors import DeidError
+        from .deid.pixels import policy as pixel_policy
+
         params = params or {}
 
         def pick(name: str, default: bool) -> bool:
             value = params.get(name)
             return default if value is None else bool(value)
 
+        run_deid = dict(params.get("deid_options") or {})
+        try:
+            deployed = pixel_policy.at_least(settings.pixel_policy, settings.deid_options.get("pixels"))
+            pixels = pixel_policy.at_least(deployed, run_deid.pop("pixels", None))
+            pixels = pixel_policy.at_least(pixels, params.get("pixel_policy"))
+        except DeidError as exc:
+            raise ConfigError(str(exc)) from None
         return cls(
             deidentify=pick("deidentify", settings.deidentify),
             send_orthanc=pick("send_orthanc", settings.send_orthanc),
             send_gcs=pick("send_gcs", settings.send_gcs),
-            deid={**settings.deid_options, **(params.get("deid_options") or {})},
+            deid={**settings.deid_options, **run_deid, "pixels": pixels},
         )
 
     def destinations(self) -> list[str]:
@@ -320,10 +336,11 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 held_back += 1
                 store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
                 log.warning("batch %s: replace_identifiers held back %s: %s", batch_id, label, result.quarantine_reason)
-                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})"}))
+                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})", "pixels": result.pixels}))
                 continue
             changes.append((inst.relpath, {
                 "state": "DONEPROCESSING",
+                "pixels": result.pixels,
                 "patient_pseudonym": done.identity.patient_pseudonym,
                 "deid_study_instance_uid": result.study_instance_uid,
                 "deid_series_instance_uid": result.series_instance_uid,
@@ -353,6 +370,8 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     return {
         "deidentified": len(done),
         "held_back": held_back,
+        "pixel_policy": deid_options.pixels,
+        "pixels_cleaned": sum(1 for c in done if c["pixels"] is not None),
         "studies": sorted({c["deid_study_instance_uid"] for c in done}),
         "verified_no_leak": True,
     }
