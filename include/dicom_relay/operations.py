@@ -323,7 +323,7 @@ def quarantine_entries(settings: Settings, batch_id: str | None = None, include_
     return found
 
 
-def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -> dict:
+def release(settings: Settings, store: StatusStore, batch_id: str, label: str, by: str | None = None) -> dict:
     """Move a quarantined file back into the batch's ``incoming/`` at its original path, for a requeue to pick up.
 
     The index entry is kept with ``released_at`` (a tombstone): the pipeline numbers new labels by the count of
@@ -363,7 +363,9 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
     quarantine.write_index(qdir, entries)
     # A file held back by replace_identifiers has an instance row in ERROR: make it work again.
     store.set_instance_state(batch_id, "NEW", [relpath], from_states=("ERROR",))
+    # ``by``: a reviewer in Airflow, whose answer starts the run itself; without it, the person on call's CLI.
     store.add_error(batch_id, "quarantine",
+                    f"file {label} released back into incoming by {by}; a new run processes it" if by else
                     f"file {label} released back into incoming by the person on call; requeue the batch to process it",
                     transient=False, status=None)
     if batch.status in ("DONE", "HELD_BACK"):

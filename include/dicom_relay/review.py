@@ -71,7 +71,7 @@ def apply(settings: Settings, store: StatusStore, batch_id: str, decision: str, 
     done: list[str] = []
     if decision == RELEASE:
         for label in labels:
-            operations.release(settings, store, batch_id, label)
+            operations.release(settings, store, batch_id, label, by=who)
             done.append(label)
     elif decision == DISCARD:
         for label in labels:

@@ -120,13 +120,13 @@ def test_review_shows_batch_counts_and_reasons_without_patient_data(stack, batch
     assert run["state"] == "running"  # not green while the review waits
 
 
-def test_browser_login_browse_menu_run_link_and_review_answer(stack, batches, request):
+def test_browser_login_browse_menu_run_link_and_review_answer(stack, batches, request, tmp_path):
     from tests.support.browser import Browser
 
     url = stack.env["AIRFLOW_URL"]
     b = batches["by_key"]["BROWSER"]
     shots = ARTIFACTS / request.node.name
-    with Browser(shots / "profile") as browser:
+    with Browser(tmp_path / "profile") as browser:
         try:
             # No session: the page sends the window to the login form.
             browser.goto(f"{url}/relay/")

@@ -85,6 +85,8 @@ def test_release_then_the_new_run_delivers_the_repaired_file(settings, tmp_path,
     held.write_bytes(complete)  # the sender re-sent the complete file
     result = review.apply(settings, store, batch_id, review.RELEASE, "admin")
     assert result["rerun"] is True and store.get_batch(batch_id).status == "NEW"
+    assert store.get_batch(batch_id).errors[-1]["message"] == (
+        "file q0001 released back into incoming by admin; a new run processes it")
     run_all(batch_id, settings)
     batch = store.get_batch(batch_id)
     assert batch.status == "DONE" and batch.counts == {"DONE": 3}

@@ -32,6 +32,8 @@ class Browser:
     def __init__(self, profile_dir: Path, width: int = 1400, height: int = 900):
         self.profile_dir = Path(profile_dir)
         self.profile_dir.mkdir(parents=True, exist_ok=True)
+        # A port file left by an earlier Chromium with this profile would point at a closed port.
+        (self.profile_dir / "DevToolsActivePort").unlink(missing_ok=True)
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--remote-debugging-port=0",
