@@ -12,8 +12,8 @@ The research DAG in tests/e2e/dags is scheduled on the GCS asset and must see th
 
 from __future__ import annotations
 
+import html
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from dicom_relay.status import StatusStore
 pytestmark = pytest.mark.e2e
 
 DAG = "process_study"
-REVIEW_TIMEOUT = 90
+REVIEW_TIMEOUT = 120
 FOLDERS = {"DISCARD": "ACC-OV-DISCARD", "RELEASE": "ACC-OV-RELEASE", "BROWSER": "ACC-OV-BROWSER",
            "TIMEOUT": "ACC-OV-TIMEOUT"}
 JUNK = "scan-notes-of-MRN-OV.bin"
@@ -254,7 +254,8 @@ def test_batches_page_links_runs_marks_held_back_and_checks_roles(stack, batches
     page = requests.get(f"{url}/relay/?status=HELD_BACK", headers=viewer._headers(), timeout=30)
     assert page.status_code == 200
     assert f"runs/{b.run_id}'" in page.text and f"runs/{b.run_id}/tasks/review/required_actions" in page.text
-    assert f"{held_reason(stack, b.batch_id)} (q0001)" in page.text and "needs the Op or Admin role" in page.text
+    assert f"{html.escape(held_reason(stack, b.batch_id))} (q0001)" in page.text
+    assert "needs the Op or Admin role" in page.text
     assert "ACC-OV" not in page.text and JUNK not in page.text
     assert requests.post(f"{url}/relay/batches/{b.batch_id}/requeue", headers=viewer._headers(), timeout=30).status_code == 403
     op = stack.airflow.client("op")
