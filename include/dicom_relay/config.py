@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     # killed and retried instead of holding its slot forever. Generous: a 5,000-instance study fits many times.
     task_timeout_seconds: float = _env("RELAY_TASK_TIMEOUT_SECONDS", 3600.0, gt=0)
     max_reruns: int = _env("RELAY_MAX_RERUNS", 3)
+    # How long a review of held-back instances waits for an answer (Required Actions) before it keeps them held.
+    review_timeout_seconds: float = _env("RELAY_REVIEW_TIMEOUT_SECONDS", 72 * 3600.0, gt=0)
 
     @field_validator("pixel_policy", mode="before")
     @classmethod

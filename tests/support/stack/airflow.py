@@ -1,8 +1,11 @@
 """A real Airflow 3 for the local stack and the end-to-end tests: api-server, scheduler, dag-processor, triggerer.
 
 LocalExecutor (or, given a ``CeleryConfig``, the CeleryExecutor with Redis as broker, the metadata database as
-result backend and ``celery_workers`` ``airflow celery worker`` processes) on a PostgreSQL metadata database, the SimpleAuthManager with one admin user (authentication on),
-the project's ``dags/`` and ``plugins/`` folders. Every port is chosen freely so two stacks (``make run`` and a
+result backend and ``celery_workers`` ``airflow celery worker`` processes) on a PostgreSQL metadata database, the
+SimpleAuthManager (authentication on) with one user per role the relay's operations use: ``viewer`` (reads), ``op``
+(answers reviews, acts on runs), ``admin``; and ``relay`` (role User), the account tasks use to write run notes
+through the REST API. The project's ``dags/`` and ``plugins/`` folders; the tests may add DAG folders of their own
+(as extra DAG bundles). Every port is chosen freely so two stacks (``make run`` and a
 test run) can live side by side.
 """
 
@@ -15,7 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import requests
 
@@ -59,13 +62,16 @@ class AirflowHandle:
     password: str
     env: dict[str, str]
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    #: Every user's password, by user name (admin's is ``password``).
+    passwords: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         for proc in reversed(list(self.processes.values())):
             proc.stop()
 
-    def client(self) -> "AirflowClient":
-        return AirflowClient(self.url, self.user, self.password)
+    def client(self, user: str | None = None) -> "AirflowClient":
+        user = user or self.user
+        return AirflowClient(self.url, user, self.passwords.get(user, self.password))
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the ``airflow`` command line against this Airflow."""
@@ -78,19 +84,39 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str,
-                celery: CeleryConfig | None = None) -> dict[str, str]:
+#: user -> SimpleAuthManager role. Viewers read; op and admin also act (trigger, answer reviews, edit runs).
+USERS = {"admin": "admin", "op": "op", "viewer": "viewer", "relay": "user"}
+
+
+def _passwords(home: Path, admin_password: str) -> dict[str, str]:
     secrets_file = home / "secrets.json"
-    if secrets_file.exists():
-        keys = json.loads(secrets_file.read_text())
-    else:
-        keys = {"jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
-        secrets_file.write_text(json.dumps(keys))
-        os.chmod(secrets_file, 0o600)
+    keys = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
+    for name in ("jwt", "api", *(f"password_{u}" for u in USERS if u != "admin")):
+        keys.setdefault(name, secrets.token_urlsafe(32 if name in ("jwt", "api") else 12))
+    secrets_file.write_text(json.dumps(keys))
+    os.chmod(secrets_file, 0o600)
+    return {"_jwt": keys["jwt"], "_api": keys["api"], "admin": admin_password,
+            **{u: keys[f"password_{u}"] for u in USERS if u != "admin"}}
+
+
+def bundle_config(extra_dag_folders: Sequence[Path]) -> str:
+    """AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST: the dags folder, and one local bundle per extra folder."""
+    bundles = [{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}}]
+    bundles += [{"name": f"extra-{n}", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                 "kwargs": {"path": str(folder), "refresh_interval": 5}} for n, folder in enumerate(extra_dag_folders, 1)]
+    return json.dumps(bundles)
+
+
+def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str,
+                celery: CeleryConfig | None = None, extra_dag_folders: Sequence[Path] = ()) -> dict[str, str]:
+    passwords = _passwords(home, password)
+    keys = {"jwt": passwords.pop("_jwt"), "api": passwords.pop("_api")}
     passwords_file = home / "simple_auth_manager_passwords.json"
-    passwords_file.write_text(json.dumps({"admin": password}))
+    passwords_file.write_text(json.dumps(passwords))
     os.chmod(passwords_file, 0o600)
+    extra = {"AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": bundle_config(extra_dag_folders)} if extra_dag_folders else {}
     return {
+        **extra,
         **relay_env,
         "AIRFLOW_HOME": str(home),
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
@@ -100,7 +126,11 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
+        # The account tasks use for what the Task SDK cannot do (a run's note): role User, not admin.
+        "AIRFLOW_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW_USER": "relay",
+        "AIRFLOW_PASSWORD": passwords["relay"],
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db_url,
@@ -143,6 +173,7 @@ def worker_ready(proc: ManagedProcess) -> bool:
 def start_airflow(
     run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
     password: str | None = None, timeout: float = 240, celery: CeleryConfig | None = None,
+    extra_dag_folders: Sequence[Path] = (),
 ) -> AirflowHandle:
     """Migrate the metadata database, start the four components (and the Celery workers), and wait until both DAGs
     are parsed (and every worker consumes)."""
@@ -150,12 +181,13 @@ def start_airflow(
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     password = password or secrets.token_urlsafe(12)
-    env = airflow_env(home, metadata_db_url, port, relay_env, password, celery)
+    env = airflow_env(home, metadata_db_url, port, relay_env, password, celery, extra_dag_folders)
     full_env = {**os.environ, **env}
     migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
     if migrate.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
-    handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env)
+    handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env,
+                           passwords=json.loads((home / "simple_auth_manager_passwords.json").read_text()))
     for component in COMPONENTS:
         handle.processes[component] = ManagedProcess(
             f"airflow-{component}", [airflow_bin(), component], Path(run_dir), env=env

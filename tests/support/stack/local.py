@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from dotenv import dotenv_values
 
@@ -111,7 +112,8 @@ def _secrets(run_dir: Path) -> dict[str, str]:
 
 
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
-                fixed_ports: bool = False, executor: str = "local", celery_workers: int = CELERY_WORKERS) -> Stack:
+                fixed_ports: bool = False, executor: str = "local", celery_workers: int = CELERY_WORKERS,
+                extra_dag_folders: Sequence[Path] = ()) -> Stack:
     """Start every service under ``run_dir``; return the stack and the environment that reaches it.
 
     ``executor="celery"``: Redis (broker) and ``celery_workers`` Celery workers too, result backend in Airflow's
@@ -163,10 +165,13 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
             af = start_airflow(
                 run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
                 port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"], celery=celery,
+                extra_dag_folders=extra_dag_folders,
             )
             stack.airflow = af
             stack.env.update(af.env)
-            stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password})
+            stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password,
+                              "AIRFLOW_OP_PASSWORD": af.passwords["op"],
+                              "AIRFLOW_VIEWER_PASSWORD": af.passwords["viewer"]})
             client = af.client()
             for dag_id in ("process_study", "watch_inbox"):
                 client.unpause(dag_id)
@@ -268,7 +273,8 @@ def up(run_dir: Path, sample: bool = True, executor: str = "local") -> int:
             status = 1
     print(
         f"""
-Airflow UI      {env['AIRFLOW_URL']}   (user {env['AIRFLOW_USER']}, password {env['AIRFLOW_PASSWORD']})
+Airflow UI      {env['AIRFLOW_URL']}   (user {env['AIRFLOW_USER']}, password {env['AIRFLOW_PASSWORD']};
+                users op and viewer: AIRFLOW_OP_PASSWORD, AIRFLOW_VIEWER_PASSWORD in {env_file})
 Orthanc         {env['ORTHANC_URL']}   (user {env['ORTHANC_USER']}, password in {env_file})
 GCS emulator    {env['STORAGE_EMULATOR_HOST']}   bucket {env['RELAY_GCS_BUCKET']}
 Inbox           {env['RELAY_INBOX']}
