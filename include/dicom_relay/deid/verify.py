@@ -764,12 +764,28 @@ def collect(original, options: DeidOptions, identity) -> Collected:
                 raise rp.Fallback  # private VRs come from pydicom's private dictionary: let pydicom read it
             # Elements after the pixel data (a Digital Signatures Sequence, ...) are values too: Fallback then.
             rp.find_tail(f.fileno(), pixel_at, size, implicit, buf)
-        family = next((sop_family(rp.ascii_value(buf, el)) for el in elems if el.tag == 0x00080016), sop_family(""))
-        return _classify(list(_raw_leaves(buf, elems)), options, family, jitter, True)
+        return _collect_raw(buf, elems, options, jitter)
     except (rp.Fallback, struct.error, RecursionError):
         ds = _read_all_but_pixels(path)
         family = sop_family(str(getattr(ds, "SOPClassUID", "")))
         return _classify(_pydicom_leaves(ds), options, family, jitter, True)
+
+
+def _collect_raw(buf: bytes, elems, options: DeidOptions, jitter) -> Collected:
+    rp = _rawpath()
+    family = next((sop_family(rp.ascii_value(buf, el)) for el in elems if el.tag == 0x00080016), sop_family(""))
+    return _classify(list(_raw_leaves(buf, elems)), options, family, jitter, True)
+
+
+def collect_parsed(buf: bytes, elems, options: DeidOptions, identity) -> Collected | None:
+    """:func:`collect` of an original whose header the engine has parsed already (explicit VR little endian,
+    ``rawpath.read_file``, nothing after the pixel data): the same values, without reading the file again. None
+    when a value needs pydicom to decode it (a character set): then :func:`collect` the file."""
+    rp = _rawpath()
+    try:
+        return _collect_raw(buf, elems, options, getattr(identity, "jitter_days", None))
+    except (rp.Fallback, struct.error, RecursionError):
+        return None
 
 
 def _read_all_but_pixels(path: Path) -> Dataset:
