@@ -370,6 +370,7 @@ class Deidentifier:
         *,
         workers: int = 1,
         check: LeakCheck | None = None,
+        pool=None,
     ) -> list[DeidResult]:
         """:meth:`deidentify_file` for many ``(source, identity)`` pairs; results in input order.
 
@@ -377,6 +378,8 @@ class Deidentifier:
         uses a process pool of that many processes (large studies: de-identification is CPU bound and each
         file is independent; UIDs and pseudonyms are keyed, so the output does not depend on the split). The
         first error is raised, as in a loop. In a daemonic process (which cannot have children) it runs here.
+        ``pool``: a running ``ProcessPoolExecutor`` of ``workers`` processes to use (and leave running), so that
+        the caller's verification can use the same processes.
         """
         jobs = [(Path(src), identity) for src, identity in jobs]
         dst_dir = Path(dst_dir)
@@ -392,8 +395,12 @@ class Deidentifier:
         from concurrent.futures import ProcessPoolExecutor
 
         args = [(self._secret_key, self.options, src, dst_dir, identity, check is not None) for src, identity in jobs]
-        with ProcessPoolExecutor(workers) as pool:
-            done = list(pool.map(_pool_job, args, chunksize=max(1, len(args) // (workers * 8))))
+        chunksize = max(1, len(args) // (workers * 8))
+        if pool is not None:
+            done = list(pool.map(_pool_job, args, chunksize=chunksize))
+        else:
+            with ProcessPoolExecutor(workers) as own_pool:
+                done = list(own_pool.map(_pool_job, args, chunksize=chunksize))
         for (src, _), (result, collected) in zip(jobs, done):
             if check is not None:
                 check.add_collected(collected, result.path)

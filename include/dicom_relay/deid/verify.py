@@ -708,9 +708,10 @@ class LeakCheck:
         """Every value searched for; a :class:`Leak`'s ``value_index`` is a position in this list."""
         return sorted(self._kinds, key=lambda v: (self._kinds[v], v))
 
-    def find_leaks(self, paths: Iterable[str | Path] | None = None, *, workers: int = 1) -> list[Leak]:
+    def find_leaks(self, paths: Iterable[str | Path] | None = None, *, workers: int = 1, pool=None) -> list[Leak]:
         """The leaks in ``paths`` (default: every registered output), in path order. ``workers`` > 1 searches in
-        a process pool (each output is independent once every original is registered)."""
+        a process pool (each output is independent once every original is registered): ``pool``, a running
+        ``ProcessPoolExecutor`` of that many processes (the one that de-identified the batch), or a new one."""
         values = self.values
         kinds = [self._kinds[v] for v in values]
         paths = [Path(p) for p in (self._outputs if paths is None else paths)]
@@ -719,8 +720,15 @@ class LeakCheck:
             from concurrent.futures import ProcessPoolExecutor
 
             chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
-            with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(values, kinds, self._places)) as pool:
-                found = [leak for part in pool.map(_pool_check, chunks) for leak in part]
+            if pool is not None:
+                # The needles go with each chunk (a worker builds them once per search, see _pool_check_in).
+                search = (os.getpid(), id(self), len(self._outputs), len(values))
+                parts = pool.map(_pool_check_in, [(search, values, kinds, self._places, c) for c in chunks])
+                found = [leak for part in parts for leak in part]
+            else:
+                with ProcessPoolExecutor(workers, initializer=_pool_init,
+                                         initargs=(values, kinds, self._places)) as own_pool:
+                    found = [leak for part in own_pool.map(_pool_check, chunks) for leak in part]
             order = {p.name: n for n, p in enumerate(paths)}
             return sorted(found, key=lambda leak: order.get(leak.file, -1))
         needles = _Needles(values, kinds)
@@ -741,6 +749,16 @@ _POOL_STATE: dict = {}
 
 def _pool_init(values: list[str], kinds: list[int], places: dict) -> None:
     _POOL_STATE["needles"], _POOL_STATE["places"] = _Needles(values, kinds), places
+
+
+def _pool_check_in(args) -> list[Leak]:
+    """:func:`_pool_check` in a pool that was not started for this search: the needles come with the chunk and
+    are prepared once per search in each worker."""
+    search, values, kinds, places, jobs = args
+    if _POOL_STATE.get("search") != search:
+        _pool_init(values, kinds, places)
+        _POOL_STATE["search"] = search
+    return _pool_check(jobs)
 
 
 def _pool_check(jobs: list[tuple[Path, "_Own | None"]]) -> list[Leak]:
