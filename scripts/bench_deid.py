@@ -178,13 +178,14 @@ def child(mode: str, src: Path, dst: Path, workers: int, db_url: str | None = No
 
 
 # --- parent side -----------------------------------------------------------------------------------------
-def measure(mode: str, src: Path, work: Path, workers: int = 1, db_url: str | None = None) -> dict | None:
+def measure(mode: str, src: Path, work: Path, workers: int = 1, db_url: str | None = None,
+            tree: Path | None = None) -> dict | None:
     if mode in PEER_MODULES:
         probe = subprocess.run([sys.executable, "-c", f"import {PEER_MODULES[mode]}"], capture_output=True)
         if probe.returncode != 0:
             print(f"  {mode:17s} not installed (pip install {mode} into the venv to compare)")
             return None
-    dst = work / f"out-{mode}"
+    dst = work / f"out-{mode}{'-base' if tree else ''}"
     shutil.rmtree(dst, ignore_errors=True)
     # Write back the previous run's files (and the generated study) first: otherwise the kernel flushes them
     # during the next measurement, whichever tool that is.
@@ -192,7 +193,10 @@ def measure(mode: str, src: Path, work: Path, workers: int = 1, db_url: str | No
     cmd = [sys.executable, __file__, "--child", mode, "--src", str(src), "--dst", str(dst), "--workers", str(workers)]
     if db_url:
         cmd += ["--db-url", db_url]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    env = None
+    if tree is not None:  # the same measurement of another checkout (its dicom_relay and tests.support)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree / "include"), str(tree)])}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     shutil.rmtree(dst, ignore_errors=True)
     if out.returncode != 0:
         print(f"  {mode:17s} FAILED: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
@@ -211,6 +215,9 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=("all", "user-path"), default="all",
                     help="user-path: only the floor, the engine, the CLI and the pipeline step (no peers, no RSS table)")
     ap.add_argument("--work-dir", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None, metavar="TREE",
+                    help="also measure relay, cli, cli-startup and step with the dicom_relay of another checkout "
+                         "(e.g. `git worktree add /tmp/base main`), in the same rounds: before/after in one run")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     ap.add_argument("--db-url", help=argparse.SUPPRESS)
     ap.add_argument("--src", type=Path, help=argparse.SUPPRESS)
@@ -249,13 +256,19 @@ def main(argv=None) -> int:
             StatusStore(db_url).migrate()  # what `dicom-relay migrate` does once at start
         pool_mode = f"relay, {args.workers} workers"
         step_mode = f"step, {args.workers} workers"
+        base = args.baseline.resolve() if args.baseline else None
+        based = {f"{m} (baseline)": m for m in ("relay", "cli", "cli-startup") if m in plan}
+        if base and "step" in plan:
+            based[f"{step_mode} (baseline)"] = "step"
         runs_by_mode: dict[str, list[dict]] = {}
         for round_ in range(args.repeat):
             for mode in [m for m in plan if m != "step"] + ([pool_mode] if args.workers > 1 and args.only == "all" else []) \
-                    + ([step_mode] if "step" in plan else []):
+                    + ([step_mode] if "step" in plan else []) + (list(based) if base else []):
                 if mode in PEER_MODULES and round_ > 0:
                     continue
-                if mode == pool_mode:
+                if mode in based:
+                    r = measure(based[mode], src, work, args.workers if based[mode] == "step" else 1, db_url, base)
+                elif mode == pool_mode:
                     r = measure("relay", src, work, args.workers)
                 elif mode == step_mode:
                     r = measure("step", src, work, args.workers, db_url)
@@ -275,7 +288,7 @@ def main(argv=None) -> int:
               "files/CPU-s | x floor per CPU-s | relay (1 core) is x faster |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for mode, r in results.items():
-            if mode == "cli-startup":
+            if mode.startswith("cli-startup"):
                 continue  # a fixed cost, not a throughput: see below the table
             vs_floor = f"{rate[mode] / rate['pydicom']:.2f}" if "pydicom" in rate else ""
             cpu_floor = f"{per_cpu[mode] / per_cpu['pydicom']:.2f}" if "pydicom" in per_cpu else ""
@@ -294,6 +307,12 @@ def main(argv=None) -> int:
                     verdict = "" if goal is None else f" (goal {goal:.1f}x: {'met' if ratio >= goal else 'NOT met'})"
                     print(f"  {mode:18s} {ratio:.2f}x the floor ({floor_mode}){verdict}; per CPU-second "
                           f"{per_cpu[mode] / per_cpu[floor_mode]:.2f}x")
+            for mode, floor_mode in ((m, "pydicom-cli" if based[m] == "cli" else "pydicom") for m in based):
+                if mode in rate and floor_mode in rate and based[mode] != "cli-startup":
+                    print(f"  {mode:18s} {rate[mode] / rate[floor_mode]:.2f}x the floor ({floor_mode}); per CPU-second "
+                          f"{per_cpu[mode] / per_cpu[floor_mode]:.2f}x")
+            if "cli-startup (baseline)" in results:
+                print(f"  cli start-up (baseline): {results['cli-startup (baseline)']['cpu_seconds']:.2f} CPU-s")
             if "cli" in rate:
                 print(f"  {'cli':18s} {rate['cli'] / rate['pydicom']:.2f}x the in-process floor (pydicom: no "
                       f"interpreter start or import timed); per CPU-second {per_cpu['cli'] / per_cpu['pydicom']:.2f}x")
