@@ -11,11 +11,15 @@ The path a user runs is measured too, against the same floor: ``cli`` is ``dicom
 subprocess, end to end (interpreter start, index, pseudonyms, de-identification, verification, one core), and
 ``step`` is the pipeline's ``replace_identifiers`` on a claimed, imported batch with its PostgreSQL status store
 (a throwaway cluster started for the run) and ``RELAY_DEID_WORKERS`` = ``--workers``. Goals: cli >= 2.0x the
-floor, step >= 2.0x on two cores. The cli is timed from its process start, so it is compared with the floor
-run the same way, ``pydicom-cli``: a new interpreter that imports pydicom and reads+writes every file (the
-in-process ``pydicom`` floor, timed after its import, is the one for the engine and the step, which run inside
-a process that has started already; the cli's ratio to it is printed too). Besides wall time, each child reports its CPU time (user + system, its own
-children included): on a shared machine the files per CPU-second are the steadier figure.
+floor, step >= 2.0x on two cores.
+
+Which floor: the cli is timed from its process start, so it is compared with the floor run the same way,
+``pydicom-cli``: a new interpreter that imports pydicom and reads+writes every file (``FLOOR_COMMAND``). The
+in-process ``pydicom`` floor (timed after its import, like the engine and the step, which run inside a process
+that has started already) is the floor of ``relay`` and ``step``; the cli's ratio to it is printed too.
+``--baseline TREE`` measures relay, cli, cli start-up and step of another checkout in the same rounds, so that
+before and after share one run's load. Besides wall time, each child reports its CPU time (user + system, its
+own children included): on a shared machine the files per CPU-second are the steadier figure.
 
 Each measurement runs in its own subprocess (so timings and peak memory do not mix); the child reports its
 wall time and peak RSS (``getrusage(RUSAGE_SELF)``, plus ``RUSAGE_CHILDREN`` for pool workers), and the parent
