@@ -26,3 +26,23 @@ def test_the_engine_does_not_import_the_code_dictionary():
     probe = "import sys, dicom_relay.deid, dicom_relay.cli; print('pydicom.sr.codedict' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_deidentifying_a_ct_study_loads_no_pixel_stage(tmp_path):
+    """`dicom-relay deidentify` of primary CT (no pixel scan under the default policy) does not import the pixel
+    stage (OCR, OpenCV) nor the SR code dictionary: a CT study does not pay for them at start."""
+    from tests.support.samples import generate_ct_study
+
+    study = generate_ct_study(tmp_path / "in", n_instances=2, rows=8, columns=8)
+    probe = (
+        "import sys; from dicom_relay.cli import main; code = main(['deidentify', sys.argv[1], sys.argv[2]]); "
+        "heavy = ('cv2', 'tesserocr', 'dicom_relay.deid.pixels.stage', 'dicom_relay.deid.pixels.ocr', "
+        "'pydicom.sr.codedict'); print(code, sorted(m for m in heavy if m in sys.modules))"
+    )
+    import os
+
+    env = {**os.environ, "RELAY_SECRET_KEY": "k"}
+    out = subprocess.run([sys.executable, "-c", probe, str(study.folder), str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert len(list((tmp_path / "out").glob("*.dcm"))) == 2
