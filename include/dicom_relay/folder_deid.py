@@ -22,6 +22,7 @@ duplicate, leak), the record behind ``dicom-relay deidentify --report``.
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,11 +99,20 @@ def deidentify_folder(
     jobs = [(in_dir / inst.relpath, identities[instance_patient_key(inst)]) for inst in instances]
     check = LeakCheck(deidentifier.options)
     out_dir.mkdir(parents=True, exist_ok=True)
+    pool = None
     try:
-        results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check)
+        if workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon:
+            # One pool for both stages: its processes de-identify, then search the outputs (started once).
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(workers)
+        results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check, pool=pool)
         outputs = [r.path for r in results if r.path is not None]
-        leaks = check.find_leaks(outputs, workers=workers)
+        leaks = check.find_leaks(outputs, workers=workers, pool=pool)
     except BaseException as exc:
+        if pool is not None:
+            # Let the other workers stop first: a job still running would write an output after the removal.
+            pool.shutdown(wait=True, cancel_futures=True)
         full = _out_of_space(exc, out_dir)  # asked before the removal below frees the space again
         # Nothing unverified may stay: remove what this call may have written (names are new SOP UIDs, so
         # a file of the folder that was there before is only removed if this call wrote over it).
@@ -110,6 +120,9 @@ def deidentify_folder(
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     by_output: dict[str, list[Leak]] = {}
     for leak in leaks:
         by_output.setdefault(leak.file, []).append(leak)

@@ -1,34 +1,55 @@
 """How the output says what was done to it: CID 7050 De-identification Method codes and free text.
 
-The codes are those of PS3.16 CID 7050 in the DCM coding scheme, taken from pydicom's code dictionary so
-the meanings are the standard's own. Only the profile and the options that were actually applied are listed;
+The codes are those of PS3.16 CID 7050 in the DCM coding scheme, with the meanings of pydicom's code dictionary
+(the standard's own; a unit test compares them). Only the profile and the options that were actually applied are listed;
 Clean Pixel Data (113101) is added per instance, only to instances whose pixels were cleaned and proved
 (:func:`mark_clean_pixels`, called by the engine after a verified pixel cleaning).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.sr.codedict import codes
 
 from dicom_relay.deid.options import DeidOptions
 
-DCM = codes.DCM
-BASIC = DCM.BasicApplicationConfidentialityProfile  # 113100
+
+class Code(NamedTuple):
+    """A coded concept: what an item of a code sequence holds (as :class:`pydicom.sr.coding.Code` names it)."""
+
+    value: str
+    scheme_designator: str
+    meaning: str
+
+
+# PS3.16 CID 7050, written out here rather than looked up in ``pydicom.sr.codedict`` on every start: importing
+# the code dictionary costs about 0.06 CPU-s, paid by every ``dicom-relay deidentify`` and every worker.
+# tests/unit/deid/test_codes.py checks each value and meaning against pydicom's dictionary (the standard's own).
+BASIC = Code("113100", "DCM", "Basic Application Confidentiality Profile")
 OPTION_CODES = {
-    "clean_graphics": DCM.CleanGraphicsOption,  # 113103
-    "clean_structured_content": DCM.CleanStructuredContentOption,  # 113104
-    "clean_descriptors": DCM.CleanDescriptorsOption,  # 113105
-    "retain_full_dates": DCM.RetainLongitudinalTemporalInformationFullDatesOption,  # 113106
-    "retain_modified_dates": DCM.RetainLongitudinalTemporalInformationModifiedDatesOption,  # 113107
-    "retain_patient_characteristics": DCM.RetainPatientCharacteristicsOption,  # 113108
-    "retain_device_identity": DCM.RetainDeviceIdentityOption,  # 113109
-    "retain_uids": DCM.RetainUidsOption,  # 113110
-    "retain_safe_private": DCM.RetainSafePrivateOption,  # 113111
-    "retain_institution_identity": DCM.RetainInstitutionIdentityOption,  # 113112
+    "clean_graphics": Code("113103", "DCM", "Clean Graphics Option"),
+    "clean_structured_content": Code("113104", "DCM", "Clean Structured Content Option"),
+    "clean_descriptors": Code("113105", "DCM", "Clean Descriptors Option"),
+    "retain_full_dates": Code("113106", "DCM", "Retain Longitudinal Temporal Information Full Dates Option"),
+    "retain_modified_dates": Code("113107", "DCM", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "retain_patient_characteristics": Code("113108", "DCM", "Retain Patient Characteristics Option"),
+    "retain_device_identity": Code("113109", "DCM", "Retain Device Identity Option"),
+    "retain_uids": Code("113110", "DCM", "Retain UIDs Option"),
+    "retain_safe_private": Code("113111", "DCM", "Retain Safe Private Option"),
+    "retain_institution_identity": Code("113112", "DCM", "Retain Institution Identity Option"),
 }
-CLEAN_PIXEL = DCM.CleanPixelDataOption  # 113101
+#: The pydicom code dictionary's name of each code above (for the check against it).
+CODEDICT_NAMES = {
+    "113100": "BasicApplicationConfidentialityProfile", "113101": "CleanPixelDataOption",
+    "113103": "CleanGraphicsOption", "113104": "CleanStructuredContentOption", "113105": "CleanDescriptorsOption",
+    "113106": "RetainLongitudinalTemporalInformationFullDatesOption",
+    "113107": "RetainLongitudinalTemporalInformationModifiedDatesOption",
+    "113108": "RetainPatientCharacteristicsOption", "113109": "RetainDeviceIdentityOption",
+    "113110": "RetainUidsOption", "113111": "RetainSafePrivateOption", "113112": "RetainInstitutionIdentityOption",
+}
+CLEAN_PIXEL = Code("113101", "DCM", "Clean Pixel Data Option")
 METHOD_PREFIX = "dicom-relay PS3.15 E.1 Basic Profile"
 
 

@@ -55,7 +55,7 @@ from dicom_relay.deid.text import TextCleaner, cleaned
 from dicom_relay.deid.pixels import policy as pixel_policy
 from dicom_relay.deid.uids import UidMapper
 from dicom_relay.deid.vr import dict_vr
-from dicom_relay.deid.verify import LeakCheck, collect
+from dicom_relay.deid.verify import Collected, LeakCheck, collect, collect_parsed
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
 IMAGE_TYPE = 0x00080008
@@ -151,8 +151,7 @@ def _pool_job(args):
     d = _POOL_DEIDENTIFIERS.get((key, options))
     if d is None:
         d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
-    result = d.deidentify_file(src, dst_dir, identity)
-    return result, (collect(src, options, identity) if wanted else None)
+    return d.deidentify_and_collect(src, dst_dir, identity, collect_values=wanted)
 
 
 @dataclass(frozen=True)
@@ -273,13 +272,34 @@ class Deidentifier:
 
     def deidentify_file(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
         """De-identify one file into ``dst_dir/<new SOP Instance UID>.dcm``, or hold it back."""
+        return self.deidentify_and_collect(src, dst_dir, identity, collect_values=False)[0]
+
+    def deidentify_and_collect(
+        self, src: Path, dst_dir: Path, identity: PatientIdentity, *, collect_values: bool = True
+    ) -> tuple[DeidResult, Collected | None]:
+        """:meth:`deidentify_file`, and what verification must know of the ORIGINAL (:func:`~dicom_relay.deid.verify.collect`)
+        for :meth:`LeakCheck.add_collected`.
+
+        The values are collected from the header the engine has just parsed, so the original is read and parsed
+        once; the leak check still reads and searches the written output on its own. When the engine's parse
+        cannot serve (the pydicom path, implicit VR, a value with a character set), the file is collected on its
+        own, exactly as :meth:`LeakCheck.add` does. ``collect_values=False``: the second item is None.
+        """
         src, dst_dir = Path(src), Path(dst_dir)
+        collected = None
+        result = None
         if self._raw_ok:
-            result = self._deidentify_raw(src, dst_dir, identity)
+            parsed: list = []
+            result = self._deidentify_raw(src, dst_dir, identity, parsed if collect_values else None)
             if result is not None:
                 self.raw_path_used += 1
-                return result
-        return self._deidentify_file_pydicom(src, dst_dir, identity)
+                if parsed:
+                    collected = collect_parsed(*parsed, self.options, identity)
+        if result is None:
+            result = self._deidentify_file_pydicom(src, dst_dir, identity)
+        if collect_values and collected is None:
+            collected = collect(src, self.options, identity)
+        return result, collected
 
     def _deidentify_file_pydicom(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
         """The reference path: pydicom reads the header, the dataset walk, pydicom-compatible writing."""
@@ -353,6 +373,7 @@ class Deidentifier:
         *,
         workers: int = 1,
         check: LeakCheck | None = None,
+        pool=None,
     ) -> list[DeidResult]:
         """:meth:`deidentify_file` for many ``(source, identity)`` pairs; results in input order.
 
@@ -360,6 +381,8 @@ class Deidentifier:
         uses a process pool of that many processes (large studies: de-identification is CPU bound and each
         file is independent; UIDs and pseudonyms are keyed, so the output does not depend on the split). The
         first error is raised, as in a loop. In a daemonic process (which cannot have children) it runs here.
+        ``pool``: a running ``ProcessPoolExecutor`` of ``workers`` processes to use (and leave running), so that
+        the caller's verification can use the same processes.
         """
         jobs = [(Path(src), identity) for src, identity in jobs]
         dst_dir = Path(dst_dir)
@@ -367,24 +390,33 @@ class Deidentifier:
         if not pooled:
             out = []
             for src, identity in jobs:
-                result = self.deidentify_file(src, dst_dir, identity)
+                result, collected = self.deidentify_and_collect(src, dst_dir, identity, collect_values=check is not None)
                 if check is not None:
-                    check.add(src, identity, result.path)
+                    check.add_collected(collected, result.path)
                 out.append(result)
             return out
         from concurrent.futures import ProcessPoolExecutor
 
         args = [(self._secret_key, self.options, src, dst_dir, identity, check is not None) for src, identity in jobs]
-        with ProcessPoolExecutor(workers) as pool:
-            done = list(pool.map(_pool_job, args, chunksize=max(1, len(args) // (workers * 8))))
+        chunksize = max(1, len(args) // (workers * 8))
+        if pool is not None:
+            done = list(pool.map(_pool_job, args, chunksize=chunksize))
+        else:
+            with ProcessPoolExecutor(workers) as own_pool:
+                done = list(own_pool.map(_pool_job, args, chunksize=chunksize))
         for (src, _), (result, collected) in zip(jobs, done):
             if check is not None:
                 check.add_collected(collected, result.path)
         return [result for result, _ in done]
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
-    def _deidentify_raw(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult | None:
+    def _deidentify_raw(
+        self, src: Path, dst_dir: Path, identity: PatientIdentity, parsed: list | None = None
+    ) -> DeidResult | None:
         """De-identify ``src`` on its raw bytes; None when the file needs the pydicom path.
+
+        ``parsed``: a list that receives ``(header bytes, top-level elements)`` of the original once it has been
+        written (explicit VR only: verification reads implicit VR files with pydicom's private dictionary).
 
         Same order of checks as the pydicom path: readable, SOP UIDs present, quarantine, then the identity.
         """
@@ -440,6 +472,8 @@ class Deidentifier:
                 rawpath.write_output(dst, head, fd, tail)
             except (OSError, ValueError, TypeError) as exc:
                 raise DeidError(f"could not write the de-identified instance ({type(exc).__name__})") from None
+            if parsed is not None and not implicit:
+                parsed += [buf, elems]
         finally:
             os.close(fd)
         return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None)

@@ -708,9 +708,10 @@ class LeakCheck:
         """Every value searched for; a :class:`Leak`'s ``value_index`` is a position in this list."""
         return sorted(self._kinds, key=lambda v: (self._kinds[v], v))
 
-    def find_leaks(self, paths: Iterable[str | Path] | None = None, *, workers: int = 1) -> list[Leak]:
+    def find_leaks(self, paths: Iterable[str | Path] | None = None, *, workers: int = 1, pool=None) -> list[Leak]:
         """The leaks in ``paths`` (default: every registered output), in path order. ``workers`` > 1 searches in
-        a process pool (each output is independent once every original is registered)."""
+        a process pool (each output is independent once every original is registered): ``pool``, a running
+        ``ProcessPoolExecutor`` of that many processes (the one that de-identified the batch), or a new one."""
         values = self.values
         kinds = [self._kinds[v] for v in values]
         paths = [Path(p) for p in (self._outputs if paths is None else paths)]
@@ -719,8 +720,15 @@ class LeakCheck:
             from concurrent.futures import ProcessPoolExecutor
 
             chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
-            with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(values, kinds, self._places)) as pool:
-                found = [leak for part in pool.map(_pool_check, chunks) for leak in part]
+            if pool is not None:
+                # The needles go with each chunk (a worker builds them once per search, see _pool_check_in).
+                search = (os.getpid(), id(self), len(self._outputs), len(values))
+                parts = pool.map(_pool_check_in, [(search, values, kinds, self._places, c) for c in chunks])
+                found = [leak for part in parts for leak in part]
+            else:
+                with ProcessPoolExecutor(workers, initializer=_pool_init,
+                                         initargs=(values, kinds, self._places)) as own_pool:
+                    found = [leak for part in own_pool.map(_pool_check, chunks) for leak in part]
             order = {p.name: n for n, p in enumerate(paths)}
             return sorted(found, key=lambda leak: order.get(leak.file, -1))
         needles = _Needles(values, kinds)
@@ -741,6 +749,16 @@ _POOL_STATE: dict = {}
 
 def _pool_init(values: list[str], kinds: list[int], places: dict) -> None:
     _POOL_STATE["needles"], _POOL_STATE["places"] = _Needles(values, kinds), places
+
+
+def _pool_check_in(args) -> list[Leak]:
+    """:func:`_pool_check` in a pool that was not started for this search: the needles come with the chunk and
+    are prepared once per search in each worker."""
+    search, values, kinds, places, jobs = args
+    if _POOL_STATE.get("search") != search:
+        _pool_init(values, kinds, places)
+        _POOL_STATE["search"] = search
+    return _pool_check(jobs)
 
 
 def _pool_check(jobs: list[tuple[Path, "_Own | None"]]) -> list[Leak]:
@@ -764,12 +782,28 @@ def collect(original, options: DeidOptions, identity) -> Collected:
                 raise rp.Fallback  # private VRs come from pydicom's private dictionary: let pydicom read it
             # Elements after the pixel data (a Digital Signatures Sequence, ...) are values too: Fallback then.
             rp.find_tail(f.fileno(), pixel_at, size, implicit, buf)
-        family = next((sop_family(rp.ascii_value(buf, el)) for el in elems if el.tag == 0x00080016), sop_family(""))
-        return _classify(list(_raw_leaves(buf, elems)), options, family, jitter, True)
+        return _collect_raw(buf, elems, options, jitter)
     except (rp.Fallback, struct.error, RecursionError):
         ds = _read_all_but_pixels(path)
         family = sop_family(str(getattr(ds, "SOPClassUID", "")))
         return _classify(_pydicom_leaves(ds), options, family, jitter, True)
+
+
+def _collect_raw(buf: bytes, elems, options: DeidOptions, jitter) -> Collected:
+    rp = _rawpath()
+    family = next((sop_family(rp.ascii_value(buf, el)) for el in elems if el.tag == 0x00080016), sop_family(""))
+    return _classify(list(_raw_leaves(buf, elems)), options, family, jitter, True)
+
+
+def collect_parsed(buf: bytes, elems, options: DeidOptions, identity) -> Collected | None:
+    """:func:`collect` of an original whose header the engine has parsed already (explicit VR little endian,
+    ``rawpath.read_file``, nothing after the pixel data): the same values, without reading the file again. None
+    when a value needs pydicom to decode it (a character set): then :func:`collect` the file."""
+    rp = _rawpath()
+    try:
+        return _collect_raw(buf, elems, options, getattr(identity, "jitter_days", None))
+    except (rp.Fallback, struct.error, RecursionError):
+        return None
 
 
 def _read_all_but_pixels(path: Path) -> Dataset:

@@ -356,3 +356,31 @@ def test_find_leaks_in_a_pool_finds_the_same_leaks_in_the_same_order(tmp_path: P
     serial = check.find_leaks()
     assert [leak.file for leak in serial] == [outputs[3].name] * 2 + [outputs[40].name] * 2
     assert check.find_leaks(workers=2) == serial
+    # In a running pool that another stage used (deidentify_folder shares one), twice: needles prepared per search.
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2) as pool:
+        assert check.find_leaks(workers=2, pool=pool) == serial
+        clean = LeakCheck(d.options)
+        for src in sorted(study.folder.glob("*.dcm")):
+            clean.add(src, identity, None)
+        assert clean.find_leaks(outputs, workers=2, pool=pool) != []  # strict rule: another search, other needles
+        assert check.find_leaks(workers=2, pool=pool) == serial
+
+
+def test_values_collected_from_the_engines_parse_equal_those_collected_from_the_file(tmp_path: Path) -> None:
+    """deidentify_and_collect hands verification the original's values from the header the engine parsed: the
+    same as LeakCheck.add reading the original again, on the planted-PHI files and on pydicom's test files."""
+    from dicom_relay.deid.verify import collect
+
+    d = Deidentifier("k", DeidOptions(quarantine_secondary_capture=False, quarantine_modalities=()))
+    files = [Path(f) for f in pydicom.data.get_testdata_files("*.dcm")][:60]
+    for n, src in enumerate(files):
+        try:
+            ds = pydicom.dcmread(src, stop_before_pixels=True)
+            identity = PatientIdentity("P", 3, {str(ds.get("AccessionNumber", "") or "").strip(): "A"})
+            result, collected = d.deidentify_and_collect(src, tmp_path / str(n), identity)
+        except Exception:
+            continue  # not a file the engine de-identifies: nothing to verify
+        assert collected == collect(src, d.options, identity), src.name
+    assert d.raw_path_used >= 5, "the engine's raw parse must serve some of these files"
