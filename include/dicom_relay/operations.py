@@ -323,13 +323,9 @@ def quarantine_entries(settings: Settings, batch_id: str | None = None, include_
     return found
 
 
-def release(settings: Settings, store: StatusStore, batch_id: str, label: str, by: str | None = None) -> dict:
-    """Move a quarantined file back into the batch's ``incoming/`` at its original path, for a requeue to pick up.
-
-    The index entry is kept with ``released_at`` (a tombstone): the pipeline numbers new labels by the count of
-    entries, so removing an entry would hand its label out again. The release is recorded in the batch errors by
-    label. A DONE or HELD_BACK batch goes back to NEW (it has a file to process again); a batch a run is working on is refused.
-    """
+def _held_file(settings: Settings, store: StatusStore, batch_id: str, label: str, verb: str):
+    """(quarantine folder, batch, index entries, the label's entry) of a file still held back that ``verb`` (release
+    or discard) may act on now; OperationError saying why not otherwise."""
     if not _LABEL.match(label or ""):
         raise OperationError("a quarantine label looks like q0001 (see dicom-relay quarantine list)")
     qdir = _quarantine_dir(settings, batch_id)
@@ -337,13 +333,26 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str, b
     if batch is None:
         raise OperationError(f"no batch {batch_id}")
     if batch.status in _BUSY:
-        raise OperationError(f"batch {batch_id} is {batch.status}: a run is working on it; release when it has ended")
+        raise OperationError(f"batch {batch_id} is {batch.status}: a run is working on it; {verb} when it has ended")
     entries = quarantine.read_index(qdir)
     entry = entries.get(label)
     if entry is None:
         raise OperationError(f"batch {batch_id} has no quarantined file {label}")
     if entry.get("released_at"):
         raise OperationError(f"file {label} of batch {batch_id} was released already")
+    if entry.get("discarded_at"):
+        raise OperationError(f"file {label} of batch {batch_id} was discarded")
+    return qdir, batch, entries, entry
+
+
+def release(settings: Settings, store: StatusStore, batch_id: str, label: str, by: str | None = None) -> dict:
+    """Move a quarantined file back into the batch's ``incoming/`` at its original path, for a requeue to pick up.
+
+    The index entry is kept with ``released_at`` (a tombstone): the pipeline numbers new labels by the count of
+    entries, so removing an entry would hand its label out again. The release is recorded in the batch errors by
+    label. A DONE or HELD_BACK batch goes back to NEW (it has a file to process again); a batch a run is working on is refused.
+    """
+    qdir, batch, entries, entry = _held_file(settings, store, batch_id, label, "release")
     relpath = entry["relpath"]
     source = qdir / label / relpath
     incoming = settings.batches_dir / batch_id / INCOMING
@@ -379,20 +388,7 @@ def discard(settings: Settings, store: StatusStore, batch_id: str, label: str, b
     The index entry is kept with ``discarded_at`` and ``discarded_by`` (a tombstone, as for a release), and the
     batch errors get a note by label. A HELD_BACK batch with nothing left held becomes DONE.
     """
-    if not _LABEL.match(label or ""):
-        raise OperationError("a quarantine label looks like q0001 (see dicom-relay quarantine list)")
-    qdir = _quarantine_dir(settings, batch_id)
-    batch = store.get_batch(batch_id)
-    if batch is None:
-        raise OperationError(f"no batch {batch_id}")
-    if batch.status in _BUSY:
-        raise OperationError(f"batch {batch_id} is {batch.status}: a run is working on it; discard when it has ended")
-    entries = quarantine.read_index(qdir)
-    entry = entries.get(label)
-    if entry is None:
-        raise OperationError(f"batch {batch_id} has no quarantined file {label}")
-    if entry.get("released_at") or entry.get("discarded_at"):
-        raise OperationError(f"file {label} of batch {batch_id} is no longer held (released or discarded)")
+    qdir, batch, entries, entry = _held_file(settings, store, batch_id, label, "discard")
     folder = qdir / label
     if folder.is_symlink() or folder.is_file():
         folder.unlink()

@@ -413,27 +413,21 @@ class _Needles:
                         out.add(i)
                 p = t.find(b".", p + 1)
 
+    @staticmethod
+    def _bucket_hits(buckets: dict, data: bytes) -> set[int]:
+        """Indexes of the values in ``buckets`` (prefix -> [(value bytes, index)]) that occur in ``data``; the
+        prefix test first, so that most values cost one ``in`` per bucket, not one per value."""
+        return {i for key, members in buckets.items() if key in data for e, i in members if e in data}
+
     def header_hits(self, data: bytes) -> set[int]:
-        low = data.lower()
-        hits: set[int] = set()
-        for key, members in self.buckets.items():
-            if key in low:
-                for e, i in members:
-                    if e in low:
-                        hits.add(i)
+        hits = self._bucket_hits(self.buckets, data.lower())
         self._uid_hits(data, hits)
         return hits
 
     def pixel_hits(self, data: bytes) -> set[int]:
-        hits: set[int] = set()
-        for key, members in self.exact.items():
-            if key in data:
-                for e, i in members:
-                    if e in data:
-                        hits.add(i)
         uids: set[int] = set()
         self._uid_hits(data, uids)
-        return hits | {i for i in uids if len(self.values[i]) >= PIXEL_MIN_LEN}
+        return self._bucket_hits(self.exact, data) | {i for i in uids if len(self.values[i]) >= PIXEL_MIN_LEN}
 
     def found_in(self, i: int, vr: str, low: bytes) -> tuple[bool, bool]:
         """(occurs, may be a leak) for value ``i`` in an element of VR ``vr`` with lower-cased value bytes ``low``.
