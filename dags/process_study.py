@@ -4,7 +4,9 @@ import -> get_identifiers -> replace_identifiers -> send_orthanc -> send_gcs -> 
 
 Started by watch_inbox with the run id ``batch__<batch_id>``, or by hand:
     airflow dags trigger process_study --conf '{"batch_id": "..."}'
-The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SEND_TO_ORTHANC / SEND_TO_GOOGLE.
+The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SEND_TO_ORTHANC / SEND_TO_GOOGLE;
+deidentify and deid_options may only make de-identification stricter unless RELAY_ALLOW_UNSAFE_OVERRIDES=true
+(dicom_relay.overrides): a weaker run fails at import and sends nothing.
 """
 
 from datetime import datetime, timedelta

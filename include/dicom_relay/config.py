@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run, as a JSON object; a run's
     # ``deid_options`` param overrides them one by one.
     deid_options: dict = _env("RELAY_DEID_OPTIONS", default_factory=dict)
+    # Whether a run's params may make de-identification weaker than the two settings above (deidentify=false,
+    # a retain option, a weaker pixel policy...). Off: such a run fails at its first task and nothing is sent.
+    # Anyone who may trigger a DAG run sets params; only the deployment decides this (dicom_relay.overrides).
+    allow_unsafe_overrides: bool = _env("RELAY_ALLOW_UNSAFE_OVERRIDES", False)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
 

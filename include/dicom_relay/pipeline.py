@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import inbox, quarantine, retrying
+from . import inbox, overrides, quarantine, retrying
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
@@ -56,18 +56,33 @@ class RunOptions:
 
     @classmethod
     def resolve(cls, settings: Settings, params: dict | None = None) -> "RunOptions":
+        """The run's options: the settings, overridden by the run's params.
+
+        A param may make de-identification stricter, never weaker, unless the deployment sets
+        RELAY_ALLOW_UNSAFE_OVERRIDES=true (:mod:`dicom_relay.overrides`); a weaker one is a ConfigError naming
+        each weakening, which fails the run at its first task before anything is read or sent.
+        """
         params = params or {}
 
         def pick(name: str, default: bool) -> bool:
             value = params.get(name)
             return default if value is None else bool(value)
 
-        return cls(
+        run_deid = params.get("deid_options") or {}
+        if not isinstance(run_deid, dict):
+            raise ConfigError("the deid_options param must be an object of de-identification options")
+        options = cls(
             deidentify=pick("deidentify", settings.deidentify),
             send_orthanc=pick("send_orthanc", settings.send_orthanc),
             send_gcs=pick("send_gcs", settings.send_gcs),
-            deid={**settings.deid_options, **(params.get("deid_options") or {})},
+            deid={**settings.deid_options, **run_deid},
         )
+        try:
+            overrides.refuse_weaker(settings.allow_unsafe_overrides, settings.deidentify, settings.deid_options,
+                                    options.deidentify, options.deid)
+        except overrides.UnsafeOverride as exc:
+            raise ConfigError(str(exc)) from None
+        return options
 
     def destinations(self) -> list[str]:
         return [name for name, on in (("orthanc", self.send_orthanc), ("gcs", self.send_gcs)) if on]
