@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, is_placeholder
 from .errors import RelayError
 
 
@@ -149,8 +149,9 @@ def cmd_deidentify(args, settings: Settings) -> int:
     from .identifiers import LocalProvider
     from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping, _patient_key
 
-    if not settings.secret_key:
-        print("error: set RELAY_SECRET_KEY (the key of the local pseudonyms and of the UID hash)", file=sys.stderr)
+    if is_placeholder(settings.secret_key.get_secret_value()):
+        print("error: RELAY_SECRET_KEY is empty or a placeholder; set it to a long random value (it keys the local "
+              "pseudonyms and the UID hash)", file=sys.stderr)
         return 2
     options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.in_dir)

@@ -106,6 +106,8 @@ def step(name: str) -> Callable:
         @functools.wraps(fn)
         def run(batch_id: str, settings: Settings, options: RunOptions | None = None, *,
                 params: dict | None = None, **kw) -> dict:
+            # A placeholder database password is refused before it is sent to the server.
+            settings.require_db_secret()
             store = StatusStore(settings.db_url)
             started = time.monotonic()
             batch = store.get_batch(batch_id)
@@ -119,6 +121,12 @@ def step(name: str) -> Callable:
                     options = options or RunOptions.resolve(settings, params)
                 except ConfigError as exc:
                     raise PermanentError(f"the run's options are not valid: {exc}") from None
+                try:
+                    # Every step refuses to start without the secrets the run needs: a task that starts with an
+                    # empty key would produce pseudonyms and UIDs anyone can recompute.
+                    settings.require_secrets(deidentify=options.deidentify, send_orthanc=options.send_orthanc)
+                except ConfigError as exc:
+                    raise PermanentError(f"the deployment's secrets are not set: {exc}") from None
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
                 store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status)
@@ -146,6 +154,7 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     Returns ``[{"trigger_run_id": ..., "conf": {"batch_id": ...}}]`` for every claimed batch whose run was not yet
     requested, including ones claimed by an earlier cycle that crashed before requesting.
     """
+    settings.require_db_secret()
     store = StatusStore(settings.db_url)
     settings.batches_dir.mkdir(parents=True, exist_ok=True)
     inbox.recover_claims(settings.inbox, settings.batches_dir)

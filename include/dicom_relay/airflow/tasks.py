@@ -12,7 +12,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from dicom_relay import operations, pipeline
-from dicom_relay.config import Settings
+from dicom_relay.config import ConfigError, Settings
 from dicom_relay.errors import PermanentError
 from dicom_relay.status import StatusStore
 
@@ -24,11 +24,13 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
     batch_id = params.get("batch_id")
     if not batch_id:
         raise AirflowFailException("the run has no batch_id param; trigger with --conf '{\"batch_id\": ...}'")
-    settings = Settings.from_env()
     kwargs = {"run_id": context["run_id"]} if name == "import" else {}
     try:
+        settings = Settings.from_env()
         return STEPS[name](batch_id, settings, params=params, **kwargs)
-    except PermanentError as exc:
+    except (PermanentError, ConfigError) as exc:
+        # A setting or secret that is wrong stays wrong on retry: fail at once with the reason (it names the
+        # setting, never its value).
         raise AirflowFailException(str(exc)) from None
 
 

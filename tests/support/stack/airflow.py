@@ -19,6 +19,7 @@ from typing import Mapping
 import requests
 
 from dicom_relay.airflow_client import AirflowClient
+from dicom_relay.files import write_private_text
 
 from .. import REPO
 from .process import ManagedProcess, free_port, wait_until
@@ -59,11 +60,9 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
         keys = json.loads(secrets_file.read_text())
     else:
         keys = {"jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
-        secrets_file.write_text(json.dumps(keys))
-        os.chmod(secrets_file, 0o600)
+        write_private_text(secrets_file, json.dumps(keys))
     passwords_file = home / "simple_auth_manager_passwords.json"
-    passwords_file.write_text(json.dumps({"admin": password}))
-    os.chmod(passwords_file, 0o600)
+    write_private_text(passwords_file, json.dumps({"admin": password}))
     return {
         **relay_env,
         "AIRFLOW_HOME": str(home),

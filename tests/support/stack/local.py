@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import shlex
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from dicom_relay.airflow_client import AirflowClient
+from dicom_relay.files import write_private_text
 from dicom_relay.status import StatusStore
 
 from .. import REPO
@@ -53,8 +53,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
-    path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
-    os.chmod(path, 0o600)
+    write_private_text(path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
 
 
 def relay_env(inbox: Path, work_dir: Path, db_url: str, orthanc, gcs_bucket: str, identifier_url: str,
@@ -101,8 +100,7 @@ def _secrets(run_dir: Path) -> dict[str, str]:
         "identifier_token": secrets.token_urlsafe(24),
         "relay_secret_key": secrets.token_urlsafe(32),
     }
-    path.write_text(json.dumps(values))
-    os.chmod(path, 0o600)
+    write_private_text(path, json.dumps(values))
     return values
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import requests
 
+from dicom_relay.files import write_private_text
 from tests.support.stack.process import ManagedProcess, free_port, port_open
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
@@ -120,8 +121,7 @@ def start_orthanc(
 
     config_path = run_dir / "orthanc.json"
     config = orthanc_config(run_dir, http_port, dicom_port, user, password, ae_title)
-    config_path.write_text(json.dumps(config, indent=2))
-    config_path.chmod(0o600)  # it holds the REST password
+    write_private_text(config_path, json.dumps(config, indent=2))  # it holds the REST password
 
     process = ManagedProcess(
         "orthanc",

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psycopg
 
+from dicom_relay.files import write_private_text
+
 from .process import ManagedProcess, ServiceError, free_port, wait_until
 
 SUPERUSER = "relay"
@@ -84,10 +86,9 @@ def start_postgres(
     bindir = pg_bin_dir()
     if not (data_dir / "PG_VERSION").exists():
         password = secrets.token_urlsafe(18)
-        password_file.write_text(password)
-        os.chmod(password_file, 0o600)
+        write_private_text(password_file, password)
         pwfile = base_dir / ".initdb-pw"
-        pwfile.write_text(password)
+        write_private_text(pwfile, password)
         _chown_to_owner(base_dir)
         _chown_to_owner(pwfile)
         subprocess.run(
