@@ -38,6 +38,13 @@ def cmd_status(args, settings: Settings) -> int:
     from .status import StatusStore, to_json
 
     store = StatusStore(settings.db_url)
+    if args.refused:
+        refusals = store.refusals()
+        if args.json:
+            print(json.dumps([r.public() for r in refusals], indent=2))
+        else:
+            _print_refusals(refusals, empty="no inbox entry is refused")
+        return 0
     if args.batch:
         batch = store.get_batch(args.batch)
         batches = [batch] if batch else []
@@ -49,6 +56,9 @@ def cmd_status(args, settings: Settings) -> int:
     if args.json:
         print(to_json(batches))
         return 0
+    if not args.batch:
+        # Shown above the batches: an entry waiting in the inbox that will never become a batch needs a person.
+        _print_refusals(store.refusals())
     if not batches:
         print("no batches yet")
         return 0
@@ -65,6 +75,18 @@ def cmd_status(args, settings: Settings) -> int:
             print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
                   + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
     return 0
+
+
+def _print_refusals(refusals, empty: str | None = None) -> None:
+    if not refusals:
+        if empty:
+            print(empty)
+        return
+    print(f"INBOX ENTRIES NOT TAKEN ({len(refusals)}; names are not shown, they may identify a patient; "
+          "`ls -la $RELAY_INBOX` shows them to whoever may see them)")
+    for r in refusals:
+        print(f"  {r.refusal_id:<24} {r.kind:<11} since {r.first_seen:%Y-%m-%d %H:%M:%S}  {r.reason}")
+    print()
 
 
 def cmd_migrate(args, settings: Settings) -> int:
@@ -210,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="only batches in this status (e.g. ERROR)")
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
+    p.add_argument("--refused", action="store_true",
+                   help="only the inbox entries the relay will not take (symbolic links, plain files, unreadable "
+                        "folders), by refusal id; with --json as JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("migrate", help="create or update the status tables (once at start; safe to repeat)")

@@ -28,7 +28,7 @@ from . import inbox, overrides, quarantine, retrying
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
-from .files import remove_empty_dirs, write_json_atomically
+from .files import make_private_dir, remove_empty_dirs, write_json_atomically
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,10 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     """
     settings.require_db_secret()
     store = StatusStore(settings.db_url)
-    settings.batches_dir.mkdir(parents=True, exist_ok=True)
+    # The work area holds folder names, mappings and originals: owner only.
+    make_private_dir(settings.work_dir)
+    make_private_dir(settings.batches_dir)
+    record_refused_entries(settings, store)
     inbox.recover_claims(settings.inbox, settings.batches_dir)
     for name in inbox.finished_folders(settings.inbox, settings.stable_seconds):
         inbox.claim(settings.inbox, settings.batches_dir, name)
@@ -166,6 +169,17 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
         runs.append({"trigger_run_id": inbox.run_id_for(c.batch_id), "conf": {"batch_id": c.batch_id}})
     log.info("claimed batches waiting for a run: %d", len(runs))
     return runs
+
+
+def record_refused_entries(settings: Settings, store: StatusStore) -> list[str]:
+    """Record each inbox entry the relay will not take once in the status table (and close the records of those
+    gone); log each new one by its refusal id and kind, never its name. Returns the new refusal ids."""
+    refused = inbox.refused_entries(settings.inbox)
+    new = store.record_refusals([(r.name, r.kind, r.reason) for r in refused])
+    for refusal_id, kind, reason in new:
+        log.warning("inbox entry %s not taken (%s): %s; see dicom-relay status", refusal_id, kind, reason)
+    inbox.remember_refusals(settings.batches_dir, refused)
+    return [n[0] for n in new]
 
 
 def mark_dispatched(settings: Settings, batch_ids: list[str]) -> int:
