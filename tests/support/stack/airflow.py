@@ -25,6 +25,10 @@ from .. import REPO
 from .process import ManagedProcess, free_port, wait_until
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Extra arguments per component. Airflow's log servers (the scheduler's for LocalExecutor tasks, the triggerer's)
+#: listen on every interface and have no setting for the address (airflow.utils.serve_logs binds host ""); on one
+#: machine the api-server reads the task and trigger logs from the shared log folder, so they are not started.
+COMPONENT_ARGS = {"scheduler": ("--skip-serve-logs",), "triggerer": ("--skip-serve-logs",)}
 
 
 @dataclass
@@ -109,7 +113,8 @@ def start_airflow(
     handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env)
     for component in COMPONENTS:
         handle.processes[component] = ManagedProcess(
-            f"airflow-{component}", [airflow_bin(), component], Path(run_dir), env=env
+            f"airflow-{component}", [airflow_bin(), component, *COMPONENT_ARGS.get(component, ())], Path(run_dir),
+            env=env
         ).start()
     handle.processes["api-server"].wait_ready(
         lambda: requests.get(f"{handle.url}/api/v2/monitor/health", timeout=2).status_code == 200, timeout

@@ -36,6 +36,24 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket listening, and every UDP socket bound, in the process tree of ``pid``
+    (the process and all its descendants: the log servers and workers a service forks count)."""
+    try:
+        root = psutil.Process(pid)
+        pids = {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+    return {
+        (c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+        if c.pid in pids and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)
+    }
+
+
+def is_loopback(address: str) -> bool:
+    return address == "::1" or address.startswith("127.") or address == "::ffff:127.0.0.1"
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     """Poll ``predicate`` until it is true; raise ``ServiceError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
