@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     gcs_bucket: str = _env("RELAY_GCS_BUCKET", "dicom-relay")
     gcs_project: str = _env("RELAY_GCS_PROJECT", "dicom-relay")
     gcs_prefix: str = _env("RELAY_GCS_PREFIX", "studies")
+    # An emulator's URL (fake-gcs-server in make run and the tests): anonymous access to it; or a service-account
+    # key file; neither: the machine's default credentials (google-auth's search).
+    gcs_emulator_host: str = _env("STORAGE_EMULATOR_HOST", "")
+    gcs_credentials_file: str = _env("GOOGLE_APPLICATION_CREDENTIALS", "")
 
     # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run, as a JSON object; a run's
     # ``deid_options`` param overrides them one by one.

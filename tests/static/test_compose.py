@@ -277,6 +277,27 @@ def test_settings_resolve_to_the_compose_services(compose, filled_env):
     settings.require_secrets(deidentify=True, send_orthanc=True)  # what the tasks check before they start
 
 
+def test_airflow_reads_endpoints_from_connections_matching_the_services(compose, filled_env, monkeypatch):
+    """The Connections compose gives Airflow (environment secrets backend) resolve, through the relay's own hooks,
+    to the same endpoints and secrets as the plain settings the CLI reads in the containers."""
+    from dicom_relay.airflow import connections
+
+    env = {k: resolve(v, filled_env) for k, v in environment(compose["services"]["airflow-worker"]).items()}
+    for name in list(Settings.variables()) + [n for n in env if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name, raising=False)
+    plain = Settings.from_env(env)
+    for name, value in env.items():
+        if name.startswith("AIRFLOW_CONN_"):
+            json.loads(value)  # valid JSON once interpolated
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RELAY_INBOX", "/data/inbox")
+    via_connections = connections.task_settings()
+    for field in ("db_url", "orthanc_url", "orthanc_host", "orthanc_dicom_port", "orthanc_ae_title", "orthanc_user",
+                  "orthanc_password", "gcs_bucket", "gcs_project", "gcs_prefix", "gcs_emulator_host",
+                  "identifier_url", "identifier_token"):
+        assert getattr(via_connections, field) == getattr(plain, field), field
+
+
 def test_identifier_service_keeps_its_mapping_on_a_volume(compose):
     service = compose["services"]["identifier-service"]
     command = [str(a) for a in service["command"]]

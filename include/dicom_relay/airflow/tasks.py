@@ -1,4 +1,6 @@
-"""Run a pipeline step inside an Airflow task: settings from the environment, options from the run's params.
+"""Run a pipeline step inside an Airflow task: endpoints and secrets from the Airflow Connections
+(:mod:`dicom_relay.airflow.connections`), the rest of the settings from the environment, options from the run's
+params.
 
 Transient failures (a destination down) are raised as they are, so Airflow's retries (with exponential backoff)
 apply. Permanent failures raise ``AirflowFailException``: retrying cannot help, and a person is told why through
@@ -12,6 +14,7 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from dicom_relay import operations, pipeline
+from dicom_relay.airflow import connections
 from dicom_relay.config import ConfigError, Settings
 from dicom_relay.errors import PermanentError
 from dicom_relay.status import StatusStore
@@ -26,7 +29,7 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
         raise AirflowFailException("the run has no batch_id param; trigger with --conf '{\"batch_id\": ...}'")
     kwargs = {"run_id": context["run_id"]} if name == "import" else {}
     try:
-        settings = Settings.from_env()
+        settings = connections.task_settings()
         return STEPS[name](batch_id, settings, params=params, **kwargs)
     except (PermanentError, ConfigError) as exc:
         # A setting or secret that is wrong stays wrong on retry: fail at once with the reason (it names the
@@ -47,7 +50,7 @@ def record_task_failure(context: dict[str, Any]) -> None:
     batch_id = (context.get("params") or {}).get("batch_id")
     if not batch_id:
         return
-    store = StatusStore(Settings.from_env().db_url)
+    store = StatusStore(connections.status_db_url())
     batch = store.get_batch(batch_id)
     if batch is None or batch.status in ("ERROR", "EMPTY", "DONE"):
         return
@@ -57,7 +60,7 @@ def record_task_failure(context: dict[str, Any]) -> None:
 
 
 def claim_folders() -> list[dict[str, Any]]:
-    return pipeline.claim_finished_folders(Settings.from_env())
+    return pipeline.claim_finished_folders(connections.task_settings())
 
 
 def mark_dispatched(runs: list[dict[str, Any]]) -> int:
@@ -79,7 +82,7 @@ def _process_study_run_state(run_id: str) -> str | None:
 
 def decide_reruns() -> list[dict[str, Any]]:
     """The decide task of rerun_errors: one {batch_id, decision, reason[, run_id]} per batch in ERROR."""
-    settings = Settings.from_env()
+    settings = connections.task_settings()
     decisions = operations.decide_reruns(StatusStore(settings.db_url), run_state=_process_study_run_state)
     return [d.public() for d in decisions]
 

@@ -14,14 +14,14 @@ from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import HTMLResponse
 
-from dicom_relay.config import Settings
+from dicom_relay.airflow import connections
 from dicom_relay.status import StatusStore
 
 STATUS_COLOURS = {"DONE": "#1e8449", "ERROR": "#c0392b", "EMPTY": "#7f8c8d"}
 
 
 def _batches(limit: int, status: str | None) -> list[dict]:
-    store = StatusStore(Settings.from_env().db_url)
+    store = StatusStore(connections.status_db_url())
     return [b.public() for b in store.list_batches(limit=limit, status=status)]
 
 

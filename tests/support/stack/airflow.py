@@ -96,11 +96,40 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
     }
 
 
+#: The relay settings that name an endpoint or carry its secret: inside Airflow they come from the Connections
+#: (dicom_relay.airflow.connections), so the components get them blank (a value inherited from the shell that
+#: starts the stack must not sneak in either).
+ENDPOINT_VARIABLES = (
+    "RELAY_DB_URL", "ORTHANC_HOST", "ORTHANC_DICOM_PORT", "ORTHANC_AE_TITLE", "ORTHANC_URL", "ORTHANC_USER",
+    "ORTHANC_PASSWORD", "RELAY_GCS_BUCKET", "RELAY_GCS_PROJECT", "RELAY_GCS_PREFIX", "STORAGE_EMULATOR_HOST",
+    "GOOGLE_APPLICATION_CREDENTIALS", "RELAY_IDENTIFIER_URL", "RELAY_IDENTIFIER_TOKEN",
+)
+
+
+def import_connections(env: Mapping[str, str], connections: Mapping[str, Mapping]) -> None:
+    """Create (or replace) Airflow Connections in the metadata database with one ``airflow connections import``
+    (the same as one ``airflow connections add`` per Connection, in one process start). The file holds
+    passwords: created 0600 and removed at once."""
+    path = Path(env["AIRFLOW_HOME"]) / "connections.import.json"
+    write_private_text(path, json.dumps(
+        {cid: {**c, "extra": json.dumps(c.get("extra") or {})} for cid, c in connections.items()}))
+    try:
+        done = subprocess.run([airflow_bin(), "connections", "import", "--overwrite", str(path)],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    finally:
+        path.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"airflow connections import failed:\n{done.stderr[-3000:]}")
+
+
 def start_airflow(
     run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
-    password: str | None = None, timeout: float = 240,
+    password: str | None = None, timeout: float = 240, connections: Mapping[str, Mapping] | None = None,
 ) -> AirflowHandle:
-    """Migrate the metadata database, start the four components, and wait until both DAGs are parsed."""
+    """Migrate the metadata database, create the relay's Connections, start the four components, and wait until
+    both DAGs are parsed. With ``connections`` the components get no endpoint variable (ENDPOINT_VARIABLES)."""
+    if connections is not None:
+        relay_env = {**relay_env, **{name: "" for name in ENDPOINT_VARIABLES}}
     home = Path(run_dir) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -110,6 +139,8 @@ def start_airflow(
     migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
     if migrate.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
+    if connections:
+        import_connections(env, connections)
     handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env)
     for component in COMPONENTS:
         handle.processes[component] = ManagedProcess(

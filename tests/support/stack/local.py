@@ -27,7 +27,7 @@ from dicom_relay.files import write_private_text
 from dicom_relay.status import StatusStore
 
 from .. import REPO
-from .airflow import COMPONENTS, AirflowHandle, start_airflow
+from .airflow import COMPONENTS, ENDPOINT_VARIABLES, AirflowHandle, start_airflow
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
 from .orthanc import start_orthanc
@@ -54,6 +54,24 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
     write_private_text(path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
+
+
+def relay_connections(db_url: str, orthanc, bucket: str, project: str, emulator_host: str, identifier_url: str,
+                      identifier_token: str) -> dict[str, dict]:
+    """The relay's Airflow Connections (dicom_relay.airflow.connections) for services started here."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    db = conninfo_to_dict(db_url)
+    return {
+        "relay_db": {"conn_type": "postgres", "host": db["host"], "port": int(db["port"]), "schema": db["dbname"],
+                     "login": db["user"], "password": db["password"]},
+        "orthanc_default": {"conn_type": "http", "host": orthanc.host, "port": orthanc.http_port,
+                            "login": orthanc.user, "password": orthanc.password,
+                            "extra": {"ae_title": orthanc.ae_title, "dicom_port": orthanc.dicom_port}},
+        "relay_gcs": {"conn_type": "google_cloud_platform",
+                      "extra": {"bucket": bucket, "project": project, "emulator_host": emulator_host}},
+        "relay_identifier_service": {"conn_type": "http", "host": identifier_url, "password": identifier_token},
+    }
 
 
 def relay_env(inbox: Path, work_dir: Path, db_url: str, orthanc, gcs_bucket: str, identifier_url: str,
@@ -143,12 +161,17 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
             "RELAY_PYTHON": sys.executable,
         }
         if with_airflow:
+            # Inside Airflow every endpoint and secret comes from a Connection, none from the environment.
+            conns = relay_connections(pg.url("relay"), orthanc, bucket, base.get("RELAY_GCS_PROJECT") or "dicom-relay",
+                                      gcs.host, ids.url, keys["identifier_token"])
             af = start_airflow(
                 run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
                 port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"],
+                connections=conns,
             )
             stack.airflow = af
-            stack.env.update(af.env)
+            # The CLI and the tests read the endpoints from stack.env; only Airflow's components go without them.
+            stack.env.update({k: v for k, v in af.env.items() if k not in ENDPOINT_VARIABLES})
             stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password})
             client = af.client()
             for dag_id in ("process_study", "watch_inbox"):
