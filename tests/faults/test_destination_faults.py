@@ -247,7 +247,7 @@ def test_gcs_503_for_good_is_transient_error_with_files_kept(settings, proxies, 
     batch_id = claim_one(settings, study.folder, "ACC-FLT-GCS-GONE")
     run_all(batch_id, settings, STEPS[:4])
     proxies.gcs.set("http", status=503)
-    with pytest.raises(TransientError, match="GCS unavailable .* gave up after"):
+    with pytest.raises(TransientError, match="GCS unavailable .*gave up after"):
         pipeline.send_gcs(batch_id, settings)
     figures.fault("gcs 503 for good", proxies.gcs.stats.http_answers)
     error = last_error(settings, batch_id)

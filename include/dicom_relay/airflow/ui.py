@@ -12,10 +12,10 @@ import html
 
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi import Depends, FastAPI, Query
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from dicom_relay.airflow import connections
-from dicom_relay.status import StatusStore
+from dicom_relay.status import StatusStore, StatusTablesMissing
 
 STATUS_COLOURS = {"DONE": "#1e8449", "ERROR": "#c0392b", "EMPTY": "#7f8c8d"}
 
@@ -50,6 +50,12 @@ td,th{{border-bottom:1px solid #ddd;padding:.4em;text-align:left;vertical-align:
 
 
 app = FastAPI(title="dicom-relay", dependencies=[Depends(get_user)])
+
+
+@app.exception_handler(StatusTablesMissing)
+async def tables_missing(request, exc: StatusTablesMissing) -> PlainTextResponse:
+    # The page does not migrate (that happens once at start); it says what to run instead of a bare 500.
+    return PlainTextResponse(str(exc), status_code=503)
 
 
 @app.get("/batches.json")
