@@ -9,6 +9,11 @@ with the pydicom keyword and VR, the basic profile action, and one column per pr
 standard. Run it again when a new edition is published:
 
     python scripts/build_deid_table.py --source ../shared/standards/ps315_table_e1_1.json --edition 2024b
+
+It also writes the reference copy the unit tests check the shipped table against
+(``tests/reference/ps315_table_e1_1.tsv``): the source's rows as they are (tag, name, the standard's column
+values), tab-separated, headed by the source, its checksum and licence, so a clone with nothing beside it runs the
+check. The source JSON itself is not committed.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pydicom.datadict import dictionary_keyword, dictionary_VR
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = ROOT / ".." / "shared" / "standards" / "ps315_table_e1_1.json"
 DEFAULT_OUT = ROOT / "include" / "dicom_relay" / "deid" / "data" / "ps315_table_e1_1.json"
+DEFAULT_REFERENCE = ROOT / "tests" / "reference" / "ps315_table_e1_1.tsv"
 
 # Source column -> our option name (the names DeidOptions and docs/DEIDENTIFICATION.md use).
 OPTION_COLUMNS = {
@@ -38,6 +44,7 @@ OPTION_COLUMNS = {
     "cleanStructContOpt": "clean_structured_content",
     "cleanGraphOpt": "clean_graphics",
 }
+REFERENCE_COLUMNS = ("tag", "name", "stdCompIOD", "basicProfile", *OPTION_COLUMNS)
 ACTIONS = {"X", "Z", "D", "U", "K", "C", "X/Z", "X/D", "Z/D", "X/Z/D", "X/Z/U*"}
 TAG_RE = re.compile(r"^\(([0-9A-FX]{4}),([0-9A-FX]{4})\)$")
 
@@ -81,14 +88,35 @@ def convert_row(row: dict) -> dict:
     return out
 
 
+def write_reference(source_rows: list[dict], raw: bytes, edition: str, out: Path) -> None:
+    """The source's rows, unchanged in content, as a TSV with a provenance header (for the unit tests)."""
+    lines = [
+        f"# DICOM PS3.15 Table E.1-1, edition {edition}: the reference copy tests/unit/deid/test_table_verify_io.py",
+        "# checks the shipped table (include/dicom_relay/deid/data/ps315_table_e1_1.json) against.",
+        "# Source: innolitics/dicom-standard standard/confidentiality_profile_attributes.json (commit 7f4749d),",
+        f"# sha256 {hashlib.sha256(raw).hexdigest()}, a machine-readable extraction of the DICOM standard;",
+        "# MIT licence, Copyright (c) 2017 Innolitics, LLC: see LICENSE-innolitics-dicom-standard.txt beside this file.",
+        "# Written by scripts/build_deid_table.py; one row per table row, the source's values as they are (runs of",
+        "# white space in a name written as one space).",
+        "\t".join(REFERENCE_COLUMNS),
+    ]
+    for row in source_rows:
+        lines.append("\t".join(" ".join(str(row.get(c, "")).split()) for c in REFERENCE_COLUMNS))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--edition", default="2024b")
+    ap.add_argument("--reference-out", type=Path, default=DEFAULT_REFERENCE)
     args = ap.parse_args(argv)
     raw = args.source.read_bytes()
-    rows = [convert_row(r) for r in json.loads(raw)]
+    source_rows = json.loads(raw)
+    write_reference(source_rows, raw, args.edition, args.reference_out)
+    rows = [convert_row(r) for r in source_rows]
     rows.sort(key=lambda r: (r["pattern"] != "exact", r["tag"]))
     table = {
         "provenance": {

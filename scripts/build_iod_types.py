@@ -1,27 +1,35 @@
 #!/usr/bin/env python
-"""Build ``include/dicom_relay/deid/data/iod_types.json``: the Type of each compound-action attribute per IOD.
+"""Build ``include/dicom_relay/deid/data/iod_types.json``: the Type of the profile's attributes along sequence paths.
 
 PS3.15 Table E.1-1 gives some attributes a compound action (X/Z, X/D, Z/D, X/Z/D, X/Z/U*) whose branch depends on
-whether the instance's IOD requires the attribute (PS3.15 E.1.1). ``dicom_relay.deid.table.resolve_compound``
-decides from this file. It is derived from highdicom's copy of the standard's IOD and module tables (PS3.3,
-extracted by innolitics/dicom-standard): SOP Class UID -> IOD, IOD -> modules with their usage (M, C, U),
-module -> attributes with their Type (1, 1C, 2, 2C, 3) and sequence path.
+whether the instance's IOD requires the attribute (PS3.15 E.1.1), and removes (X) or empties (Z) others that some
+IODs require (Type 1 or 2, or 1C/2C such as a veterinary patient's Responsible Person). ``dicom_relay.deid.table``
+decides both from this file. It is derived from highdicom's copy of the standard's IOD and module tables (PS3.3,
+extracted by innolitics/dicom-standard, macros expanded): SOP Class UID -> IOD, IOD -> modules with their usage
+(M, C, U), module -> attributes with their Type (1, 1C, 2, 2C, 3) and their sequence path from the top level.
 
-highdicom is needed only to run this script (it is not a dependency of the relay)::
+highdicom is needed only to run this script (it is not a dependency of the relay; pinned in
+requirements-build.txt)::
 
-    .venv/bin/pip install highdicom==0.28.2
+    .venv/bin/python -m pip install -r requirements-build.txt
     .venv/bin/python scripts/build_iod_types.py
-    .venv/bin/pip uninstall -y highdicom pyjpegls
 
-For every IOD, each attribute that has a compound action in our shipped Table E.1-1
-(``deid/data/ps315_table_e1_1.json``, any column) and occurs at the top level of one of the IOD's modules gets
-``"<Type>@<usage>"``: the strongest Type it has across the IOD's modules (1 > 1C > 2 > 2C > 3) and the usage
-of the module that type comes from (M before C before U on a tie). The module usage does not weaken the Type:
-whether a conditional (C) or user-optional (U) module is present is a property of the instance, not of the SOP
-class, and when the module is present its Type 1 and 2 attributes are required, so the file stays valid only if
-they are kept (see docs/DEIDENTIFICATION.md, "Compound actions"). A type highdicom leaves empty (normalized
-IODs) is written as ``?`` (unknown). Attributes inside sequences are not listed (their type belongs to the
-sequence's macro, not to the IOD); the engine resolves them with the safe fallback.
+Written per module, not per IOD (IODs share most modules; the relay joins them per SOP class when it first sees
+one):
+
+* for every attribute that has an X, Z or compound action in our shipped Table E.1-1 (any column), the
+  strongest Type (1 > 1C > 2 > 2C > 3) it has at each place in the module, keyed by the path of sequence keywords
+  and the keyword joined with ``>`` (``"VerifyingObserverSequence>VerifyingOrganization"``; a top-level attribute
+  is its bare keyword). A type highdicom leaves empty is written as ``?`` (unknown).
+
+At the top level an attribute that no module of the IOD lists is not required (Type 3 for the profile). Inside a
+sequence the relay takes a listed Type only: an attribute the data do not list there (a sequence described by a
+macro highdicom leaves open, a private or non-standard sequence) gets the safe default of its action.
+
+The SR content tree is recursive (PS3.3 C.17.3: every Content Sequence item is a content item like the root, and
+highdicom lists the root's attributes only), so a path is cut after its last Content Sequence:
+``ContentSequence>ContentSequence>ReferencedSOPSequence`` is looked up as ``ReferencedSOPSequence`` (the same rule
+the relay applies at run time).
 """
 
 from __future__ import annotations
@@ -40,8 +48,8 @@ TABLE = DATA / "ps315_table_e1_1.json"
 OUT = DATA / "iod_types.json"
 
 TYPE_RANK = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4, "?": 5}
-USAGE_RANK = {"M": 0, "C": 1, "U": 2}
 SOURCES = ("sop_class_iod_map.json", "iod_module_map.json", "module_attribute_map.json")
+CONTENT_SEQUENCE = "ContentSequence"
 
 
 def _highdicom_data() -> tuple[str, dict, dict, dict, dict[str, str]]:
@@ -49,7 +57,7 @@ def _highdicom_data() -> tuple[str, dict, dict, dict, dict[str, str]]:
     try:
         import highdicom
     except ImportError:
-        sys.exit("highdicom is not installed: .venv/bin/pip install highdicom==0.28.2")
+        sys.exit("highdicom is not installed: .venv/bin/python -m pip install -r requirements-build.txt")
     raw = {}
     for name in SOURCES:
         data = pkgutil.get_data("highdicom", f"_standard/{name}")
@@ -60,33 +68,41 @@ def _highdicom_data() -> tuple[str, dict, dict, dict, dict[str, str]]:
     return highdicom.__version__, sop, iods, modules, {n: hashlib.sha256(raw[n]).hexdigest() for n in SOURCES}
 
 
-def compound_keywords(table: dict) -> set[str]:
-    """Keywords of the exact-tag rows of our Table E.1-1 with a compound action in any column."""
-    out = set()
+def profile_keywords(table: dict) -> tuple[set[str], set[str]]:
+    """(keywords with a compound action in any column, keywords with X, Z or a compound in any column)."""
+    compound, wanted = set(), set()
     for row in table["rows"]:
         if row["pattern"] != "exact" or not row["keyword"]:
             continue
         acts = [row["basic"]] + [v for k, v in row.items() if k.startswith(("retain_", "clean_"))]
         if any("/" in a for a in acts):
-            out.add(row["keyword"])
-    return out
+            compound.add(row["keyword"])
+        if any("/" in a or a in ("X", "Z") for a in acts):
+            wanted.add(row["keyword"])
+    return compound, wanted
 
 
-def iod_types(iod_modules: list[dict], modules: dict, wanted: set[str]) -> dict[str, str]:
-    """keyword -> "<Type>@<usage>" for the wanted attributes at the top level of the IOD's modules."""
-    best: dict[str, tuple[str, str]] = {}
-    for entry in iod_modules:
-        usage = entry["usage"]
-        for attr in modules.get(entry["key"], ()):
-            kw = attr["keyword"]
-            if attr["path"] or kw not in wanted:
-                continue
-            kind = attr["type"] if attr["type"] in TYPE_RANK else "?"
-            cand = (kind, usage)
-            old = best.get(kw)
-            if old is None or (TYPE_RANK[kind], USAGE_RANK.get(usage, 3)) < (TYPE_RANK[old[0]], USAGE_RANK.get(old[1], 3)):
-                best[kw] = cand
-    return {kw: f"{kind}@{usage}" for kw, (kind, usage) in sorted(best.items())}
+def cut_content_tree(path: list[str]) -> list[str]:
+    """The path after the last Content Sequence (content items nest without limit and are like the root)."""
+    if CONTENT_SEQUENCE in path[:-1]:
+        last = len(path) - 2 - path[-2::-1].index(CONTENT_SEQUENCE)
+        return path[last + 1 :]
+    return path
+
+
+def module_types(attrs: list[dict], wanted: set[str]) -> dict[str, str]:
+    """{"Seq>...>Keyword": Type} of one module for the wanted keywords."""
+    types: dict[str, str] = {}
+    for attr in attrs:
+        kw = attr["keyword"]
+        if kw not in wanted:
+            continue
+        key = ">".join(cut_content_tree(list(attr["path"]) + [kw]))
+        kind = attr["type"] if attr["type"] in TYPE_RANK else "?"
+        old = types.get(key)
+        if old is None or TYPE_RANK[kind] < TYPE_RANK[old]:
+            types[key] = kind
+    return dict(sorted(types.items()))
 
 
 def build() -> dict:
@@ -94,9 +110,15 @@ def build() -> dict:
     import pydicom
 
     table = json.loads(TABLE.read_text())
-    wanted = compound_keywords(table)
+    compound, wanted = profile_keywords(table)
     sop_classes = {uid: iod for uid, iod in sorted(sop.items()) if iod in iods}
-    out_iods = {iod: iod_types(iods[iod], modules, wanted) for iod in sorted(set(sop_classes.values()))}
+    used_iods = sorted(set(sop_classes.values()))
+    out_iods = {iod: [[m["key"], m["usage"]] for m in iods[iod] if m["key"] in modules] for iod in used_iods}
+    used_modules = sorted({m for mods in out_iods.values() for m, _ in mods})
+    out_modules = {m: module_types(modules[m], wanted) for m in used_modules}
+    out_modules = {m: types for m, types in out_modules.items() if types}
+    n_types = sum(len(m) for m in out_modules.values())
+    n_nested = sum(1 for m in out_modules.values() for k in m if ">" in k)
     return {
         "provenance": {
             "source": f"highdicom {version} (PyPI), files highdicom/_standard/{{{','.join(SOURCES)}}}",
@@ -110,28 +132,35 @@ def build() -> dict:
             "built": dt.date.today().isoformat(),
             "sop_class_count": len(sop_classes),
             "iod_count": len(out_iods),
-            "compound_keywords": sorted(wanted),
-            "format": "sop_classes: SOP Class UID -> IOD key; iods: IOD key -> {keyword: '<Type>@<module usage>'} for "
-            "the compound-action attributes at the top level of the IOD (strongest Type across its modules; "
-            "'?' = type not given). A keyword absent from an IOD is in none of its modules.",
+            "module_count": len(out_modules),
+            "typed_path_count": n_types,
+            "nested_typed_path_count": n_nested,
+            "compound_keywords": sorted(compound),
+            "typed_keywords": sorted(wanted),
+            "format": "sop_classes: SOP Class UID -> IOD key; iods: IOD key -> [[module key, usage M|C|U], ...]; "
+            "modules: module key -> {'Seq>...>Keyword': Type (1, 1C, 2, 2C, 3, ? = not given)} for the "
+            "typed_keywords (X, Z or compound action in Table E.1-1 in any column), the strongest Type at that path "
+            "in the module (modules without such attributes are left out). Paths are cut after their last "
+            "ContentSequence (the SR content tree is recursive: content items are looked up like the root).",
         },
         "sop_classes": sop_classes,
         "iods": out_iods,
+        "modules": out_modules,
     }
 
 
 def dump(doc: dict) -> str:
-    """Sorted, one line per SOP class and per IOD: small and diffable."""
-    lines = ["{", f'"provenance": {json.dumps(doc["provenance"], indent=1, sort_keys=True)},', '"sop_classes": {']
-    items = sorted(doc["sop_classes"].items())
-    lines += [f" {json.dumps(k)}: {json.dumps(v)}{',' if i < len(items) - 1 else ''}" for i, (k, v) in enumerate(items)]
-    lines += ["},", '"iods": {']
-    items = sorted(doc["iods"].items())
-    lines += [
-        f" {json.dumps(k)}: {json.dumps(v, sort_keys=True, separators=(',', ':'))}{',' if i < len(items) - 1 else ''}"
-        for i, (k, v) in enumerate(items)
-    ]
-    lines += ["}", "}"]
+    """Sorted, one line per SOP class, per IOD and per module: diffable."""
+    lines = ["{", f'"provenance": {json.dumps(doc["provenance"], indent=1, sort_keys=True)},']
+    for i, section in enumerate(("sop_classes", "iods", "modules")):
+        lines.append(f'"{section}": {{')
+        items = sorted(doc[section].items())
+        lines += [
+            f" {json.dumps(k)}: {json.dumps(v, sort_keys=True, separators=(',', ':'))}{',' if j < len(items) - 1 else ''}"
+            for j, (k, v) in enumerate(items)
+        ]
+        lines.append("}," if i < 2 else "}")
+    lines.append("}")
     text = "\n".join(lines) + "\n"
     assert json.loads(text) == doc
     return text
@@ -143,8 +172,11 @@ def main() -> None:
     args = ap.parse_args()
     doc = build()
     args.out.write_text(dump(doc))
-    n_attr = sum(len(v) for v in doc["iods"].values())
-    print(f"{args.out}: {len(doc['sop_classes'])} SOP classes, {len(doc['iods'])} IODs, {n_attr} (IOD, attribute) types")
+    p = doc["provenance"]
+    print(
+        f"{args.out}: {p['sop_class_count']} SOP classes, {p['iod_count']} IODs, {p['module_count']} modules, "
+        f"{p['typed_path_count']} typed (module, path) entries of which {p['nested_typed_path_count']} inside sequences"
+    )
 
 
 if __name__ == "__main__":

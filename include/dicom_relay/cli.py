@@ -5,7 +5,7 @@
     dicom-relay requeue BATCH [--force]
     dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
     dicom-relay quarantine release BATCH LABEL
-    dicom-relay deidentify IN_DIR OUT_DIR [--option NAME=VALUE ...]
+    dicom-relay deidentify IN_DIR OUT_DIR [--option NAME=VALUE ...] [--report FILE] [--workers N]
     dicom-relay verify ORIGINAL_DIR DEIDENTIFIED_DIR
 
 Settings come from the environment (``. .run/stack.env`` after ``make run``). Nothing printed here contains a
@@ -24,6 +24,7 @@ import psycopg
 
 from .config import ConfigError, Settings, is_placeholder
 from .errors import RelayError
+from .files import write_json_atomically
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -164,61 +165,78 @@ def cmd_quarantine_release(args, settings: Settings) -> int:
     return 0
 
 
-def cmd_deidentify(args, settings: Settings) -> int:
-    """De-identify a folder offline with the embedded keyed provider (no service, no database, no Airflow)."""
-    from .deid import Deidentifier, DeidOptions, LeakCheck
-    from .dicom_import import index_folder
+def _offline_identities(index, settings: Settings) -> dict:
+    """The pseudonyms and date shifts of the embedded keyed provider (the same for the same key)."""
     from .identifiers import LocalProvider
-    from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping, _patient_key
+    from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping
+
+    entities = build_entities(index, settings.identifier_id_source)
+    provider = LocalProvider(settings.secret_key.get_secret_value())
+    return identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
+
+
+def cmd_deidentify(args, settings: Settings) -> int:
+    """De-identify a folder offline with the embedded keyed provider (no service, no database, no Airflow).
+
+    Fails closed: an instance whose output verification finds a leak has its output removed (exit 1).
+    """
+    from .deid import Deidentifier, DeidOptions
+    from .dicom_import import index_folder
+    from .folder_deid import deidentify_folder, file_outcomes, summary
 
     if is_placeholder(settings.secret_key.get_secret_value()):
         print("error: RELAY_SECRET_KEY is empty or a placeholder; set it to a long random value (it keys the local "
               "pseudonyms and the UID hash)", file=sys.stderr)
         return 2
+    if not args.in_dir.is_dir():
+        print("error: IN_DIR is not a folder", file=sys.stderr)  # not its name: folder names may be PHI
+        return 2
     options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.in_dir)
-    entities = build_entities(index, settings.identifier_id_source)
-    provider = LocalProvider(settings.secret_key.get_secret_value())
-    identities = identities_from_mapping(pseudonym_mapping(entities, provider.lookup("offline", entities)))
     deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    written, held, outputs = 0, 0, []
-    check = LeakCheck(options)
-    for inst in index.instances:
-        src = args.in_dir / inst.relpath
-        identity = identities[_patient_key(inst)]
-        result = deidentifier.deidentify_file(src, args.out_dir, identity)
-        check.add(src, identity, result.path)
-        if result.quarantine_reason:
-            held += 1
-            print(f"held back: file {held} of the input ({result.quarantine_reason})", file=sys.stderr)
-        else:
-            written += 1
-            outputs.append(result.path)
-    leaks = check.find_leaks(outputs)
-    for leak in leaks[:20]:
-        print(f"LEAK: {leak.message}", file=sys.stderr)
-    print(json.dumps({"written": written, "held_back": held, "not_dicom": len(index.rejected), "leaks": len(leaks)}))
-    return 1 if leaks else 0
+    run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings), deidentifier,
+                            args.out_dir, workers=args.workers)
+    outcomes = file_outcomes(index, run)
+    counts = summary(outcomes)
+    # Files are counted, never named, on the terminal (input names are PHI); --report maps them (mode 0600).
+    for n, o in enumerate(outcomes, start=1):
+        if o.outcome in ("held_back", "leak"):
+            print(f"{o.outcome.replace('_', ' ')}: file {n} of {len(outcomes)} ({o.reason})", file=sys.stderr)
+    if args.report:
+        write_json_atomically(Path(args.report), {"summary": counts, "files": [o.to_json() for o in outcomes]},
+                              mode=0o600, indent=1)
+    print(json.dumps(counts))
+    return 1 if counts["leaks"] else 0
+
 
 
 def cmd_verify(args, settings: Settings) -> int:
-    """Scan a de-identified folder for the identifying values of the originals; exit 1 if any survived."""
-    from .deid import DeidOptions, find_leaks, identifying_values
+    """Scan a de-identified folder for the identifying values of the originals; exit 1 if any survived.
+
+    With RELAY_SECRET_KEY (the key ``deidentify`` used) each output is matched to its original and the date
+    shifts are known, so the rules per instance apply; without it the strict rule, and dates are not checked.
+    """
+    from .deid import Deidentifier, DeidOptions
     from .dicom_import import index_folder
+    from .folder_deid import verify_folder
 
-    import pydicom
-
-    originals: set[str] = set()
+    for folder in (args.original_dir, args.deidentified_dir):
+        if not folder.is_dir():
+            print("error: both arguments must be folders", file=sys.stderr)
+            return 2
+    options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
     index = index_folder(args.original_dir)
-    for inst in index.instances:
-        originals |= identifying_values(pydicom.dcmread(args.original_dir / inst.relpath, stop_before_pixels=True),
-                                        DeidOptions())
-    outputs = sorted(p for p in args.deidentified_dir.rglob("*") if p.is_file())
-    leaks = find_leaks(originals, outputs)
+    keyed = bool(settings.secret_key)
+    leaks = verify_folder(
+        args.original_dir, index.instances, args.deidentified_dir, options,
+        _offline_identities(index, settings) if keyed else None,
+        Deidentifier(settings.secret_key.get_secret_value(), options) if keyed else None,
+    )
     for leak in leaks:
         print(f"LEAK: {leak.message}")
-    print(json.dumps({"originals": len(index.instances), "checked": len(outputs), "leaks": len(leaks)}))
+    checked = sum(1 for p in args.deidentified_dir.rglob("*") if p.is_file())
+    print(json.dumps({"originals": len(index.instances), "checked": checked, "leaks": len(leaks),
+                      "matched_by_key": keyed}))
     return 1 if leaks else 0
 
 
@@ -265,11 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path)
     p.add_argument("--option", action="append", type=_parse_option, metavar="NAME=VALUE",
                    help="a de-identification option (see docs/DEIDENTIFICATION.md); repeatable")
+    p.add_argument("--report", type=Path, metavar="FILE",
+                   help="write a JSON report: summary counts and, per input file, its outcome (delivered, held_back, "
+                        "rejected, duplicate, leak), reason and output file name. It maps input names (PHI) to "
+                        "outputs: created readable by you only (0600)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="de-identify with N processes (default 1)")
     p.set_defaults(func=cmd_deidentify)
 
-    p = sub.add_parser("verify", help="check de-identified output for identifying values of the originals")
+    p = sub.add_parser("verify", help="check de-identified output for identifying values of the originals "
+                                      "(with RELAY_SECRET_KEY: output matched to its original, dates checked)")
     p.add_argument("original_dir", type=Path)
     p.add_argument("deidentified_dir", type=Path)
+    p.add_argument("--option", action="append", type=_parse_option, metavar="NAME=VALUE",
+                   help="the de-identification options the output was made with; repeatable")
     p.set_defaults(func=cmd_verify)
     return parser
 
@@ -281,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, settings)
     except (ConfigError, RelayError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        # The reason only: the exception's text quotes the path, and folder names may be PHI.
+        print(f"error: {exc.strerror or type(exc).__name__}", file=sys.stderr)
         return 2
     except psycopg.OperationalError:
         # Not the driver's text: it can quote the URL, password included.

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from .dicom_extent import Malformed, Truncated, check_extent, dataset_start
 
 # Media Storage Directory Storage: a DICOMDIR indexes files, it is not an instance to send.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -45,6 +48,8 @@ class IndexedInstance:
 class Rejected:
     relpath: str
     reason: str
+    #: A readable instance whose SOP Instance UID another file of the folder already has (not an unreadable file).
+    duplicate: bool = False
 
 
 @dataclass
@@ -70,31 +75,49 @@ def _text(ds, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-PIXEL_DATA_TAGS = {b"\xe0\x7f\x10\x00": "<", b"\x7f\xe0\x00\x10": ">"}
-SEQUENCE_DELIMITER = {"<": b"\xfe\xff\xdd\xe0\x00\x00\x00\x00", ">": b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"}
+# The walk reads item headers and seeks past values: a small buffer keeps it from reading kilobytes of pixel data
+# around each of the thousands of fragment headers of a long multi-frame instance.
+WALK_BUFFER = 1024
 
 
-def _pixel_data_complete(fp, size: int) -> bool:
-    """True unless the Pixel Data element where the header read stopped runs past the end of the file.
+def _extent_problem(path: Path, ds, size: int) -> str | None:
+    """Why the file is cut short or its encapsulated pixel data unreadable, or None (see :mod:`.dicom_extent`).
 
-    Import reads headers only, so without this a file cut short in its pixel data would be indexed, delivered
-    cut short, and its original deleted. ``fp`` is positioned where ``stop_before_pixels`` stopped.
+    Import reads headers only, so without this walk a file cut short in its pixel data (or in an element after
+    it) would be indexed, delivered cut short, and its original deleted.
     """
-    start = fp.tell()
-    head = fp.read(12)
-    order = PIXEL_DATA_TAGS.get(head[:4])
-    if order is None:
-        return True  # no pixel data (or a layout we do not check, e.g. deflated): nothing to compare
-    explicit = head[4:6].isalpha()
-    if explicit:
-        length, value_start = int.from_bytes(head[8:12], "little" if order == "<" else "big"), start + 12
-    else:
-        length, value_start = int.from_bytes(head[4:8], "little" if order == "<" else "big"), start + 8
-    if length == 0xFFFFFFFF:
-        # Encapsulated (compressed) pixel data ends with a Sequence Delimitation Item.
-        fp.seek(max(0, size - 8))
-        return fp.read(8) == SEQUENCE_DELIMITER[order]
-    return value_start + length <= size
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        return None  # the whole data set is one zlib stream: pydicom's read already inflated (and checked) it
+    implicit, little = ds.original_encoding
+    if implicit is None or little is None:
+        return None
+    try:
+        with open(path, "rb", buffering=WALK_BUFFER) as fp:
+            check_extent(fp, size, dataset_start(fp), implicit, little)
+    except Truncated as exc:
+        return f"is truncated ({exc})"
+    except Malformed as exc:
+        return f"is not a readable DICOM file ({exc})"
+    return None
+
+
+def _truncation_after_failed_read(path: Path, size: int) -> str | None:
+    """'is truncated (...)' if the walk of a file pydicom could not read finds it cut short, else None.
+
+    The encoding comes from the File Meta Information alone (the data set is what pydicom failed on)."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+        ts = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", "")))
+        if not ts or ts == DeflatedExplicitVRLittleEndian:
+            return None
+        with open(path, "rb", buffering=WALK_BUFFER) as fp:
+            check_extent(fp, size, dataset_start(fp), ts == ImplicitVRLittleEndian, ts != ExplicitVRBigEndian)
+    except Truncated as exc:
+        return f"is truncated ({exc})"
+    except Exception:  # noqa: BLE001 - no better reason than pydicom's
+        return None
+    return None
 
 
 def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
@@ -107,24 +130,34 @@ def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
         return Rejected(relpath, "is empty (0 bytes)")
     try:
         with open(path, "rb") as fp:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=INDEX_TAGS)
-            if not _pixel_data_complete(fp, size):
-                return Rejected(relpath, "is truncated (its pixel data is shorter than declared)")
-    except InvalidDicomError:
-        # Files without the 128-byte preamble and DICM prefix exist in the wild; accept them only if the
-        # forced read finds the identifying UIDs of an instance.
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=INDEX_TAGS, force=True)
-        except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
-            return Rejected(relpath, "is not a DICOM file")
+            try:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=INDEX_TAGS)
+            except InvalidDicomError:
+                # Files without the 128-byte preamble and DICM prefix exist in the wild; accept them only if the
+                # forced read finds the identifying UIDs of an instance.
+                try:
+                    fp.seek(0)
+                    ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=INDEX_TAGS, force=True)
+                except Exception:  # noqa: BLE001 - any parse failure means "not DICOM"
+                    return Rejected(relpath, "is not a DICOM file")
+                if not any(_text(ds, k) for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID")):
+                    # A forced read of a text, JSON or ZIP file "finds" elements too: none of them is a UID.
+                    return Rejected(relpath, "is not a DICOM file (no 'DICM' prefix and no instance UIDs)")
+            sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", {}), "MediaStorageSOPClassUID")
+            if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+                return Rejected(relpath, "is a DICOMDIR (an index of files, not an instance)")
+            missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+                       if not _text(ds, k)]
+            if missing:
+                return Rejected(relpath, f"is not a usable DICOM instance (missing {', '.join(missing)})")
+            # Only now: the walk of a file that is no DICOM instance at all would report nonsense.
+            problem = _extent_problem(path, ds, size)
+            if problem:
+                return Rejected(relpath, problem)
     except Exception as exc:  # noqa: BLE001 - truncated or corrupt: keep the reason, not the content
-        return Rejected(relpath, f"is not a readable DICOM file ({type(exc).__name__})")
-    sop_class = _text(ds, "SOPClassUID") or _text(getattr(ds, "file_meta", {}), "MediaStorageSOPClassUID")
-    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        return Rejected(relpath, "is a DICOMDIR (an index of files, not an instance)")
-    missing = [k for k in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not _text(ds, k)]
-    if missing:
-        return Rejected(relpath, f"is not a usable DICOM instance (missing {', '.join(missing)})")
+        # pydicom's header read fails on a file cut inside a header sequence: the walk can say so precisely.
+        return Rejected(relpath, _truncation_after_failed_read(path, size)
+                        or f"is not a readable DICOM file ({type(exc).__name__})")
     return IndexedInstance(
         relpath=relpath,
         size_bytes=size,
@@ -171,7 +204,7 @@ def index_folder(folder: Path) -> FolderIndex:
         if isinstance(result, Rejected):
             index.rejected.append(result)
         elif result.sop_instance_uid in seen:
-            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch"))
+            index.rejected.append(Rejected(rel, "repeats the SOP Instance UID of another file in the batch", duplicate=True))
         else:
             seen[result.sop_instance_uid] = rel
             index.instances.append(result)

@@ -12,12 +12,10 @@ Every step is safe to run again: work already done and verified is not done twic
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import functools
 from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
+from .folder_deid import deidentify_folder, instance_patient_key
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
@@ -224,16 +223,6 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
     }
 
 
-def patient_key(patient_id: str, study_instance_uid: str) -> str:
-    """The key a patient is looked up by. Instances without a Patient ID must not share one pseudonym across
-    different people, so they are keyed by study."""
-    return patient_id or f"NO-PATIENT-ID:{study_instance_uid}"
-
-
-def _patient_key(instance: IndexedInstance) -> str:
-    return patient_key(instance.patient_id, instance.study_instance_uid)
-
-
 def _iso(dicom_date: str) -> str | None:
     d = dicom_date.strip()
     if len(d) == 8 and d.isdigit():
@@ -247,7 +236,7 @@ def build_entities(index: FolderIndex, id_source: str) -> list:
 
     patients: dict[str, dict[str, Any]] = {}
     for inst in index.instances:
-        entry = patients.setdefault(_patient_key(inst), {"birth": inst.patient_birth_date, "items": {}})
+        entry = patients.setdefault(instance_patient_key(inst), {"birth": inst.patient_birth_date, "items": {}})
         if inst.accession_number:
             entry["items"].setdefault(inst.accession_number, inst.study_date)
     return [
@@ -322,9 +311,7 @@ def _load_identities(paths: BatchPaths) -> dict:
 @step("replace_identifiers")
 def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
     """De-identify every instance into the batch's staging folder, then verify no original value survived."""
-    import pydicom
-
-    from .deid import DeidError, Deidentifier, DeidOptions, LeakCheck
+    from .deid import Deidentifier, DeidOptions
 
     paths = BatchPaths(settings, batch_id)
     if not options.deidentify:
@@ -339,30 +326,21 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     store.set_instance_state(batch_id, "PROCESSING", [i.relpath for i in todo])
     changes = []
     held_back = 0
-    # Knows which output came from which original, so that a shifted date that happens to equal another
-    # instance's original date (a study over several days) is not taken for a leak.
-    check = LeakCheck(deid_options)
     number = quarantine.next_number(paths.quarantine)
     try:
-        jobs = []
+        indexed = []
         for inst in todo:
-            src = paths.incoming / inst.relpath
-            try:
-                header = pydicom.dcmread(src, stop_before_pixels=True, force=True,
-                                         specific_tags=["PatientID", "StudyInstanceUID"])
-            except Exception:  # noqa: BLE001 - the file changed since import
-                raise PermanentError("an instance became unreadable after import") from None
-            jobs.append((src, identities[patient_key(str(header.get("PatientID", "") or "").strip(),
-                                                     str(header.get("StudyInstanceUID", "") or "").strip())]))
+            found = read_instance(paths.incoming / inst.relpath, inst.relpath)
+            if not isinstance(found, IndexedInstance):
+                raise PermanentError("an instance became unreadable after import")
+            indexed.append(found)
         # De-identification is CPU-bound and each file independent (UIDs and pseudonyms are keyed, so the split
         # does not change the output): large studies use every core.
-        workers = settings.deid_workers if len(jobs) >= DEID_POOL_MIN_INSTANCES else 1
-        try:
-            results = deidentifier.deidentify_files(jobs, paths.deid, workers=workers, check=check)
-        except DeidError as exc:
-            _reraise_if_out_of_space(exc, paths.deid)
-            raise
-        for inst, (src, identity), result in zip(todo, jobs, results):
+        workers = settings.deid_workers if len(indexed) >= DEID_POOL_MIN_INSTANCES else 1
+        run = deidentify_folder(paths.incoming, indexed, identities, deidentifier, paths.deid, workers=workers)
+        leaks = run.leaks
+        for inst, done in zip(todo, run.instances):
+            result = done.result
             if result.quarantine_reason:
                 label = quarantine.hold(paths.incoming, paths.quarantine, inst.relpath, result.quarantine_reason, number)
                 number += 1
@@ -372,13 +350,12 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 continue
             changes.append((inst.relpath, {
                 "state": "DONEPROCESSING",
-                "patient_pseudonym": identity.patient_pseudonym,
+                "patient_pseudonym": done.identity.patient_pseudonym,
                 "deid_study_instance_uid": result.study_instance_uid,
                 "deid_series_instance_uid": result.series_instance_uid,
                 "deid_sop_instance_uid": result.sop_instance_uid,
                 "deid_relpath": str(result.path.relative_to(paths.root)),
             }))
-        leaks = check.find_leaks(sorted(paths.deid.glob("*.dcm")))
     except OSError as exc:
         # A full disk or an unwritable work area: nothing half-written may be sent; originals are untouched.
         shutil.rmtree(paths.deid, ignore_errors=True)
@@ -405,25 +382,6 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         "studies": sorted({c["deid_study_instance_uid"] for c in done}),
         "verified_no_leak": True,
     }
-
-
-def _reraise_if_out_of_space(exc: BaseException, out_dir: Path) -> None:
-    """A full (or over-quota) work area is transient, not a problem of the instance.
-
-    The engine reports every write failure as a ``DeidError`` (its message names only the exception type); the
-    ``OSError`` underneath says whether the disk was full. From a worker process that cause does not travel, so
-    the free space of the output folder is asked as well. Raise it as an ``OSError`` so that
-    ``replace_identifiers`` records "no space left on device" as a transient error.
-    """
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise OSError(cause.errno, os.strerror(cause.errno)) from None
-    try:
-        stats = os.statvfs(out_dir)
-    except OSError:
-        return
-    if stats.f_bavail * stats.f_frsize < 1024 * 1024:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
 
 
 def _pass_through(batch_id: str, paths: BatchPaths, store: StatusStore) -> dict:

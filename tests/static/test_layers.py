@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 INCLUDE = ROOT / "include"
@@ -107,8 +106,6 @@ def test_no_import_circle_outside_deid():
     assert not _cycles(_graph(lambda m: not m.startswith("dicom_relay.deid")))
 
 
-@pytest.mark.xfail(reason="the engine ↔ rawpath ↔ verify circle is being removed on the 'engine' branch (issue 12); "
-                          "drop this mark once it is merged", strict=False)
 def test_no_import_circle_in_deid():
     assert not _cycles(_graph(lambda m: m.startswith("dicom_relay.deid")))
 

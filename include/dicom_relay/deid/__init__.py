@@ -6,7 +6,7 @@ Public contract (docs/ARCHITECTURE.md, docs/DEIDENTIFICATION.md)::
 """
 
 from dicom_relay.deid.engine import Deidentifier, DeidResult, PatientIdentity
-from dicom_relay.deid.errors import DeidError, LeakError
+from dicom_relay.deid.errors import DeidError
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import provenance
 from dicom_relay.deid.uids import remap_uid
@@ -19,7 +19,6 @@ __all__ = [
     "Deidentifier",
     "Leak",
     "LeakCheck",
-    "LeakError",
     "PatientIdentity",
     "find_leaks",
     "identifying_values",

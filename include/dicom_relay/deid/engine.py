@@ -1,11 +1,15 @@
 """The de-identification engine: PS3.15 Basic Application Level Confidentiality Profile plus options.
 
+Decide, apply, prove: each element's action comes from :func:`dicom_relay.deid.decide.decide` (cached per place
+in a :class:`~dicom_relay.deid.decide.Scope`); this module applies it, on a pydicom dataset (:meth:`Deidentifier._walk`)
+or on the raw bytes of the header (:meth:`Deidentifier._raw_walk`, see rawpath.py); verify.py proves the result.
+
 How one instance is processed (:meth:`Deidentifier.deidentify_dataset`):
 
-* Only the elements present are visited: each tag is looked up in the precomputed ``tag -> action`` dict of
-  the option set (:func:`dicom_relay.deid.table.rules_for`); elements are not converted from their raw bytes
-  unless their value is needed, and pixel data is never decoded.
-* Every nested sequence is visited at every depth, with the same table.
+* Only the elements present are visited; elements are not converted from their raw bytes unless their value is
+  needed, and pixel data is never decoded.
+* Every nested sequence is visited at every depth; its items get the decisions of their place (SOP class,
+  enclosing sequences, the mode a D or C sequence puts them in).
 * Private elements (odd groups) are removed unless Retain Safe Private is on and the element is safe-listed.
 * Curve groups (50xx) and overlay groups (60xx) are removed whole: a curve or overlay bitmap cannot be cleaned
   automatically, and removing only Overlay Data would leave an invalid Overlay Plane module.
@@ -27,7 +31,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -41,45 +44,19 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 from dicom_relay.deid import codes, fastio, rawpath
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.errors import DeidError
+from dicom_relay.deid.decide import (
+    ACCESSION, CLEAN, CONCEPT, DATE, DESCEND, DUMMY, EMPTY, KEEP, PATIENT_ID, PATIENT_NAME, PSEUDONYM, REMOVE, UIDS,
+    Action, Scope,
+)
 from dicom_relay.deid.options import DeidOptions
-from dicom_relay.deid.table import NESTED, resolve_compound, rules_for, safe_private, sop_family
-from dicom_relay.deid.text import TextCleaner
+from dicom_relay.deid.table import rules_for, safe_private, sop_family
+from dicom_relay.deid.text import TextCleaner, cleaned
 from dicom_relay.deid.uids import UidMapper
-from dicom_relay.deid.verify import LeakCheck, _collect
+from dicom_relay.deid.vr import dict_vr
+from dicom_relay.deid.verify import LeakCheck, collect
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
-PATIENT_NAME = 0x00100010
-PATIENT_ID = 0x00100020
-ACCESSION_NUMBER = 0x00080050
-# Free text of SR content items and graphic annotations: replaced inside a sequence whose action is D.
-CONTENT_TEXT = frozenset({0x0040A160, 0x00700006})  # TextValue, UnformattedTextValue
-TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
-DATE_VRS = frozenset({"DA", "DT", "TM"})
-BINARY_VRS = frozenset({"OB", "OW", "OF", "OD", "OL", "OV", "UN"})
-
-# Dummy values (action D) by VR: non-empty, valid for the VR, and obviously not real.
-DUMMY: dict[str, object] = {
-    "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000",
-    "TM": "000000", "DS": "0", "IS": "0", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED",
-    "SH": "ANONYMIZED", "ST": "ANONYMIZED", "UC": "ANONYMIZED", "UT": "ANONYMIZED", "UR": "urn:anonymized",
-    "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0, "AT": 0,
-    "OB": b"\0\0", "OW": b"\0\0", "OF": b"\0\0\0\0", "OD": b"\0" * 8, "OL": b"\0\0\0\0", "OV": b"\0" * 8,
-    "UN": b"\0\0",
-}
-
 SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
-
-# Modes of a sequence's contents: normal, clean (action C: text cleaned), dummy (action D: content text
-# replaced). A nested sequence never gets a weaker mode than its parent.
-NORMAL, CLEAN, DUMMYMODE = 0, 1, 2
-
-
-def _vr(elem, tag: int) -> str:
-    """The VR of an element, raw or not; implicit VR and UN fall back to the data dictionary."""
-    vr = elem.VR
-    if vr is None or vr == "UN":
-        return _dict_vr(tag)
-    return vr
 
 
 def _ascii_value(elem) -> str:
@@ -104,13 +81,26 @@ def _put(d: dict, tag: int, elem, vr: str, text: str | None) -> None:
         d[tag] = DataElement(tag, vr, text if text else None)
 
 
-@lru_cache(maxsize=4096)
-def _dict_vr(tag: int) -> str:
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return "UN"
-    return vr.split(" or ")[0] if " or " in vr else vr
+def _item_values(item: Dataset):
+    """``value_of`` for :meth:`Scope.item` on a pydicom item."""
+
+    def value_of(tag: int) -> str:
+        elem = item.get(tag)
+        return "" if elem is None or elem.value is None else str(elem.value).strip()
+
+    return value_of
+
+
+def _raw_item_values(buf: bytes, elems: list):
+    """``value_of`` for :meth:`Scope.item` on the raw elements of an item."""
+
+    def value_of(tag: int) -> str:
+        for el in elems:
+            if el.tag == tag:
+                return rawpath.ascii_value(buf, el)
+        return ""
+
+    return value_of
 
 
 @lru_cache(maxsize=64)
@@ -139,12 +129,12 @@ _POOL_DEIDENTIFIERS: dict = {}
 
 def _pool_job(args):
     """One file in a worker process of :meth:`Deidentifier.deidentify_files` (one Deidentifier per process)."""
-    key, options, src, dst_dir, identity, collect = args
+    key, options, src, dst_dir, identity, wanted = args
     d = _POOL_DEIDENTIFIERS.get((key, options))
     if d is None:
         d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
     result = d.deidentify_file(src, dst_dir, identity)
-    return result, (_collect(src, options, identity) if collect else None)
+    return result, (collect(src, options, identity) if wanted else None)
 
 
 @dataclass(frozen=True)
@@ -171,17 +161,15 @@ class DeidResult:
     quarantine_reason: str | None = None
 
 
-class _Ctx:
-    """Per instance: ``family`` is the key of :func:`resolve_compound` (the SOP Class UID at the top level);
-    ``nested`` is the context for sequence items, where the IOD's top-level types do not apply."""
+class _File:
+    """What the walk of one instance needs besides the decisions: its identity, jitter and text cleaner."""
 
-    __slots__ = ("identity", "family", "cleaner", "nested")
+    __slots__ = ("identity", "jitter", "cleaner")
 
-    def __init__(self, identity: PatientIdentity, family: str, cleaner: TextCleaner | None):
+    def __init__(self, identity: PatientIdentity, cleaner: TextCleaner | None):
         self.identity = identity
-        self.family = family
+        self.jitter = identity.jitter_days
         self.cleaner = cleaner
-        self.nested = self if family == NESTED else _Ctx(identity, NESTED, cleaner)
 
 
 class Deidentifier:
@@ -192,7 +180,6 @@ class Deidentifier:
             raise DeidError("options must be a DeidOptions")
         self.options = options
         self._rules = rules_for(options)
-        self._exact = self._rules.exact
         self._uid = UidMapper(secret_key)
         self._secret_key = secret_key
         o = options
@@ -203,9 +190,19 @@ class Deidentifier:
         self._safe = safe_private() if self._rules.private_action == "C" else frozenset()
         # The raw fast path (rawpath.py) covers option sets that need neither a text cleaner nor a safe list.
         self._raw_ok = not self._needs_cleaner and not self._safe
+        self._scopes: dict[str, Scope] = {}  # SOP class -> the decisions at the top level of its instances
         self.raw_path_used = 0  # files that took the fast path (for tests and the bench)
 
     # --- public API ---------------------------------------------------------------------------------------
+    def _scope(self, sop_class_uid: str) -> Scope:
+        family = sop_family(sop_class_uid)
+        scope = self._scopes.get(family)
+        if scope is None:
+            if len(self._scopes) > 256:
+                self._scopes.clear()
+            scope = self._scopes[family] = Scope(self.options, family)
+        return scope
+
     def remap_uid(self, uid: str) -> str:
         """The replacement of ``uid`` (well-known UIDs unchanged; all UIDs unchanged with Retain UIDs)."""
         return uid if self.options.retain_uids else self._uid(uid)
@@ -240,8 +237,7 @@ class Deidentifier:
         cleaner = (
             TextCleaner(_identifying_values(ds, self.options, exclude_kept=False)) if self._needs_cleaner else None
         )
-        ctx = _Ctx(identity, sop_family(str(ds.get("SOPClassUID", ""))), cleaner)
-        self._walk(ds, ctx, NORMAL)
+        self._walk(ds, self._scope(str(ds.get("SOPClassUID", ""))), _File(identity, cleaner))
         self._mark(ds, identity)
         self._fix_file_meta(ds)
         return ds
@@ -327,7 +323,7 @@ class Deidentifier:
             done = list(pool.map(_pool_job, args, chunksize=max(1, len(args) // (workers * 8))))
         for (src, _), (result, collected) in zip(jobs, done):
             if check is not None:
-                check._add_collected(collected, result.path)
+                check.add_collected(collected, result.path)
         return [result for result, _ in done]
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
@@ -361,8 +357,7 @@ class Deidentifier:
                     raise DeidError("identity must be a PatientIdentity")
                 if not identity.patient_pseudonym:
                     raise DeidError("the patient pseudonym is empty")
-                ctx = _Ctx(identity, sop_family(sop_class), None)
-                out = dict(self._raw_walk(buf, elems, ctx, NORMAL, implicit))
+                out = dict(self._raw_walk(buf, elems, self._scope(sop_class), _File(identity, None), implicit))
                 for tag, elem in _marking_elements(self.options, implicit, True).items():
                     out[tag] = rawpath.frame(tag, None if implicit else elem.VR.encode(), elem.value, implicit)
                 pseudo = rawpath.padded(identity.patient_pseudonym, "PN")
@@ -390,223 +385,147 @@ class Deidentifier:
             os.close(fd)
         return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None)
 
-    def _raw_walk(self, buf: bytes, elems: list, ctx: _Ctx, mode: int, implicit: bool) -> list[tuple[int, bytes]]:
-        """:meth:`_walk` on raw elements: the (tag, encoded element) pairs of the output, in tag order."""
+    def _raw_walk(self, buf: bytes, elems: list, scope: Scope, f: _File, implicit: bool) -> list[tuple[int, bytes]]:
+        """Apply the decisions to raw elements: the (tag, encoded element) pairs of the output, in tag order."""
         out: list[tuple[int, bytes]] = []
         add = out.append
-        exact = self._exact
         frame = rawpath.frame
-        jitter = ctx.identity.jitter_days
+        action = scope.action
         for el in elems:
             tag = el.tag
-            group = tag >> 16
-            if group & 1:
-                continue  # private: removed (the safe list takes the pydicom path)
-            if not tag & 0xFFFF and group != 2:
-                continue  # group length
-            if tag in (PATIENT_NAME, PATIENT_ID, ACCESSION_NUMBER):
-                if tag == ACCESSION_NUMBER:
-                    original = rawpath.text_value(buf, el).strip()
-                    if not original:
-                        add((tag, frame(tag, el.fvr, b"", implicit)))
-                        continue
-                    new = ctx.identity.accession_pseudonyms.get(original)
-                    if not new:
-                        raise DeidError("AccessionNumber is present but the identity has no pseudonym for it")
-                else:
-                    new = ctx.identity.patient_pseudonym
-                add((tag, frame(tag, el.fvr, rawpath.padded(new, ""), implicit)))
+            op, arg = action(tag, el.vr)
+            if op == KEEP:
+                add((tag, buf[el.start : el.vend]))
+            elif op == REMOVE:
                 continue
-            rule = exact.get(tag)
-            vr = el.vr
-            if rule is None:
-                if 0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E:
-                    continue
-                if vr in DATE_VRS:
-                    self._raw_date(buf, el, vr, "X", jitter, implicit, add)
-                elif vr == "SQ":
-                    add((tag, self._raw_seq(buf, el, ctx, mode, implicit)))
-                elif mode == DUMMYMODE and tag in CONTENT_TEXT:
-                    add((tag, rawpath.encode_new(tag, vr, DUMMY[vr], implicit)))
+            elif op == DESCEND:
+                walk = self._raw_walk
+                if arg.mode == CONCEPT:
+                    items = [
+                        (undef, [c for _, c in walk(buf, item, arg.item(_raw_item_values(buf, item)), f, implicit)])
+                        for undef, item in el.items
+                    ]
                 else:
+                    items = [(undef, [c for _, c in walk(buf, item, arg, f, implicit)]) for undef, item in el.items]
+                add((tag, rawpath.encode_sequence(tag, items, el.undef, implicit)))
+            elif op == UIDS:
+                text = rawpath.ascii_value(buf, el)
+                if not text:
                     add((tag, buf[el.start : el.vend]))
-                continue
-            act, _, keyword, basic = rule
-            if "/" in act:
-                act = resolve_compound(act, keyword, ctx.family)
-            if act == "K":
-                if vr == "SQ":
-                    add((tag, self._raw_seq(buf, el, ctx, mode, implicit)))
                 else:
+                    new = "\\".join(self._uid(x) for x in text.split("\\"))
+                    add((tag, frame(tag, el.fvr, rawpath.padded(new, "UI"), implicit)))
+            elif op == DATE:
+                text = rawpath.ascii_value(buf, el)
+                new = shift_value(el.vr, text, f.jitter) if text else text
+                if new == text:
                     add((tag, buf[el.start : el.vend]))
-            elif act == "X":
-                continue
-            elif act == "Z":
-                if vr == "SQ":
+                elif new is not None:
+                    add((tag, frame(tag, el.fvr, rawpath.padded(new, el.vr), implicit)))
+                elif arg.op == EMPTY:
+                    add((tag, frame(tag, el.fvr, b"", implicit)))
+                elif arg.op == DUMMY:
+                    add((tag, rawpath.encode_new(tag, el.vr, arg.arg, implicit)))
+            elif op == EMPTY:
+                if el.vr == "SQ":
                     add((tag, rawpath.encode_sequence(tag, [], False, implicit)))
                 else:
                     add((tag, frame(tag, el.fvr, b"", implicit)))
-            elif act == "U":
-                if vr == "SQ":
-                    add((tag, self._raw_seq(buf, el, ctx, mode, implicit)))
-                else:
-                    self._raw_uids(buf, el, implicit, add)
-            elif act == "D":
-                if vr == "SQ":
-                    add((tag, self._raw_seq(buf, el, ctx, DUMMYMODE, implicit)))
-                elif vr == "UI":
-                    self._raw_uids(buf, el, implicit, add)
-                elif vr in DATE_VRS and self.options.dates != "remove":
-                    self._raw_date(buf, el, vr, "Z", jitter, implicit, add)
-                else:
-                    add((tag, rawpath.encode_new(tag, vr, DUMMY.get(vr, "ANONYMIZED"), implicit)))
-            elif act == "C":
-                if vr in DATE_VRS:
-                    self._raw_date(buf, el, vr, "X" if basic == "X" else "Z", jitter, implicit, add)
-                elif vr == "SQ":
-                    add((tag, self._raw_seq(buf, el, ctx, max(mode, CLEAN), implicit)))
-                elif vr in BINARY_VRS:
-                    continue
-                else:
-                    add((tag, buf[el.start : el.vend]))  # no cleaner on this path: the text is kept as it is
-            else:  # pragma: no cover - the table loader validates the action codes
-                raise DeidError(f"unknown action for {keyword or hex(tag)}")
+            elif op == DUMMY:
+                add((tag, rawpath.encode_new(tag, el.vr, arg, implicit)))
+            elif op == PSEUDONYM:
+                add((tag, frame(tag, el.fvr, rawpath.padded(f.identity.patient_pseudonym, ""), implicit)))
+            elif op == ACCESSION:
+                new = self._accession(rawpath.text_value(buf, el), f.identity)
+                add((tag, frame(tag, el.fvr, rawpath.padded(new, "") if new else b"", implicit)))
+            elif op == CLEAN:
+                if f.cleaner is not None:
+                    raise rawpath.Fallback  # cleaning free text: the pydicom path decodes it (character sets)
+                text = rawpath.ascii_text(buf, el)
+                new = cleaned(tag, el.vr, text, None) if text else text
+                if new == text:
+                    add((tag, buf[el.start : el.vend]))
+                elif new is not None:  # pragma: no cover - only a cleaner changes a valid value
+                    add((tag, frame(tag, el.fvr, rawpath.padded(new, el.vr), implicit)))
+                elif arg.op == EMPTY:
+                    add((tag, frame(tag, el.fvr, b"", implicit)))
+                elif arg.op == DUMMY:
+                    add((tag, rawpath.encode_new(tag, el.vr, arg.arg, implicit)))
+            else:  # PRIVATE: the safe list needs the creator's name (the pydicom path)
+                raise rawpath.Fallback
         return out
 
-    def _raw_seq(self, buf: bytes, el, ctx: _Ctx, mode: int, implicit: bool) -> bytes:
-        ctx = ctx.nested
-        items = [(undef, [c for _, c in self._raw_walk(buf, elems, ctx, mode, implicit)]) for undef, elems in el.items]
-        return rawpath.encode_sequence(el.tag, items, el.undef, implicit)
-
-    def _raw_uids(self, buf: bytes, el, implicit: bool, add) -> None:
-        text = rawpath.ascii_value(buf, el)
-        if not text:
-            add((el.tag, buf[el.start : el.vend]))
-            return
-        new = "\\".join(self._uid(x) for x in text.split("\\"))
-        add((el.tag, rawpath.frame(el.tag, el.fvr, rawpath.padded(new, "UI"), implicit)))
-
-    def _raw_date(self, buf: bytes, el, vr: str, on_failure: str, jitter: int, implicit: bool, add) -> None:
-        mode = self.options.dates
-        if mode == "full":
-            add((el.tag, buf[el.start : el.vend]))
-            return
-        if mode == "remove":
-            return
-        text = rawpath.ascii_value(buf, el)
-        if not text:
-            add((el.tag, buf[el.start : el.vend]))
-            return
-        new = shift_value(vr, text, jitter)
-        if new is None:
-            if on_failure != "X":
-                add((el.tag, rawpath.frame(el.tag, el.fvr, b"", implicit)))
-        elif new != text:
-            add((el.tag, rawpath.frame(el.tag, el.fvr, rawpath.padded(new, vr), implicit)))
-        else:
-            add((el.tag, buf[el.start : el.vend]))
-
-    # --- the walk -----------------------------------------------------------------------------------------
-    def _walk(self, ds: Dataset, ctx: _Ctx, mode: int) -> None:
+    # --- the walk on a pydicom dataset ---------------------------------------------------------------------
+    def _walk(self, ds: Dataset, scope: Scope, f: _File) -> None:
+        """Apply the decisions to ``ds`` in place, every nested sequence included."""
         d = ds._dict
-        exact = self._exact
+        action = scope.action
         had_private = False
         for tag in list(d):
             tag = int(tag)
-            group = tag >> 16
-            if group & 1:
-                had_private = True
-                self._private(ds, tag)
-                continue
-            if not tag & 0xFFFF and group != 2:
-                del d[tag]  # group length: retired, and wrong once anything in the group changed
-                continue
-            if tag in (PATIENT_NAME, PATIENT_ID, ACCESSION_NUMBER):
-                self._pseudonym(ds, tag, ctx)
-                continue
-            rule = exact.get(tag)
-            if rule is None:
-                if 0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E:
-                    del d[tag]  # curves and overlays: see the module docstring
-                    continue
-                vr = _vr(d[tag], tag)
-                if vr in DATE_VRS:
-                    self._date(ds, tag, vr, "X", ctx.identity.jitter_days)
-                elif vr == "SQ":
-                    self._recurse(ds, tag, ctx, mode)
-                elif mode == DUMMYMODE and tag in CONTENT_TEXT:
-                    ds[tag].value = DUMMY[vr]
-                elif mode == CLEAN and vr in TEXT_VRS:
-                    self._clean_text(ds, tag, ctx)
-                continue
-            act, _, keyword, basic = rule
-            if "/" in act:
-                act = resolve_compound(act, keyword, ctx.family)
-            if act == "K":
-                if _vr(d[tag], tag) == "SQ":
-                    # Kept sequences are still walked: their items may hold attributes the profile removes.
-                    self._recurse(ds, tag, ctx, mode)
-                continue
-            if act == "X":
-                del d[tag]
-                continue
             elem = d[tag]
-            vr = _vr(elem, tag)
-            if act == "Z":
+            vr = elem.VR
+            if vr is None or vr == "UN":
+                vr = dict_vr(tag)
+            op, arg = action(tag, vr)
+            if op == KEEP:
+                continue
+            if op == REMOVE:
+                del d[tag]
+            elif op == DESCEND:
+                for item in ds[tag].value or ():
+                    self._walk(item, arg.item(_item_values(item)) if arg.mode == CONCEPT else arg, f)
+            elif op == UIDS:
+                text = _ascii_value(elem)
+                if text:
+                    _put(d, tag, elem, "UI", "\\".join(self._uid(x) for x in text.split("\\")))
+            elif op == DATE:
+                text = _ascii_value(elem)
+                new = shift_value(vr, text, f.jitter) if text else text
+                if new == text:
+                    pass
+                elif new is not None:
+                    _put(d, tag, elem, vr, new)
+                elif arg.op == EMPTY:
+                    _put(d, tag, elem, vr, None)
+                elif arg.op == DUMMY:
+                    d[tag] = DataElement(tag, vr, arg.arg)
+                else:
+                    del d[tag]
+            elif op == EMPTY:
                 if isinstance(elem, RawDataElement) and vr != "SQ":
                     d[tag] = elem._replace(length=0, value=b"")
                 else:
                     d[tag] = DataElement(tag, vr, Sequence() if vr == "SQ" else None)
-            elif act == "U":
-                if vr == "SQ":  # X/Z/U*: keep the sequence, replace the UIDs it contains
-                    self._recurse(ds, tag, ctx, mode)
-                else:  # with Retain UIDs the table already says K for the UIDs that option keeps
-                    self._replace_uids(ds, tag)
-            elif act == "D":
-                if vr == "SQ":
-                    self._recurse(ds, tag, ctx, DUMMYMODE)
-                elif vr == "UI":
-                    self._replace_uids(ds, tag)
-                elif vr in DATE_VRS and self.options.dates != "remove":
-                    self._date(ds, tag, vr, "Z", ctx.identity.jitter_days)
+            elif op == DUMMY:
+                d[tag] = DataElement(tag, vr, arg)
+            elif op == PSEUDONYM:
+                self._set_text(ds, tag, f.identity.patient_pseudonym)
+            elif op == ACCESSION:
+                new = self._accession(str(ds[tag].value or ""), f.identity)
+                if new:
+                    self._set_text(ds, tag, new)
                 else:
-                    d[tag] = DataElement(tag, vr, DUMMY.get(vr, "ANONYMIZED"))
-            elif act == "C":
-                if vr in DATE_VRS:
-                    self._date(ds, tag, vr, "X" if basic == "X" else "Z", ctx.identity.jitter_days)
-                elif vr == "SQ":
-                    self._recurse(ds, tag, ctx, max(mode, CLEAN))
-                elif vr in BINARY_VRS:
-                    del d[tag]  # a bitmap or blob cannot be cleaned automatically
-                elif vr in TEXT_VRS or vr in ("AE", "CS", "UR"):
-                    self._clean_text(ds, tag, ctx)
-            else:  # pragma: no cover - the table loader validates the action codes
-                raise DeidError(f"unknown action for {keyword or hex(tag)}")
-        if had_private and self._safe:
+                    ds[tag].value = None  # stays present and empty (Type 2)
+            elif op == CLEAN:
+                self._clean(ds, tag, vr, arg, f)
+            else:  # PRIVATE
+                had_private = True
+                self._private(ds, tag)
+        if had_private:
             self._drop_orphan_creators(ds)
 
-    def _recurse(self, ds: Dataset, tag: int, ctx: _Ctx, mode: int) -> None:
-        seq = ds[tag].value
-        if not seq:
-            return
-        ctx = ctx.nested
-        for item in seq:
-            self._walk(item, ctx, mode)
-
-    def _pseudonym(self, ds: Dataset, tag: int, ctx: _Ctx) -> None:
-        identity = ctx.identity
-        if tag != ACCESSION_NUMBER:
-            self._set_text(ds, tag, identity.patient_pseudonym)
-            return
-        original = str(ds[tag].value or "").strip()
+    @staticmethod
+    def _accession(original: str, identity: PatientIdentity) -> str:
+        """The pseudonym of an AccessionNumber value; "" for an empty one (it stays present and empty)."""
+        original = original.strip()
         if not original:
-            ds[tag].value = None  # stays present and empty (Type 2)
-            return
+            return ""
         new = identity.accession_pseudonyms.get(original)
         if not new:
             # Fail closed: an accession number that cannot be replaced must not be sent or silently dropped.
             raise DeidError("AccessionNumber is present but the identity has no pseudonym for it")
-        self._set_text(ds, tag, new)
+        return new
 
     @staticmethod
     def _set_text(ds: Dataset, tag: int, text: str) -> None:
@@ -618,45 +537,26 @@ class Deidentifier:
         else:
             ds[tag].value = text
 
-    def _replace_uids(self, ds: Dataset, tag: int) -> None:
+    @staticmethod
+    def _clean(ds: Dataset, tag: int, vr: str, on_failure: Action, f: _File) -> None:
+        """Action C: the cleaned value if it is valid (:func:`dicom_relay.deid.text.cleaned`), else ``on_failure``."""
         d = ds._dict
-        elem = d[tag]
-        text = _ascii_value(elem)
-        if not text:
-            return
-        _put(d, tag, elem, "UI", "\\".join(self._uid(x) for x in text.split("\\")))
-
-    def _date(self, ds: Dataset, tag: int, vr: str, on_failure: str, jitter: int) -> None:
-        """Apply the date option to one DA/DT/TM element; a value that does not parse is removed."""
-        mode = self.options.dates
-        if mode == "full":
-            return
-        if mode == "remove":
-            del ds._dict[tag]
-            return
-        d = ds._dict
-        elem = d[tag]
-        text = _ascii_value(elem)
-        if not text:
-            return
-        new = shift_value(vr, text, jitter)
-        if new is None:
-            if on_failure == "X":
-                del d[tag]
-            else:
-                _put(d, tag, elem, vr, None)
-        elif new != text:
-            _put(d, tag, elem, vr, new)
-
-    def _clean_text(self, ds: Dataset, tag: int, ctx: _Ctx) -> None:
         elem = ds[tag]
         v = elem.value
-        if v is None or v == "" or ctx.cleaner is None:
+        if v is None or v == "":
             return
-        if isinstance(v, MultiValue):
-            elem.value = [ctx.cleaner.clean(str(x)) for x in v]
+        text = "\\".join(str(x) for x in v) if isinstance(v, MultiValue) else str(v)
+        new = cleaned(tag, vr, text, f.cleaner)
+        if new == text:
+            return
+        if new is not None:
+            elem.value = new
+        elif on_failure.op == EMPTY:
+            d[tag] = DataElement(tag, vr, None)
+        elif on_failure.op == DUMMY:
+            d[tag] = DataElement(tag, vr, on_failure.arg)
         else:
-            elem.value = ctx.cleaner.clean(str(v))
+            del d[tag]
 
     def _private(self, ds: Dataset, tag: int) -> None:
         d = ds._dict

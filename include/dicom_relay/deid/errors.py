@@ -5,7 +5,3 @@ from dicom_relay.errors import PermanentError
 
 class DeidError(PermanentError):
     """An instance could not be de-identified safely (unreadable, unmapped accession, bad option)."""
-
-
-class LeakError(DeidError):
-    """The verification pass found an original identifying value in a de-identified file."""

@@ -25,7 +25,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+from dicom_relay.deid.vr import LONG_VR_NAMES, LONG_VRS
+
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float and (plain) Pixel Data
 _PADDING = 0xFFFCFFFC
 
@@ -36,11 +37,11 @@ class Header:
     tail: tuple[int, int] | None  # (offset, length) of the pixel elements in the source, None if no pixels
 
 
-class _NeedsFullRead(Exception):
+class NeedsFullRead(Exception):
     pass
 
 
-def _scan_pixel_elements(f, offset: int, size: int, little: bool, implicit: bool) -> int:
+def scan_pixel_elements(f, offset: int, size: int, little: bool, implicit: bool) -> int:
     """End offset of the run of pixel elements starting at ``offset``; raise if something else follows."""
     e = "<" if little else ">"
     pos = offset
@@ -48,17 +49,17 @@ def _scan_pixel_elements(f, offset: int, size: int, little: bool, implicit: bool
     while pos < size:
         head = f.read(8)
         if len(head) < 8:
-            raise _NeedsFullRead
+            raise NeedsFullRead
         group, elem = struct.unpack(e + "HH", head[:4])
         tag = group << 16 | elem
         if tag not in _PIXEL_TAGS:
             if tag == _PADDING:
                 return pos  # trailing padding is dropped (PS3.15 lists it as X)
-            raise _NeedsFullRead
+            raise NeedsFullRead
         if implicit:
             (length,) = struct.unpack(e + "L", head[4:8])
             hdr = 8
-        elif head[4:6] in _LONG_VRS:
+        elif head[4:6] in LONG_VRS:
             (length,) = struct.unpack(e + "L", f.read(4))
             hdr = 12
         else:
@@ -71,19 +72,19 @@ def _scan_pixel_elements(f, offset: int, size: int, little: bool, implicit: bool
                 f.seek(pos)
                 item = f.read(8)
                 if len(item) < 8:
-                    raise _NeedsFullRead
+                    raise NeedsFullRead
                 ig, ie, il = struct.unpack(e + "HHL", item)
                 pos += 8
                 if (ig, ie) == (0xFFFE, 0xE0DD):
                     break
                 if (ig, ie) != (0xFFFE, 0xE000) or il == 0xFFFFFFFF:
-                    raise _NeedsFullRead
+                    raise NeedsFullRead
                 pos += il
         else:
             pos += length
         f.seek(pos)
     if pos > size:
-        raise _NeedsFullRead
+        raise NeedsFullRead
     return pos
 
 
@@ -102,8 +103,8 @@ def read_header(path: Path) -> Header:
         if ts is None or UID(ts).is_deflated or not UID(ts).is_transfer_syntax:
             return Header(pydicom.dcmread(path), None)
         try:
-            end = _scan_pixel_elements(f, offset, size, UID(ts).is_little_endian, UID(ts).is_implicit_VR)
-        except (_NeedsFullRead, struct.error):
+            end = scan_pixel_elements(f, offset, size, UID(ts).is_little_endian, UID(ts).is_implicit_VR)
+        except (NeedsFullRead, struct.error):
             return Header(pydicom.dcmread(path), None)
     return Header(ds, (offset, end - offset))
 
@@ -126,7 +127,7 @@ def _read_without_meta(path: Path) -> FileDataset:
     return ds
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
+def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
     copied = 0
     try:
         while copied < length:
@@ -144,9 +145,6 @@ def _copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
                 raise OSError("source file shrank while copying pixel data")
             os.write(dst_fd, chunk)
             copied += len(chunk)
-
-
-_LONG_VR_STR = {v.decode() for v in _LONG_VRS}
 
 
 def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
@@ -175,7 +173,7 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
             out += pack_tag(tag >> 16, tag & 0xFFFF)
             if implicit:
                 out += pack_l(n)
-            elif elem.VR in _LONG_VR_STR:
+            elif elem.VR in LONG_VR_NAMES:
                 out += elem.VR.encode() + b"\0\0" + pack_l(n)
             elif n < 0x10000:
                 out += elem.VR.encode() + pack_h(n)
@@ -230,7 +228,7 @@ def write(header: Header, src: Path, dst: Path) -> None:
                 with open(src, "rb") as f:
                     # Appending at the current end: position the destination fd after pydicom's bytes.
                     os.lseek(out.fileno(), 0, os.SEEK_END)
-                    _copy_range(f.fileno(), out.fileno(), offset, length)
+                    copy_range(f.fileno(), out.fileno(), offset, length)
         os.replace(tmp, dst)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -5,8 +5,8 @@ options that need no text cleaner and no safe-private list) the file is not pars
 
 * the header (everything before the pixel elements) is read with one ``pread`` and walked element by element
   with ``struct``, sequences and items (defined or undefined length) included, at every depth;
-* every element gets exactly the action :meth:`Deidentifier._walk` gives it (same table, same compound
-  resolution, same date/UID/pseudonym rules); kept elements are copied as bytes, changed ones re-encoded the way
+* every element gets the action :func:`dicom_relay.deid.decide.decide` gives it, as on the pydicom path
+  (``Deidentifier._raw_walk`` applies it); kept elements are copied as bytes, changed ones re-encoded the way
   pydicom writes them, sequences re-framed keeping their defined/undefined lengths;
 * the file meta is rebuilt as :meth:`Deidentifier._fix_file_meta` does, the pixel elements are appended with
   ``copy_file_range`` from the same file descriptor.
@@ -31,6 +31,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from dicom_relay.deid import fastio
+from dicom_relay.deid.vr import LONG_VRS, VALID_VRS, dict_vr
 
 
 class Fallback(Exception):
@@ -54,17 +55,12 @@ _ITEM_HDR = struct.Struct("<HHL").pack
 UNDEF = 0xFFFFFFFF
 ITEM, ITEM_END, SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-VALID_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
-)
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _VR_INFO = {v: (v.decode(), v in LONG_VRS) for v in VALID_VRS}  # VR bytes -> (VR, 4-byte length?)
 ITEM_UNDEF_HDR = _ITEM_HDR(0xFFFE, 0xE000, UNDEF)
 ITEM_DELIM = _ITEM_HDR(0xFFFE, 0xE00D, 0)
 SEQ_DELIM = _ITEM_HDR(0xFFFE, 0xE0DD, 0)
 FIRST_READ = 1 << 16
 
-PATIENT_NAME, PATIENT_ID, ACCESSION_NUMBER = 0x00100010, 0x00100020, 0x00080050
 SOP_CLASS, SOP_INSTANCE, STUDY_UID, SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
 MODALITY, BURNED_IN = 0x00080060, 0x00280301
 
@@ -210,6 +206,14 @@ def ascii_value(buf: bytes, el: Elem) -> str:
     return v.decode("ascii", "replace").rstrip("\x00 ").strip() if v else ""
 
 
+def ascii_text(buf: bytes, el: Elem) -> str:
+    """A text value (all its values, backslashes kept) as pydicom decodes it; Fallback unless it is ASCII."""
+    v = buf[el.vstart : el.vend]
+    if not v.isascii() or b"\x1b" in v:
+        raise Fallback
+    return v.decode("ascii").rstrip("\x00 ")
+
+
 def text_value(buf: bytes, el: Elem) -> str:
     """A single-valued ASCII text value as pydicom decodes it; Fallback when it is not that simple."""
     v = buf[el.vstart : el.vend]
@@ -321,8 +325,6 @@ def read_file(fd: int) -> tuple[bytes, dict[int, str], int, list[Elem], int, boo
     """(header bytes, meta, dataset offset, top-level elements, pixel offset or -1, implicit, file size)."""
     size = os.fstat(fd).st_size
     want = FIRST_READ
-    from dicom_relay.deid.engine import _dict_vr  # shared cache of dictionary VRs
-
     while True:
         buf = os.pread(fd, min(want, size), 0)
         complete = len(buf) >= size
@@ -334,7 +336,7 @@ def read_file(fd: int) -> tuple[bytes, dict[int, str], int, list[Elem], int, boo
         if implicit is None:
             raise Fallback
         try:
-            elems, end = Reader(buf, implicit, complete, _dict_vr).dataset(start, None, True)
+            elems, end = Reader(buf, implicit, complete, dict_vr).dataset(start, None, True)
         except _NeedMore:
             if complete:
                 raise Fallback from None
@@ -361,8 +363,8 @@ def find_tail(fd: int, offset: int, size: int, implicit: bool, buf: bytes = b"")
             return offset, size - offset
     with os.fdopen(os.dup(fd), "rb") as f:
         try:
-            end = fastio._scan_pixel_elements(f, offset, size, True, implicit)
-        except (fastio._NeedsFullRead, struct.error):
+            end = fastio.scan_pixel_elements(f, offset, size, True, implicit)
+        except (fastio.NeedsFullRead, struct.error):
             raise Fallback from None
     return offset, end - offset
 
@@ -377,7 +379,7 @@ def write_output(dst: Path, head: bytes, src_fd: int, tail: tuple[int, int] | No
             while view:
                 view = view[os.write(out, view) :]
             if tail is not None:
-                fastio._copy_range(src_fd, out, tail[0], tail[1])
+                fastio.copy_range(src_fd, out, tail[0], tail[1])
         finally:
             os.close(out)
         os.replace(tmp, dst)

@@ -73,7 +73,9 @@ def _tag_int(tag: str) -> int:
 class Rules:
     """Actions for one option set: exact tags, the repeating-group rows and the private-attribute action."""
 
-    exact: dict[int, tuple[str, str, str, str]]  # tag -> (action, vr, keyword, basic profile action)
+    # tag -> (action, vr, keyword, basic profile action); the action may be compound or conditional (X/Z/D|X):
+    # resolve it per instance and place with resolve_compound.
+    exact: dict[int, tuple[str, str, str, str]]
     curve_action: str  # (50xx,xxxx)
     overlay_data_action: str  # (60xx,3000)
     overlay_comments_action: str  # (60xx,4000)
@@ -88,7 +90,7 @@ def rules_for(options: DeidOptions) -> Rules:
     for row in load_table()[1]:
         act = effective_action(row, enabled)
         if row.pattern == "exact":
-            exact[_tag_int(row.tag)] = (act, row.vr, row.keyword, row.basic)
+            exact[_tag_int(row.tag)] = (conditional_action(act, row.keyword), row.vr, row.keyword, row.basic)
         elif row.pattern == "private":
             private = act
         elif row.tag.startswith("(50"):
@@ -100,43 +102,111 @@ def rules_for(options: DeidOptions) -> Rules:
     return Rules(exact, curve, overlay_data, overlay_comments, private)
 
 
-# --- Compound actions -------------------------------------------------------------------------------------
-# PS3.15 E.1.1: X/Z = X unless Z is required to keep the IOD valid (Type 2), X/D = X unless D is required
-# (Type 1), Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the
-# contained UIDs must be replaced (Type 1). The types come from data/iod_types.json (scripts/build_iod_types.py,
-# from highdicom's copy of the PS3.3 IOD and module tables): per SOP class, the strongest Type of each
-# compound-action attribute at the top level of the IOD, whatever the usage (M, C, U) of the module it is in,
-# since a C or U module that is present requires its Type 1 and 2 attributes.
+# --- Compound actions and the types along sequence paths ------------------------------------------------
+# PS3.15 E.1.1: X/Z = X unless Z is required to keep the IOD valid (Type 2), X/D = X unless D is required (Type
+# 1), Z/D = Z unless D is required (Type 1), X/Z/D by Type 3/2/1, X/Z/U* = X unless Z (Type 2) or the contained
+# UIDs must be replaced (Type 1); we take U for Type 2 references too (see _resolve). The types come from
+# data/iod_types.json (scripts/build_iod_types.py, from highdicom's copy of the PS3.3 IOD, module and macro
+# tables): per module, the strongest Type of each attribute the profile removes or empties, at each sequence path;
+# per SOP class, the IOD's modules. Whatever the usage (M, C, U) of a module, its Type 1 and 2 attributes count as
+# required: a C or U module that is present requires them, and the resolution only runs for attributes present in
+# the instance.
+#
+# The table also removes (X) or empties (Z) attributes that some IOD requires: a veterinary patient's Responsible
+# Person (Type 2C in the Patient module), a Presentation State's Presentation Creation Date (Type 1), a Referenced
+# Request Sequence's Requested Procedure ID (Type 2 in SR). :func:`rules_for` turns such a plain action into a
+# conditional one, ``X/Z/D|X`` or ``Z/D|Z``: the compound where the IOD gives the attribute a Type at that place,
+# else the table's own action after the ``|``.
 
 IOD_TYPES_RESOURCE = "iod_types.json"
 _TYPE_CLASS = {"1": "1", "1C": "1", "2": "2", "2C": "2", "3": "3"}
+CONTENT_SEQUENCE = 0x0040A730  # the SR content tree nests without limit: paths are cut after the last one
+NESTED = ""  # the old key for attributes inside sequences (no SOP class): always the fallback branch
+_CONDITIONAL = {"X": "X/Z/D|X", "Z": "Z/D|Z"}
+
+_TypeIndex = dict[tuple[tuple[int, ...], str], str]  # (path of sequence tags, keyword) -> Type as written
 
 
 @lru_cache(maxsize=1)
+def _iod_data() -> dict[str, Any]:
+    return json.loads(resources.files("dicom_relay.deid").joinpath("data", IOD_TYPES_RESOURCE).read_text())
+
+
+@lru_cache(maxsize=1)
+def _module_index() -> dict[str, _TypeIndex]:
+    """module -> {(path of sequence tags, keyword): Type as written (1, 1C, 2, 2C, 3, ?)}."""
+    from pydicom.datadict import tag_for_keyword
+
+    out: dict[str, _TypeIndex] = {}
+    for module, types in _iod_data()["modules"].items():
+        index = {}
+        for key, kind in types.items():
+            *path, keyword = key.split(">")
+            tags = tuple(tag_for_keyword(k) for k in path)
+            if None in tags:  # pragma: no cover - a keyword newer than this pydicom: the path cannot occur
+                continue
+            index[(tags, keyword)] = kind
+        out[module] = index
+    return out
+
+
+@lru_cache(maxsize=512)
+def _sop_index(sop_class_uid: str) -> _TypeIndex | None:
+    """(path, keyword) -> strongest Type across the modules of the SOP class's IOD; None for an unknown class."""
+    data = _iod_data()
+    iod = data["sop_classes"].get(sop_class_uid)
+    if iod is None:
+        return None
+    rank = {"1": 0, "1C": 1, "2": 2, "2C": 3, "3": 4, "?": 5}
+    modules = _module_index()
+    merged: _TypeIndex = {}
+    for module, _usage in data["iods"][iod]:
+        for key, kind in modules.get(module, {}).items():
+            old = merged.get(key)
+            if old is None or rank[kind] < rank[old]:
+                merged[key] = kind
+    return merged
+
+
 def load_iod_types() -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
-    """(provenance, SOP Class UID -> {keyword: "<Type>@<module usage>"}) of the shipped IOD types."""
-    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", IOD_TYPES_RESOURCE).read_text())
-    iods = raw["iods"]
-    return raw["provenance"], {uid: iods[iod] for uid, iod in raw["sop_classes"].items()}
+    """(provenance, SOP Class UID -> {keyword: Type}) for the attributes at the top level of each IOD."""
+    data = _iod_data()
+    tops = {}
+    for uid in data["sop_classes"]:
+        index = _sop_index(uid) or {}
+        tops[uid] = {kw: kind for (path, kw), kind in index.items() if not path}
+    return data["provenance"], tops
 
 
 def iod_types_provenance() -> dict[str, Any]:
-    return load_iod_types()[0]
+    return _iod_data()["provenance"]
 
 
-def attribute_type(keyword: str, sop_class_uid: str) -> str | None:
-    """The Type (1, 1C, 2, 2C, 3) of a compound-action attribute at the top level of the SOP class's IOD.
+def _cut(path: tuple[int, ...]) -> tuple[int, ...]:
+    """The path after the last Content Sequence: an SR content item is typed like the root content item."""
+    if CONTENT_SEQUENCE in path:
+        return path[len(path) - path[::-1].index(CONTENT_SEQUENCE) :]
+    return path
 
-    ``"3"`` when the IOD is known and none of its modules has the attribute (the IOD does not require it);
-    None when the SOP class is unknown or the standard gives no type.
+
+def attribute_type(keyword: str, sop_class_uid: str, path: tuple[int, ...] = ()) -> str | None:
+    """The Type (1, 1C, 2, 2C, 3) of an attribute at ``path`` (enclosing sequence tags) in the SOP class's IOD.
+
+    At the top level ``"3"`` when the IOD is known and none of its modules has the attribute (the IOD does not
+    require it). Inside sequences only a listed Type counts: None when the data do not list the attribute at
+    that path. None as well for an unknown SOP class, :data:`NESTED`, or a type the standard's data leave empty.
+    Only the attributes with an X, Z or compound action in Table E.1-1 are typed (``typed_keywords`` in the
+    provenance).
     """
-    types = load_iod_types()[1].get(sop_class_uid)
-    if types is None:
+    if not sop_class_uid:
         return None
-    kind = types.get(keyword)
+    index = _sop_index(sop_class_uid)
+    if index is None:
+        return None
+    path = _cut(tuple(path))
+    kind = index.get((path, keyword))
     if kind is None:
-        return "3"
-    kind = kind.split("@")[0]
+        return None if path else "3"
     return kind if kind in _TYPE_CLASS else None
 
 
@@ -148,34 +218,102 @@ def sop_family(sop_class_uid: str) -> str:
     return sop_class_uid.strip().rstrip("\x00").strip()
 
 
-NESTED = ""  # the key inside sequences: no SOP class, so the safe fallback
+def conditional_action(action: str, keyword: str) -> str:
+    """``action`` itself, or for a plain X or Z of an attribute some IOD requires, its conditional form.
+
+    ``X/Z/D|X``: Z where the IOD gives the attribute Type 2, D where Type 1, X where Type 3 or where the data
+    say nothing (unknown SOP class, undescribed sequence). ``Z/D|Z`` likewise.
+    """
+    if action in _CONDITIONAL and keyword in _required_somewhere():
+        return _CONDITIONAL[action]
+    return action
 
 
-@lru_cache(maxsize=8192)
-def resolve_compound(action: str, keyword: str, sop_class_uid: str) -> str:
-    """One of X, Z, D or U for a compound action, given the SOP Class UID of the instance.
+@lru_cache(maxsize=1)
+def _required_somewhere() -> frozenset[str]:
+    """Keywords that are Type 1, 1C, 2 or 2C at some place of some module."""
+    return frozenset(
+        key.rsplit(">", 1)[-1]
+        for types in _iod_data()["modules"].values()
+        for key, kind in types.items()
+        if kind in ("1", "1C", "2", "2C")
+    )
 
-    Pass :data:`NESTED` (``""``) for attributes inside sequences: their type belongs to the sequence's macro,
-    not to the IOD, and the safe fallback is taken. Cached: one dict lookup per element after the first.
+
+def resolve_compound(action: str, keyword: str, sop_class_uid: str, path: tuple[int, ...] = ()) -> str:
+    """One of X, Z, D or U for a compound (or conditional) action of an attribute present in an instance.
+
+    ``sop_class_uid`` is the instance's SOP Class UID (:func:`sop_family`); ``path`` the tags of the sequences
+    that enclose the attribute, from the top level (``()`` at the top level). The branch follows the attribute's
+    Type at that place of the IOD (:func:`attribute_type`): Type 3 (not required) the first branch, Type 2 Z
+    (U for a reference sequence, X/Z/U*: the references are kept with replaced UIDs), Type 1 the strongest.
+    Where the data say nothing (unknown SOP class, :data:`NESTED`, a sequence the data do not describe) a
+    compound takes its strongest branch, which keeps the file valid and holds no identity (D dummy, U replaced
+    UIDs, Z empty), and a conditional action (``X/Z/D|X``) the table's own action. Plain actions are returned
+    as they are. Cached: one dict lookup per call after the first.
     """
     if "/" not in action:
         return action
-    choices = action.replace("*", "").split("/")
-    kind = _TYPE_CLASS.get(attribute_type(keyword, sop_class_uid) or "") if sop_class_uid else None
+    return _resolve(action, keyword, sop_class_uid, tuple(path))
+
+
+@lru_cache(maxsize=1 << 16)
+def _resolve(action: str, keyword: str, sop_class_uid: str, path: tuple[int, ...]) -> str:
+    compound, _, fallback = action.partition("|")
+    choices = compound.replace("*", "").split("/")
+    kind = _TYPE_CLASS.get(attribute_type(keyword, sop_class_uid, path) or "")
+    if kind is None:
+        if fallback:
+            return fallback
+        for strongest in ("D", "U", "Z", "X"):
+            if strongest in choices:
+                return strongest
+        return "X"
     if kind == "3":
         return choices[0]  # not required: the first (least) branch, X, or Z for Z/D
+    if kind == "2" and "U" in choices:
+        # X/Z/U* on a Type 2 reference sequence: keep the references with replaced UIDs rather than empty it.
+        # Both keep the Type; only U keeps the IOD's cross-references consistent (a Segmentation's Source
+        # Image Sequence emptied while its Referenced Series Sequence still lists the series is an error),
+        # and replaced UIDs hold no more identity than an empty sequence.
+        return "U"
     if kind == "2" and "Z" in choices:
         return "Z"
-    # Type 1, Type 2 without a Z branch, or unknown: the strongest branch keeps the file valid and holds no
-    # identity (D dummy, U replaced UIDs, Z empty).
+    # Type 1, or Type 2 without a Z branch: the strongest branch keeps the file valid and holds no identity.
     for strongest in ("D", "U", "Z", "X"):
         if strongest in choices:
             return strongest
     return "X"
 
 
+@dataclass(frozen=True)
+class SafePrivate:
+    """One row of PS3.15 Table E.3.10-1 (Safe Private Attributes), as shipped in ``data/safe_private.json``."""
+
+    creator: str  # the Private Creator as the standard writes it
+    group: int  # the odd group
+    element: int  # the element within the private block (the low byte, 0x00-0xFF)
+    vr: str  # as the standard lists it ('' where it gives none)
+    vm: str
+    meaning: str  # the standard's description and notes
+
+
+@lru_cache(maxsize=1)
+def safe_private_table() -> tuple[dict[str, Any], tuple[SafePrivate, ...]]:
+    """(provenance, rows) of the shipped Table E.3.10-1 (built by ``scripts/build_safe_private.py``)."""
+    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", SAFE_PRIVATE_RESOURCE).read_text())
+    rows = tuple(
+        SafePrivate(r["creator"], int(r["group"], 16), int(r["element"], 16), r["vr"], r["vm"], r["meaning"])
+        for r in raw["rows"]
+    )
+    return raw["provenance"], rows
+
+
 @lru_cache(maxsize=1)
 def safe_private() -> frozenset[tuple[str, int, int]]:
-    """(private creator, group, element offset 0x00-0xFF) of the private attributes we consider safe."""
-    raw = json.loads(resources.files("dicom_relay.deid").joinpath("data", SAFE_PRIVATE_RESOURCE).read_text())
-    return frozenset((e["creator"].strip().upper(), int(e["group"], 16), int(e["element"], 16)) for e in raw["entries"])
+    """(private creator, group, element 0x00-0xFF) of the safe private attributes of Table E.3.10-1.
+
+    The creator is stripped and upper-cased: compare it with the stripped, upper-cased value of the block's
+    Private Creator element (private creators are matched case-insensitively here, since writers differ).
+    """
+    return frozenset((r.creator.strip().upper(), r.group, r.element) for r in safe_private_table()[1])

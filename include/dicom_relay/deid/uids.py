@@ -32,10 +32,6 @@ def remap_uid(uid: str, secret_key: str) -> str:
     return f"2.25.{value}"
 
 
-def is_well_known(uid: str) -> bool:
-    return uid in WELL_KNOWN_UIDS
-
-
 class UidMapper:
     """Replace instance UIDs and keep well-known ones; memoised because a study repeats the same few UIDs."""
 

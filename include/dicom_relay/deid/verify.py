@@ -1,25 +1,38 @@
 """Verification before sending: which original values must not survive, and are any of them still there?
 
-``identifying_values`` / :class:`LeakCheck` collect, from an ORIGINAL instance, the values that
-de-identification removes or replaces. The rule (documented in docs/DEIDENTIFICATION.md):
+:func:`collect` / :class:`LeakCheck` take, from an ORIGINAL instance, the values that de-identification removes
+or replaces. The rule (documented in docs/DEIDENTIFICATION.md, "Verification"):
 
 * values of attributes whose action under the options removes or replaces them (X, Z, D, U and compounds,
   PatientID/PatientName/AccessionNumber which get pseudonyms), of private attributes that are removed, and
   of DA/DT values that the Modified Dates option shifts (only when the jitter is not 0);
-* only text-like VRs (PN, LO, SH, ST, LT, UT, UC, AE, UI, DA, DT, AS): numbers (DS, IS, binary) and coded
-  strings (CS) and times (TM) are generic and would match unrelated values;
+* only string VRs (PN, LO, SH, ST, LT, UT, UC, AE, UI, DA, DT, AS, CS): numbers (DS, IS, FL, FD, binary) are
+  generic and would match unrelated values; times (TM) are kept by every date option but Remove;
 * a person name also contributes each of its components;
 * skipped: values shorter than 4 characters, pure digit strings shorter than 6 digits (counts, instance
-  numbers), a few generic words (NONE, UNKNOWN, ...), well-known UIDs, and any value that an attribute which is
-  kept unchanged also holds (it legitimately stays).
+  numbers), a few generic words (NONE, UNKNOWN, ...), well-known UIDs, and any value that an attribute of the
+  same instance which is kept also holds (it legitimately stays).
 
-Where a value counts as a leak: names, IDs, UIDs and every other non-date value anywhere in any output; an
-original date in any non-date element of any output, but in a DA/DT element only at its own place (same
-attribute, same item path) in the output of its own instance -- Modified Dates keeps intervals, so a shifted
-date may equal another original date (:class:`LeakCheck`; the flat ``identifying_values`` + ``find_leaks``
-cannot tell where a date came from and only guard within one instance).
+Where a value counts as a leak -- only in a form in which it can identify (per kind of value and VR of the
+element it is found in):
 
-``find_leaks`` / :meth:`LeakCheck.find_leaks` search the de-identified files (what is scanned and why: the
+* never in a numeric or binary element (DS, IS, FL, FD, SS, US, SL, UL, AT, OB, OW, ...): a number there is a
+  measurement, not an identifier (rtdose's ImagePositionPatient equals no one's name);
+* never in the output of an instance that keeps the same value in one of its kept attributes;
+* names, IDs, free text and UIDs ("global"): in any text element (PN, LO, SH, ST, LT, UT, UC, AE, UR, and
+  elements of unknown VR) of any output; inside a UI element only as whole components; in a coded string (CS),
+  age (AS), time (TM) or date element only at their own place (same attribute, same item path) in the output
+  of their own instance -- "PERFUSION" in ImageType is a defined term, not the removed SeriesDescription;
+* coded strings and ages ("local"): only at their own place (a removed CS value is a code, never an identity
+  elsewhere);
+* dates: in any text element of any output, and in a DA/DT element only at their own place in the output of
+  their own instance -- Modified Dates keeps intervals, so a shifted date may equal another original date.
+
+An output registered without its original (the flat ``find_leaks``, or an output :class:`LeakCheck` does not
+know) gets the strict rule: every date in every DA/DT element, and "own place" means the place the value had in
+any original.
+
+:func:`find_leaks` / :meth:`LeakCheck.find_leaks` search the de-identified files (what is scanned and why: the
 notes above ``_Needles``) and report where, never what.
 """
 
@@ -29,33 +42,45 @@ import os
 import re
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from dicom_relay.deid import codes
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import resolve_compound, rules_for, sop_family
+from dicom_relay.deid.text import cleaned as text_cleaned
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS"})
-GENERIC = frozenset({"NONE", "UNKNOWN", "ANONYMOUS", "ANONYMIZED", "REMOVED", "OTHER", "NULL", "TEST"})
+#: The VRs whose values are collected from an original: text-like VRs, and coded strings (local, see above).
+COLLECTED_VRS = TEXT_VRS | {"CS"}
+#: Generic values (codes, ages): identifying only at their own place.
+LOCAL_VRS = frozenset({"CS", "AS"})
+#: Elements in which a name, ID, free text or UID can identify (UN: a value of unknown VR may be text).
+TEXT_TARGETS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UR", "UN"})
+#: Elements where a value counts only at its own place.
+PLACE_TARGETS = frozenset({"CS", "AS", "TM", "DA", "DT"})
+GENERIC = frozenset({"NONE", "UNKNOWN", "ANONYMOUS", "ANONYMIZED", "REMOVED", "OTHER", "NULL", "TEST", "PATIENT", "ANON"})
 PSEUDONYMISED = {0x00100010, 0x00100020, 0x00080050}  # PatientName, PatientID, AccessionNumber
 MIN_LEN = 4
+MIN_DIGITS = 6
 #: Values the relay itself writes into every output; an original value equal to one is not a leak.
 OWN_CONSTANTS = frozenset({PYDICOM_IMPLEMENTATION_UID, "DICOM_RELAY_01", "ANONYMIZED", "dicom-relay"})
 _UIDLIKE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
+#: Kinds of collected value, strongest first (a value collected with two kinds keeps the stronger). IDENTITY:
+#: the whole Patient Name (with its ^ or =), Patient ID and Accession Number; only a kept value EQUAL to one makes
+#: it legitimate (a kept "Ward of <Patient ID>" does not), where any kept value CONTAINING another value does.
+IDENTITY, GLOBAL, DATE, LOCAL = 0, 1, 2, 3
 
 
-def _pattern(value: str) -> re.Pattern[str]:
-    """A search pattern for ``value``; a UID must match whole (1.2.3 is not found inside 1.2.34)."""
-    if _UIDLIKE.match(value):
-        return re.compile(r"(?<![0-9.])" + re.escape(value) + r"(?![0-9])")
-    return re.compile(re.escape(value), re.IGNORECASE)
-MIN_DIGITS = 6
+def _kind(vr: str) -> int:
+    return DATE if vr in ("DA", "DT") else LOCAL if vr in LOCAL_VRS else GLOBAL
 
 
 def _parts(elem) -> list[str]:
@@ -78,32 +103,54 @@ def _parts(elem) -> list[str]:
 def _keepable(s: str) -> bool:
     if len(s) < MIN_LEN or s.upper() in GENERIC or s in WELL_KNOWN_UIDS:
         return False
+    if not any(c.isalnum() for c in s):
+        return False  # separators only (an empty name "^^^^"): identifies no one
     if s.isdigit() and len(s) < MIN_DIGITS:
         return False
     return True
 
 
-def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: bool):
-    """Sort the text values of an original instance: (gone, gone dates, kept, shifted, dates by path).
+class Collected(NamedTuple):
+    """What :func:`collect` finds in one original instance (values unfiltered, see :meth:`LeakCheck.add`)."""
 
-    ``leaves`` yields ``(path, tag, vr, parts)`` for every text-like element at every depth; ``path`` is the
-    tuple (tag, item index, tag, ...) of the element. "gone dates" are the DA/DT values that must change, and
-    ``dates by path`` says where each one was.
+    gone: dict[str, int]  # values that must change -> kind (IDENTITY, GLOBAL, DATE, LOCAL)
+    kept: frozenset[str]  # values of the attributes that are kept unchanged
+    shifted: frozenset[str]  # the original dates as Modified Dates shifts them
+    places: dict[tuple, frozenset[str]]  # path (tag, item index, tag, ...) -> the gone values there
+    cleaned: frozenset[str] = frozenset()  # values of text attributes that are cleaned (action C), before cleaning
+
+
+def _cleanable(tag: int, vr: str, value: str) -> bool:
+    """Whether action C can keep ``value`` at all (valid for its VR or format before any cleaning)."""
+    return text_cleaned(tag, vr, value, None) is not None
+
+
+def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: bool) -> Collected:
+    """Sort the values of an original instance (see :class:`Collected`).
+
+    ``leaves`` yields ``(path, tag, vr, parts)`` for every string element at every depth; ``path`` is the
+    tuple (tag, item index, tag, ...) of the element.
     """
     rules = rules_for(options)
-    gone: set[str] = set()
-    gone_dates: set[str] = set()
+    gone: dict[str, int] = {}
     kept: set[str] = set()
     shifted: set[str] = set()
-    by_path: dict[tuple, set[str]] = {}
+    cleaned: set[str] = set()
+    places: dict[tuple, set[str]] = {}
+
+    def remove(path, vr, parts, identity=False):
+        for p in parts:
+            kind = IDENTITY if identity and (vr != "PN" or "^" in p or "=" in p) else _kind(vr)
+            if gone.get(p, LOCAL + 1) > kind:
+                gone[p] = kind
+        places.setdefault(path, set()).update(parts)
+
     for path, tag, vr, parts in leaves:
         if not parts:
             continue
         if (tag >> 16) & 1:
             # Private attributes are removed (a safe-listed one holds parameters, not text identities).
-            (gone_dates if vr in ("DA", "DT") else gone).update(parts)
-            if vr in ("DA", "DT"):
-                by_path.setdefault(path, set()).update(parts)
+            remove(path, vr, parts)
             continue
         rule = rules.exact.get(tag)
         if tag in PSEUDONYMISED:
@@ -113,31 +160,36 @@ def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: b
             if act == "K":
                 removed = False
             elif act == "C":
+                if vr not in ("DA", "DT") and all(_cleanable(tag, vr, p) for p in parts):
+                    cleaned.update(parts)  # keeps whatever is not identifying for this instance
+                    continue
                 if vr not in ("DA", "DT"):
-                    continue  # cleaned text keeps whatever is not identifying: neither gone nor kept
-                # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
-                # from cleaned text, where a date cannot be shifted reliably.
-                removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
+                    removed = True  # not valid for its VR or format: the engine does not keep it (text.cleaned)
+                else:
+                    # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
+                    # from cleaned text, where a date cannot be shifted reliably.
+                    removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
             elif act == "U" and options.retain_uids:
                 removed = False
             else:
                 removed = True
+        elif 0x5000 <= tag >> 16 <= 0x501E or 0x6000 <= tag >> 16 <= 0x601E:
+            removed = True  # curves and overlays (Overlay Comments...): the engine removes the groups whole
         elif vr in ("DA", "DT"):
             removed = options.dates == "remove" or (options.dates == "modified" and jitter not in (None, 0))
         else:
             removed = False
-        if vr in ("DA", "DT"):
-            if jitter:
-                for p in parts:
-                    s = shift_value(vr, p, jitter)
-                    if s:
-                        shifted.add(s)
-            if removed:
-                gone_dates.update(parts)
-                by_path.setdefault(path, set()).update(parts)
-                continue
-        (gone if removed else kept).update(parts)
-    return gone, gone_dates, kept, shifted, by_path
+        if vr in ("DA", "DT") and jitter:
+            for p in parts:
+                new = shift_value(vr, p, jitter)
+                if new:
+                    shifted.add(new)
+        if removed:
+            remove(path, vr, parts, tag in PSEUDONYMISED)
+        else:
+            kept.update(parts)
+    return Collected(gone, frozenset(kept), frozenset(shifted), {k: frozenset(v) for k, v in places.items()},
+                     frozenset(cleaned))
 
 
 def _pydicom_leaves(ds: Dataset, prefix: tuple = ()):
@@ -148,7 +200,7 @@ def _pydicom_leaves(ds: Dataset, prefix: tuple = ()):
             for i, item in enumerate(elem.value or ()):
                 yield from _pydicom_leaves(item, prefix + (tag, i))
             continue
-        if vr in TEXT_VRS:
+        if vr in COLLECTED_VRS:
             yield prefix + (tag,), tag, vr, _parts(elem)
 
 
@@ -176,7 +228,7 @@ def _raw_leaves(buf: bytes, elems, prefix: tuple = ()):
             for i, (_, item) in enumerate(el.items):
                 yield from _raw_leaves(buf, item, prefix + (el.tag, i))
             continue
-        if el.vr in TEXT_VRS:
+        if el.vr in COLLECTED_VRS:
             yield prefix + (el.tag,), el.tag, el.vr, _raw_parts(buf[el.vstart : el.vend], el.vr)
 
 
@@ -186,30 +238,59 @@ def _rawpath():
     return rawpath
 
 
-def _filtered(gone: set[str], kept: set[str], shifted: set[str]) -> set[str]:
-    # A value contained in a kept value (e.g. a removed "GE" name component inside the kept Manufacturer "GE
-    # MEDICAL SYSTEMS") legitimately stays; so do the relay's own constants.
-    kept_text = "\n".join(kept | OWN_CONSTANTS).upper()
-    return {v for v in gone - kept - shifted if _keepable(v) and v.upper() not in kept_text}
+def _kept_text(kept: Iterable[str], own_text: str = "") -> str:
+    """The kept values as one upper-cased text: ``v.upper() in`` it says whether a kept value contains ``v``."""
+    return "\n".join(set(kept) | OWN_CONSTANTS | {own_text}).upper()
+
+
+@lru_cache(maxsize=32)
+def _own_text(options: DeidOptions) -> str:
+    """The text the relay itself writes under ``options`` (the marking attributes): a value it contains (a
+    patient named "Option") is in every output whatever the original held."""
+    words = codes.method_text(options) + [codes.temporal_marker(options)]
+    for code in codes.applied_codes(options):
+        words += [code.value, code.scheme_designator, code.meaning]
+    return "\n".join(words)
+
+
+def _filtered(collected: Collected, kinds: tuple[int, ...] = (IDENTITY, GLOBAL, DATE, LOCAL), own_text: str = "") -> dict[str, int]:
+    """The gone values worth searching for: long enough, not generic, not held by a kept value (a removed "GE"
+    name component inside the kept Manufacturer "GE MEDICAL SYSTEMS" legitimately stays), not in the relay's
+    own text, and (except dates) not a shifted date."""
+    kept_text = _kept_text(collected.kept, own_text)
+    kept_exact = {v.upper() for v in collected.kept}
+    return {
+        v: k for v, k in collected.gone.items()
+        if k in kinds and _keepable(v) and not _held(v, k, kept_text, kept_exact)
+        and (k == DATE or v not in collected.shifted)
+    }
+
+
+def _held(value: str, kind: int, kept_text: str, kept_exact) -> bool:
+    """Whether a kept value holds ``value``: equals it (an identity value), or contains it (any other)."""
+    up = value.upper()
+    return up in kept_exact if kind == IDENTITY else up in kept_text
 
 
 def identifying_values(
     ds: Dataset, options: DeidOptions = DeidOptions(), identity=None, *, exclude_kept: bool = True
 ) -> set[str]:
-    """The values of an original instance that must not appear in its de-identified output (rule above).
+    """The names, IDs, UIDs, free text and dates of an original instance that must not appear in its
+    de-identified output (rule above; coded strings and ages, which count only at their own place, are not
+    included).
 
     ``exclude_kept=False`` is for the text cleaner: there a value that also occurs in kept text must still be
     removed from descriptors.
 
-    The flat set cannot say where a date came from, so with it a shifted date that equals another instance's
-    original date is reported by :func:`find_leaks`; :class:`LeakCheck` keeps dates per instance and attribute.
+    The flat set cannot say where a value came from: with it :func:`find_leaks` applies the strict rule.
+    :class:`LeakCheck` keeps values per instance and place.
     """
     family = sop_family(str(getattr(ds, "SOPClassUID", "")))
     jitter = getattr(identity, "jitter_days", None)
-    gone, gone_dates, kept, shifted, _ = _classify(_pydicom_leaves(ds), options, family, jitter, exclude_kept)
+    collected = _classify(_pydicom_leaves(ds), options, family, jitter, exclude_kept)
     if not exclude_kept:
-        return {v for v in gone | gone_dates if _keepable(v)}
-    return _filtered(gone | gone_dates, kept, shifted)
+        return {v for v, k in collected.gone.items() if k != LOCAL and _keepable(v)}
+    return {v for v in _filtered(collected, (IDENTITY, GLOBAL, DATE), _own_text(options)) if v not in collected.shifted}
 
 
 @dataclass(frozen=True)
@@ -245,7 +326,6 @@ class Leak:
 PIXEL_MIN_LEN = 6
 _NOT_SEARCHED_PIXELS = frozenset({"1.2.840.10008.1.2.5"})  # RLE: literal runs are raw sample bytes
 FRAMING = "file bytes (preamble, pixel data or element framing)"
-GLOBAL, DATE = 0, 1
 
 
 class _Needles:
@@ -314,11 +394,14 @@ class _Needles:
         return hits | {i for i in uids if len(self.values[i]) >= PIXEL_MIN_LEN}
 
     def found_in(self, i: int, vr: str, low: bytes) -> tuple[bool, bool]:
-        """(occurs, is a leak) for value ``i`` in an element of VR ``vr`` with lower-cased value bytes ``low``."""
+        """(occurs, may be a leak) for value ``i`` in an element of VR ``vr`` with lower-cased value bytes ``low``.
+
+        "May be": the form can identify here; :func:`_verdict` then applies the rules of place and kind.
+        """
         v = self.values[i]
         if _UIDLIKE.match(v):
             hit = re.search(rb"(?<![0-9.])" + re.escape(v.encode("ascii")) + rb"(?![0-9])", low) is not None
-            return hit, hit
+            return hit, hit and (vr in TEXT_TARGETS or vr in PLACE_TARGETS or vr == "UI")
         if not any(e in low for e in self.encs[i]):
             return False, False
         if vr == "UI":
@@ -326,7 +409,43 @@ class _Needles:
             # 6-digit ID or a date is found in some of them by chance.
             parts = set(re.split(rb"[.\\\x00 ]", low))
             return True, any(e in parts for e in self.encs[i])
-        return True, True
+        return True, vr in TEXT_TARGETS or vr in PLACE_TARGETS
+
+
+class _Own:
+    """What verification knows about the original of one output: its gone values (by place), the text of its
+    kept attributes and of its cleaned ones."""
+
+    __slots__ = ("places", "gone", "kept_text", "kept_exact", "cleaned_text")
+
+    def __init__(self, places: dict[tuple, frozenset[str]], kept: frozenset[str], own_text: str, cleaned_text: str):
+        self.places, self.cleaned_text = places, cleaned_text
+        self.kept_text, self.kept_exact = _kept_text(kept, own_text), frozenset(v.upper() for v in kept)
+        self.gone = frozenset().union(*places.values())
+
+
+def _verdict(value: str, kind: int, where: tuple, vr: str, own: _Own | None, places: dict | None) -> bool:
+    """Whether ``value`` (of ``kind``), found in the element at ``where`` of VR ``vr``, is a leak (module notes).
+
+    ``own`` is the output's original (None: not known, the strict rule); ``places`` the gone values by place of
+    every original (used when ``own`` is None; None: not known either, every place counts).
+    """
+    if own is not None:
+        if _held(value, kind, own.kept_text, own.kept_exact):
+            return False  # the instance keeps this value in a kept attribute: it legitimately stays
+        if kind != IDENTITY and value not in own.gone and value.upper() in own.cleaned_text:
+            # Another instance's value that this instance's own cleaned text holds (a department "Radiology"
+            # in a kept-and-cleaned NetworkID): the cleaner removes this instance's identifying values, and
+            # this value is not one of them.
+            return False
+    if own is None and places is None:
+        return True
+    at_place = value in (own.places if own is not None else places).get(where, ())
+    if vr in PLACE_TARGETS:
+        if kind == DATE and vr in ("DA", "DT") and own is None:
+            return True  # strict: a shifted date cannot be told from another instance's original date
+        return at_place
+    return kind != LOCAL or at_place
 
 
 def _location(path: tuple) -> str:
@@ -392,8 +511,8 @@ def _pydicom_output_leaves(ds: Dataset, prefix: tuple = (), decoded: bool = Fals
             yield prefix + (tag,), elem.VR, str(v).encode("utf-8", "replace").lower()
 
 
-def _check_file(path: Path, needles: _Needles, dates: dict[tuple, set[str]] | None) -> list[Leak]:
-    """Leaks in one output. ``dates`` are its own original's dates by place; None: not known (strict)."""
+def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | None) -> list[Leak]:
+    """Leaks in one output. ``own``: what is known of its original (None: not known, strict rule)."""
     rp = _rawpath()
     leaves = None
     pixels: bytes | None = None
@@ -428,42 +547,42 @@ def _check_file(path: Path, needles: _Needles, dates: dict[tuple, set[str]] | No
         os.close(fd)
     leaks: list[Leak] = []
     if needles.non_ascii and not header.isascii():
-        leaks += _decoded_text_leaks(path, needles)
+        leaks += _decoded_text_leaks(path, needles, own, places)
     if hits:
         accounted: set[int] = set()
+        values, kinds = needles.values, needles.kinds
         for where, vr, low in leaves:
             for i in hits:
-                occurs, leak = needles.found_in(i, vr, low)
+                occurs, may_leak = needles.found_in(i, vr, low)
                 if not occurs:
                     continue
                 accounted.add(i)
-                if not leak:
-                    continue
-                if needles.kinds[i] == DATE and vr in ("DA", "DT") and dates is not None:
-                    # A shifted date may equal another original date (intervals are kept): only the original
-                    # value of this very attribute of this instance is a leak here.
-                    if needles.values[i] not in dates.get(where, ()):
-                        continue
-                leaks.append(Leak(path.name, _location(where), i))
+                if may_leak and _verdict(values[i], kinds[i], where, vr, own, places):
+                    leaks.append(Leak(path.name, _location(where), i))
         for i in sorted(hits - accounted):
-            leaks.append(Leak(path.name, FRAMING, i))
+            if own is None or not _held(values[i], kinds[i], own.kept_text, own.kept_exact):
+                leaks.append(Leak(path.name, FRAMING, i))
     if pixels:
         for i in sorted(needles.pixel_hits(pixels)):
-            leaks.append(Leak(path.name, "pixel data (encapsulated)", i))
+            k = needles.kinds[i]
+            if k != LOCAL and (own is None or not _held(needles.values[i], k, own.kept_text, own.kept_exact)):
+                leaks.append(Leak(path.name, "pixel data (encapsulated)", i))
     return list(dict.fromkeys(leaks))
 
 
-def _decoded_text_leaks(path: Path, needles: _Needles) -> list[Leak]:
+def _decoded_text_leaks(path: Path, needles: _Needles, own: _Own | None, places: dict | None) -> list[Leak]:
     """The non-ASCII values, searched in the header's text values as pydicom decodes them (any charset)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = _read_all_but_pixels(path)
     except Exception as exc:
         return [Leak(path.name, f"unparseable file ({type(exc).__name__})", -1)]
     wanted = [(i, needles.values[i].lower()) for i in needles.non_ascii]
     leaks = []
-    for where, _, text in _pydicom_output_leaves(ds, decoded=True):
+    for where, vr, text in _pydicom_output_leaves(ds, decoded=True):
+        if vr not in TEXT_TARGETS and vr not in PLACE_TARGETS:
+            continue
         for i, v in wanted:
-            if v in text:
+            if v in text and _verdict(needles.values[i], needles.kinds[i], where, vr, own, places):
                 leaks.append(Leak(path.name, _location(where), i))
     return leaks
 
@@ -482,8 +601,9 @@ def _header_bytes(path: Path, ds: Dataset) -> bytes:
 def find_leaks(original_values: Iterable[str] | "LeakCheck", deid_paths: Iterable[Path] | None = None) -> list[Leak]:
     """Every place where one of ``original_values`` occurs in one of ``deid_paths`` (see the notes above).
 
-    Every value is searched everywhere. Given a :class:`LeakCheck` instead of values, its per-instance rules
-    apply (``deid_paths`` defaults to the outputs it was given).
+    Strict: every value counts in every element that can hold text (never in numbers). Given a
+    :class:`LeakCheck` instead of values, its per-instance rules apply (``deid_paths`` defaults to the outputs it
+    was given).
     """
     if isinstance(original_values, LeakCheck):
         return original_values.find_leaks(deid_paths)
@@ -491,19 +611,16 @@ def find_leaks(original_values: Iterable[str] | "LeakCheck", deid_paths: Iterabl
     needles = _Needles(values, [GLOBAL] * len(values))
     leaks: list[Leak] = []
     for path in deid_paths or ():
-        leaks += _check_file(Path(path), needles, None)
+        leaks += _check_file(Path(path), needles, None, None)
     return leaks
 
 
 class LeakCheck:
     """Verification of a batch that knows which output came from which original.
 
-    Names, IDs, UIDs and every other value are checked globally: found anywhere in any output, they are a
-    leak. Dates are different because Modified Dates keeps intervals: a shifted date can equal an original date
-    of another instance (a study over several days) or of another attribute. So an original DA/DT value is a
-    leak (a) in any non-date element of any output (free text, a UID, ...) and in bytes outside elements, and
-    (b) in a DA/DT element only at the same place (same attribute, same sequence item path) of the output of
-    its own instance. An output not registered with :meth:`add` gets the strict rule (every date everywhere).
+    The rules of the module notes: a value counts only in a form where it can identify, never in the output of
+    an instance that keeps it, and codes and dates (in DA/DT elements) only at their own place in the output of
+    their own instance. An output not registered with :meth:`add` gets the strict rule.
 
     ::
 
@@ -512,47 +629,59 @@ class LeakCheck:
             result = deidentifier.deidentify_file(src, out_dir, identity)
             check.add(src, identity, result.path)      # result.path is None when held back
         leaks = check.find_leaks()
+
+    A pool of processes calls :func:`collect` next to the engine and hands the result to :meth:`add_collected`.
     """
 
     def __init__(self, options: DeidOptions = DeidOptions()):
         self.options = options
-        self._global: set[str] = set()
-        self._dates: set[str] = set()
-        self._outputs: dict[Path, dict[tuple, set[str]]] = {}
+        self._own_text = _own_text(options)
+        self._kinds: dict[str, int] = {}
+        self._places: dict[tuple, set[str]] = {}
+        self._outputs: dict[Path, _Own] = {}
 
     def add(self, original: Dataset | str | Path, identity=None, output: str | Path | None = None) -> None:
         """Record what must not survive from one ORIGINAL instance (a dataset or a file path)."""
-        self._add_collected(_collect(original, self.options, identity), output)
+        self.add_collected(collect(original, self.options, identity), output)
 
-    def _add_collected(self, collected, output: str | Path | None) -> None:
-        gone, gone_dates, kept, shifted, by_path = collected
-        self._global |= _filtered(gone, kept, shifted)
-        kept_text = "\n".join(kept | OWN_CONSTANTS).upper()
-        self._dates |= {v for v in gone_dates if _keepable(v) and v.upper() not in kept_text}
+    def add_collected(self, collected: Collected, output: str | Path | None) -> None:
+        """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process)."""
+        values = _filtered(collected, own_text=self._own_text)
+        kinds = self._kinds
+        for v, k in values.items():
+            if kinds.get(v, LOCAL + 1) > k:
+                kinds[v] = k
+        places = {p: frozenset(v for v in vs if v in values) for p, vs in collected.places.items()}
+        places = {p: vs for p, vs in places.items() if vs}
+        for p, vs in places.items():
+            self._places.setdefault(p, set()).update(vs)
         if output is not None:
-            self._outputs[_key(output)] = {k: {v for v in vs if _keepable(v)} for k, vs in by_path.items()}
+            self._outputs[_key(output)] = _Own(places, collected.kept, self._own_text,
+                                               "\n".join(collected.cleaned).upper())
 
     @property
     def values(self) -> list[str]:
         """Every value searched for; a :class:`Leak`'s ``value_index`` is a position in this list."""
-        return sorted(self._global) + sorted(self._dates - self._global)
+        return sorted(self._kinds, key=lambda v: (self._kinds[v], v))
 
     def find_leaks(self, paths: Iterable[str | Path] | None = None) -> list[Leak]:
         values = self.values
-        n_global = len(self._global)
-        needles = _Needles(values, [GLOBAL] * n_global + [DATE] * (len(values) - n_global))
+        needles = _Needles(values, [self._kinds[v] for v in values])
         leaks: list[Leak] = []
         for path in (self._outputs if paths is None else paths):
-            leaks += _check_file(Path(path), needles, self._outputs.get(_key(path)))
+            leaks += _check_file(Path(path), needles, self._outputs.get(_key(path)), self._places)
         return leaks
+
+    _add_collected = add_collected  # the engine's name until it imports the public one
 
 
 def _key(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
 
 
-def _collect(original, options: DeidOptions, identity):
-    """``_classify`` of an original given as a dataset or a path (raw reading when it is simple)."""
+def collect(original, options: DeidOptions, identity) -> Collected:
+    """The values of an original (a dataset, or a path: read raw when it is simple) by what the options do with
+    them (:class:`Collected`); ``identity`` gives the jitter of Modified Dates."""
     jitter = getattr(identity, "jitter_days", None)
     if isinstance(original, Dataset):
         family = sop_family(str(getattr(original, "SOPClassUID", "")))
@@ -561,12 +690,22 @@ def _collect(original, options: DeidOptions, identity):
     path = Path(original)
     try:
         with open(path, "rb") as f:
-            buf, _, _, elems, _, implicit, _ = rp.read_file(f.fileno())
-        if implicit:
-            raise rp.Fallback  # private VRs come from pydicom's private dictionary: let pydicom read it
+            buf, _, _, elems, pixel_at, implicit, size = rp.read_file(f.fileno())
+            if implicit:
+                raise rp.Fallback  # private VRs come from pydicom's private dictionary: let pydicom read it
+            # Elements after the pixel data (a Digital Signatures Sequence, ...) are values too: Fallback then.
+            rp.find_tail(f.fileno(), pixel_at, size, implicit, buf)
         family = next((sop_family(rp.ascii_value(buf, el)) for el in elems if el.tag == 0x00080016), sop_family(""))
         return _classify(list(_raw_leaves(buf, elems)), options, family, jitter, True)
     except (rp.Fallback, struct.error, RecursionError):
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        ds = _read_all_but_pixels(path)
         family = sop_family(str(getattr(ds, "SOPClassUID", "")))
         return _classify(_pydicom_leaves(ds), options, family, jitter, True)
+
+
+def _read_all_but_pixels(path: Path) -> Dataset:
+    """Every element of a file, those after the pixel data included; large values (the pixels) not loaded."""
+    return pydicom.dcmread(path, force=True, defer_size=1024)
+
+
+_collect = collect  # the engine's name until it imports the public one

@@ -25,6 +25,8 @@ def test_index_real_and_bad_files(tmp_path):
     reasons = {r.relpath: r.reason for r in idx.rejected}
     assert set(reasons) == {"empty.dcm", "notes.txt", "truncated.dcm", "copy of IM1.dcm", "link.dcm"}
     assert "empty" in reasons["empty.dcm"]
+    assert reasons["notes.txt"].startswith("is not a DICOM file")
+    assert reasons["truncated.dcm"].startswith(("is truncated", "is not a usable DICOM instance"))
     assert "symbolic link" in reasons["link.dcm"]
     assert "repeats the SOP Instance UID" in reasons["copy of IM1.dcm"]
     assert len(idx.studies) == 2 and len(idx.series) == 3

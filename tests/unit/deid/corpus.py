@@ -148,3 +148,98 @@ def planted_dataset(sop_uid: str = "1.2.999.1.1", series_uid: str = "1.2.999.2.1
     ds.file_meta.SourceApplicationEntityTitle = "PHISENDERAE"
     ds.preamble = b"PHIPREAMBLE".ljust(128, b"\0")
     return ds, values
+
+
+# --- the deep corpus: a marker in every E.1-1 attribute at four depths --------------------------------------
+#
+# Every marker matches MARKER: ``PHI``, four digits (the table row, or 9000 + the sequence's row for the free
+# text of sequence items), and at depth 1-4 a letter and the depth. ``deep_planted_dataset`` returns, for
+# each marker, where it was planted.
+MARKER = rb"PHI\d{4}(?:[ACDEFGHJKM]\d)?"  # not X or B: the letters after the top-level markers
+DEPTHS = 4
+# Free text the table does not name, planted in the items of every sequence of the table (the sequence's
+# action decides), each with its marker letter; two attributes the table names (their own rows decide).
+_ITEM_TEXT = {
+    0x00080100: ("SH", "CodeValue", "A"),
+    0x00080102: ("SH", "CodingSchemeDesignator", "J"),
+    0x00080104: ("LO", "CodeMeaning", "C"),
+    0x0040A160: ("UT", "TextValue", "E"),
+    0x00700006: ("ST", "UnformattedTextValue", "F"),
+    0x0040A123: ("PN", "PersonName", "G"),
+    0x00400254: ("LO", "PerformedProcedureStepDescription", "H"),
+}
+CONCEPT_NAME, CONCEPT_CODE = 0x0040A043, 0x0040A168
+#: A standard code (DCM 121071 "Finding") whose CodeMeaning is planted: the code stays, the meaning is replaced.
+STANDARD_CODE = ("121071", "DCM", "Finding")
+
+
+def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _sequence_item(seq_tag: int, row: int, depth: int, where: dict[str, str], label: str) -> Dataset:
+    """An item of the table sequence ``seq_tag`` (table row ``row``) at ``depth``: free text, coded concepts
+    as in SR content (a standard code with a planted meaning, a local code), a UID, a date, a coded string,
+    and below depth 4 the same sequence again."""
+    item = Dataset()
+    n = 9000 + row
+    for tag, (vr, keyword, letter) in _ITEM_TEXT.items():
+        marker = f"PHI{n:04d}{letter}{depth}"
+        where[marker] = f"{label} depth {depth} {keyword}"
+        item.add_new(tag, vr, f"{marker}^PLANTED" if vr == "PN" else marker)
+    meaning = f"PHI{n:04d}M{depth}"
+    where[meaning] = f"{label} depth {depth} ConceptNameCodeSequence.CodeMeaning (standard code)"
+    item.add_new(CONCEPT_NAME, "SQ", Sequence([_code_item(STANDARD_CODE[0], STANDARD_CODE[1], meaning)]))
+    local = f"PHI{n:04d}K{depth}"
+    where[local] = f"{label} depth {depth} ConceptCodeSequence.CodeValue (local code)"
+    item.add_new(CONCEPT_CODE, "SQ", Sequence([_code_item(local, "99LOCAL", "local concept")]))
+    item.ValueType = "CODE"
+    item.add_new(0x0040A121, "DA", "20010203")  # Date
+    item.ReferencedSOPInstanceUID = f"1.2.999.55.{depth}.{row}"
+    if depth < DEPTHS:
+        item.add_new(seq_tag, "SQ", Sequence([_sequence_item(seq_tag, row, depth + 1, where, label)]))
+    return item
+
+
+_MARKED_VRS = ("LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE", "PN", "OB", "OW", "UN")
+
+
+def _table_item(depth: int, where: dict[str, str]) -> Dataset:
+    """Every plantable non-sequence attribute of the table with markers of this depth; the next depth below."""
+    item = Dataset()
+    for i, row, tag in table_rows():
+        vr = row.vr.split(" or ")[0]
+        if vr == "SQ" or tag in (0x00080016, 0x00080018):
+            continue
+        if vr in _MARKED_VRS:
+            marker = f"PHI{i:04d}D{depth}"
+            where[marker] = f"{row.keyword} depth {depth}"
+            value = f"{marker}^PLANTED" if vr == "PN" else marker
+            item.add_new(tag, vr, value.encode() if vr in ("OB", "OW", "UN") else value)
+            continue
+        value = planted(vr, i)
+        if value is None:
+            continue
+        item.add_new(tag, vr, f"1.2.999.77.{depth}.{i}" if vr == "UI" else value)
+    if depth < DEPTHS:
+        item.AnatomicRegionSequence = Sequence([_table_item(depth + 1, where)])
+    return item
+
+
+def deep_planted_dataset() -> tuple[Dataset, dict[str, str]]:
+    """The planted corpus plus (a) every plantable non-sequence table attribute again at depths 1 to 4 inside
+    a sequence the table does not name (DerivationCodeSequence > AnatomicRegionSequence > ...), and (b) in every
+    sequence of the table, items with free text, coded concepts, a UID and a date, the same sequence nested
+    four deep. Returns (dataset, marker -> where it was planted); markers are found with :data:`MARKER`."""
+    ds, _ = planted_dataset()
+    where: dict[str, str] = {}
+    for i, row, tag in table_rows():
+        vr = row.vr.split(" or ")[0]
+        if vr == "SQ":
+            ds.add_new(tag, "SQ", Sequence([_sequence_item(tag, i, 1, where, row.keyword)]))
+        elif vr in _MARKED_VRS and tag in ds:
+            where[f"PHI{i:04d}"] = f"{row.keyword} depth 0"
+    ds.DerivationCodeSequence = Sequence([_table_item(1, where)])
+    return ds, where

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import importlib.util
+import shutil
 from pathlib import Path
 
 import pydicom
 import pydicom.data
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.datadict import keyword_for_tag
+from pydicom.uid import UID_dictionary
 
 from dicom_relay.deid import Deidentifier, DeidOptions, LeakCheck, PatientIdentity, find_leaks, identifying_values
+from dicom_relay.deid import table
+from dicom_relay.dicom_import import index_folder
+from dicom_relay.folder_deid import deidentify_folder
+from dicom_relay.identifiers import LocalProvider
+from dicom_relay.pipeline import build_entities, identities_from_mapping, pseudonym_mapping
 from tests.support.samples import generate_ct_study
 
 from .corpus import planted_dataset
@@ -196,3 +207,121 @@ def test_the_planted_corpus_passes_leakcheck_under_every_option_set(name: str, t
     out.DerivationCodeSequence[0].AnatomicRegionSequence[0].StudyDate = ds.DerivationCodeSequence[0].AnatomicRegionSequence[0].StudyDate
     out.save_as(r.path)
     assert [leak.location for leak in check.find_leaks()] == ["DerivationCodeSequence[0].AnatomicRegionSequence[0].StudyDate"]
+
+
+# --- real files, together in one folder: no false leak, and still no false negative --------------------------
+REAL_FILES = ["eCT_Supplemental.dcm", "explicit_VR-UN.dcm", "rtdose.dcm", "rtplan.dcm", "rtstruct.dcm",
+              "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "test-SR.dcm", "waveform_ecg.dcm"]
+NO_HOLD = DeidOptions(quarantine_secondary_capture=False, quarantine_modalities=(), quarantine_burned_in=False)
+
+
+def _folder(tmp_path: Path, names: list[str]) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(get_testdata_file(name), folder / name)
+    return folder
+
+
+def _deidentify(folder: Path, out: Path, options: DeidOptions = NO_HOLD):
+    """What ``dicom-relay deidentify`` does: index, local pseudonyms, de-identify, verify (one library call)."""
+    index = index_folder(folder)
+    entities = build_entities(index, "MRN")
+    identities = identities_from_mapping(pseudonym_mapping(entities, LocalProvider("k").lookup("t", entities)))
+    return index, deidentify_folder(folder, index.instances, identities, Deidentifier("k", options), out)
+
+
+@pytest.mark.parametrize("names", [["eCT_Supplemental.dcm"], ["explicit_VR-UN.dcm"], REAL_FILES],
+                         ids=["eCT_Supplemental", "explicit_VR-UN", "together"])
+def test_real_files_give_no_false_leak(names: list[str], tmp_path: Path) -> None:
+    # Known false leaks before: "Perfusion" (a removed description) in the defined terms of ImageType;
+    # "Pancreas" in BodyPartExamined (UN on disk: a kept CS); rtdose's ImagePositionPatient, PixelSpacing and
+    # GridFrameOffsetVector (numbers) matching values of the other files of the folder.
+    index, run = _deidentify(_folder(tmp_path, names), tmp_path / "out")
+    assert len(run.instances) == len(names)
+    assert [(i.instance.relpath, leak.location) for i in run.instances for leak in i.leaks] == []
+    assert all(i.delivered for i in run.instances)
+
+
+def test_in_a_folder_another_files_values_are_found_where_they_identify(tmp_path: Path) -> None:
+    _, run = _deidentify(_folder(tmp_path, REAL_FILES), tmp_path / "out")
+    outputs = {i.instance.relpath: i.result.path for i in run.instances}
+    plan = pydicom.dcmread(get_testdata_file("rtplan.dcm"), stop_before_pixels=True)
+    dose = pydicom.dcmread(get_testdata_file("rtdose.dcm"), stop_before_pixels=True)
+    check = LeakCheck(NO_HOLD)
+    for relpath, i in ((i.instance.relpath, i) for i in run.instances):
+        check.add(tmp_path / "in" / relpath, i.identity, i.result.path)
+    assert check.find_leaks() == []
+    ct = pydicom.dcmread(outputs["CT_small.dcm"])
+    ct.ImageComments = f"see plan of {plan.PatientID}"  # another file's patient ID in free text: a leak
+    ct.ReferencedSOPInstanceUID = dose.SOPInstanceUID  # another file's original UID: a leak
+    ct.SliceLocation = "20030818.0"  # a number that spells part of rtdose's UID: numbers never match
+    ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", str(plan.PatientID).upper()]  # CS, not its own place
+    ct.save_as(outputs["CT_small.dcm"])
+    assert sorted(leak.location for leak in check.find_leaks()) == ["ImageComments", "ReferencedSOPInstanceUID"]
+
+
+def _keep_everything(options):
+    rules = table.rules_for(options)
+    return dataclasses.replace(rules, exact={t: ("K",) + r[1:] for t, r in rules.exact.items()})
+
+
+def _leaves(ds, prefix=()):
+    for elem in ds:
+        name = keyword_for_tag(elem.tag) or f"({elem.tag.group:04X},{elem.tag.elem:04X})"
+        if elem.VR == "SQ":
+            for n, item in enumerate(elem.value or ()):
+                yield from _leaves(item, prefix + (name, n))
+        else:
+            yield prefix + (name,), elem
+
+
+def _location(path: tuple) -> str:
+    out = []
+    for k, x in enumerate(path):
+        if k % 2:
+            out[-1] += f"[{x}]"
+        else:
+            out.append(x)
+    return ".".join(out)
+
+
+STRING_VRS = {"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS", "CS"}
+
+
+@pytest.mark.parametrize("broken", ["rules-keep-everything", "copy"])
+def test_a_broken_profile_leaves_planted_values_and_every_one_is_found(broken: str, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """False negatives: de-identify the planted corpus with a deliberately broken engine; every planted string
+    that the correct engine changes and the broken one leaves in place must be reported at its place."""
+    ds, planted = planted_dataset()
+    src = tmp_path / "src.dcm"
+    ds.save_as(src, enforce_file_format=True)
+    identity = PatientIdentity("PSEUDO", -3, {planted[0x00080050]: "ACC-PSEUDO"})
+    good = pydicom.dcmread(Deidentifier("k").deidentify_file(src, tmp_path / "good", identity).path)
+    if broken == "copy":  # an engine that writes its input unchanged
+        (tmp_path / "bad").mkdir()
+        out = tmp_path / "bad" / "copy.dcm"
+        shutil.copy(src, out)
+    else:  # every table row says K (the engine and its decision module, whichever holds the rules)
+        for module in ("dicom_relay.deid.engine", "dicom_relay.deid.decide"):
+            if importlib.util.find_spec(module) and hasattr(importlib.import_module(module), "rules_for"):
+                monkeypatch.setattr(f"{module}.rules_for", _keep_everything)
+        out = Deidentifier("k").deidentify_file(src, tmp_path / "bad", identity).path
+    bad = pydicom.dcmread(out)
+    good_values = {path: elem.value for path, elem in _leaves(good)}
+    expected = set()
+    for path, elem in _leaves(bad):
+        value = elem.value
+        text = str(value).strip() if value not in (None, "") and not isinstance(value, bytes) else ""
+        if elem.VR not in STRING_VRS or len(text) < 4 or text in UID_dictionary:
+            continue  # too short to search, or a well-known UID (a SOP class: identifies no one)
+        original = dict(_leaves(ds)).get(path)
+        if original is None or str(original.value).strip() != text or good_values.get(path) == value:
+            continue  # not an original value, or one the correct engine keeps as well
+        expected.add(_location(path))
+    assert len(expected) > 100, "the broken engine must leave planted values"
+    check = LeakCheck(DeidOptions())
+    check.add(src, identity, out)
+    found = {leak.location for leak in check.find_leaks()}
+    assert expected - found == set()

@@ -16,7 +16,7 @@ from dicom_relay.deid import Deidentifier, DeidError, DeidOptions, PatientIdenti
 from dicom_relay.deid import verify
 from tests.support.samples import generate_ct_study
 
-from .corpus import planted_dataset
+from .corpus import deep_planted_dataset, planted_dataset
 from .test_profile import OPTION_SETS
 
 NO_HOLD = dict(quarantine_secondary_capture=False, quarantine_modalities=(), quarantine_burned_in=False)
@@ -154,9 +154,30 @@ def test_raw_reading_of_originals_gives_the_same_values_as_pydicom(implicit: boo
         identity = PatientIdentity("P", -3, {})
         ds = pydicom.dcmread(src, stop_before_pixels=True)
         family = verify.sop_family(str(ds.SOPClassUID))
-        assert verify._collect(src, options, identity) == verify._classify(
+        assert verify.collect(src, options, identity) == verify._classify(
             verify._pydicom_leaves(ds), options, family, -3, True
         ), name
     ct = Path(get_testdata_file("CT_small.dcm"))
     ds = pydicom.dcmread(ct, stop_before_pixels=True)
-    assert verify._collect(ct, DeidOptions(), None) == verify._collect(ds, DeidOptions(), None)
+    assert verify.collect(ct, DeidOptions(), None) == verify.collect(ds, DeidOptions(), None)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_fast_path_equals_pydicom_path_on_the_deep_corpus(implicit: bool, tmp_path: Path) -> None:
+    # Dummied sequences four deep, coded concepts (standard and local codes), C on TimezoneOffsetFromUTC.
+    ds, _ = deep_planted_dataset()
+    for tag in [t for t in ds.keys() if t > 0x7FE00010]:
+        del ds[tag]
+    ds.TimezoneOffsetFromUTC = "+0100"  # a valid offset: C keeps it
+    src = tmp_path / "deep.dcm"
+    if implicit:
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(src, enforce_file_format=True, implicit_vr=implicit, little_endian=True)
+    accessions = {str(e.value): f"ACC-{i}" for i, e in enumerate(ds.iterall()) if e.tag == 0x00080050}
+    raw = 0
+    for name, options in OPTION_SETS.items():
+        d = Deidentifier("k", options)
+        if d._raw_ok:
+            assert _compare(d, src, PatientIdentity("P", -3, accessions), tmp_path, f"deep-{name}") == "raw", name
+            raw += 1
+    assert raw >= 4

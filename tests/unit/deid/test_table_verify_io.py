@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import pydicom
-import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
 from dicom_relay.deid import Deidentifier, DeidOptions, PatientIdentity, find_leaks, provenance
 from dicom_relay.deid import fastio
-from dicom_relay.deid.table import load_table
+from dicom_relay.deid.table import load_table, safe_private, safe_private_table
 from tests.support.samples import generate_ct_study
 
-REFERENCE = Path(__file__).resolve().parents[3] / ".." / "shared" / "standards" / "ps315_table_e1_1.json"
+# PS3.15 Table E.1-1 as the standard's machine-readable extraction gives it, committed beside the tests with its
+# source and licence (tests/reference/), so the check runs in a clone with nothing beside it.
+REFERENCE = Path(__file__).resolve().parents[2] / "reference" / "ps315_table_e1_1.tsv"
 COLUMNS = {
     "rtnSafePrivOpt": "retain_safe_private", "rtnUIDsOpt": "retain_uids", "rtnDevIdOpt": "retain_device_identity",
     "rtnInstIdOpt": "retain_institution_identity", "rtnPatCharsOpt": "retain_patient_characteristics",
@@ -26,22 +26,73 @@ COLUMNS = {
 }
 
 
+def _reference() -> tuple[str, list[dict[str, str]]]:
+    """(header comment, rows) of the committed reference copy."""
+    lines = REFERENCE.read_text().splitlines()
+    comment = "\n".join(line for line in lines if line.startswith("#"))
+    header, *body = [line for line in lines if not line.startswith("#")]
+    names = header.split("\t")
+    return comment, [dict(zip(names, line.split("\t"))) for line in body]
+
+
 def test_table_matches_the_standard() -> None:
-    if not REFERENCE.exists():
-        pytest.skip(f"reference table not found beside the checkout ({REFERENCE})")
-    ref = json.loads(REFERENCE.read_text())
+    comment, ref = _reference()
+    prov = provenance()
+    assert prov["source_sha256"] in comment and f"edition {prov['edition']}" in comment  # the same source
+    assert (REFERENCE.parent / "LICENSE-innolitics-dicom-standard.txt").read_text().startswith("Copyright")
     _, rows = load_table()
-    assert len(rows) == len(ref) > 600
+    assert len(rows) == len(ref) == prov["row_count"] > 600
     ours = {r.tag.upper(): r for r in rows}
     for r in ref:
         tag = "(GGGG,EEEE)" if "GGGG" in r["tag"].upper() else r["tag"].upper()
         row = ours[tag]
+        assert " ".join(row.name.split()) == r["name"], tag
         assert row.basic == r["basicProfile"], tag
         assert row.in_std_iod == (r["stdCompIOD"] == "Y"), tag
         for src, name in COLUMNS.items():
-            assert row.options.get(name) == r.get(src), (tag, name)
-    prov = provenance()
-    assert prov["edition"] and "PS3.15" in prov["standard"] and prov["row_count"] == len(rows)
+            assert row.options.get(name) == (r[src] or None), (tag, name)
+    assert prov["edition"] and "PS3.15" in prov["standard"]
+
+
+# Rows of PS3.15 Table E.3.10-1 read off the standard by hand: (creator, group, element, VR).
+SAFE_PRIVATE_SAMPLE = [
+    ("Philips PET Private Group", 0x7053, 0x00, "DS"),  # SUV Factor
+    ("Philips PET Private Group", 0x7053, 0x09, "DS"),  # Activity Concentration Factor
+    ("SIEMENS MR HEADER", 0x0019, 0x0C, "IS"),  # B_value
+    ("GEMS_PARM_01", 0x0043, 0x39, "IS"),  # Slop_int_6... (b-value)
+    ("GEMS_ACQU_01", 0x0019, 0x23, "DS"),  # Table Speed
+    ("ELSCINT1", 0x00E1, 0x21, "DS"),  # DLP
+]
+
+
+def test_safe_private_table_is_the_standards_with_provenance() -> None:
+    prov, rows = safe_private_table()
+    assert "E.3.10-1" in prov["standard"] and prov["generated_by"] == "scripts/build_safe_private.py"
+    assert prov["source"].startswith("dicom-standard 0.1.0") and len(prov["source_sha256"]) == 64 and prov["built"]
+    assert prov["row_count"] == len(rows) == 130
+    keys = safe_private()
+    assert len(keys) == prov["distinct_key_count"] == len(rows)
+    for row in rows:
+        assert row.group % 2 == 1 and 0 <= row.element <= 0xFF and row.creator == row.creator.strip()
+    by_key = {(r.creator, r.group, r.element): r for r in rows}
+    for creator, group, element, vr in SAFE_PRIVATE_SAMPLE:
+        assert by_key[(creator, group, element)].vr == vr
+        assert (creator.upper(), group, element) in keys
+
+
+def test_retain_safe_private_keeps_the_standards_rows_and_their_creators() -> None:
+    ds = Dataset()
+    ds.SOPInstanceUID = "1.2.3"
+    pet = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+    pet.add_new(0x00, "DS", "0.000571")  # SUV Factor: safe
+    pet.add_new(0x01, "LO", "PHI in a private text")  # not listed
+    ge = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+    ge.add_new(0x39, "IS", ["1000", "0", "0", "0"])  # b-value: safe
+    out = Deidentifier("k", DeidOptions(retain_safe_private=True)).deidentify_dataset(ds, PatientIdentity("P", 0, {}))
+    private = {int(e.tag): e.value for e in out if e.tag.is_private}
+    assert private[0x70530010] == "Philips PET Private Group" and str(private[0x70531000]) == "0.000571"
+    assert 0x70531001 not in private
+    assert private[0x00430010] == "GEMS_PARM_01" and [str(v) for v in private[0x00431039]] == ["1000", "0", "0", "0"]
 
 
 def _study(tmp_path: Path):

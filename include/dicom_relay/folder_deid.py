@@ -1,0 +1,225 @@
+"""De-identify the indexed instances of a folder with their patients' identities, verify, and fail closed.
+
+The one implementation behind ``dicom-relay deidentify`` and the pipeline's ``replace_identifiers`` step::
+
+    index = index_folder(in_dir)
+    run = deidentify_folder(in_dir, index.instances, identities, deidentifier, out_dir, workers=2)
+    run.leaks            # every Leak found (locations only, never a value)
+    run.instances        # per instance, in input order: its DeidResult and the leaks in its output
+
+Every original is registered with its output in a :class:`~dicom_relay.deid.LeakCheck`, so that a shifted date
+equal to another instance's original date is not taken for a leak, and every output is searched for the
+identifying values of every original of the folder. The output of an instance in which verification finds a leak
+is removed from ``out_dir`` before this returns; if de-identification itself fails, every output this call wrote
+is removed. What stays in ``out_dir`` is therefore verified. The caller decides what a leak means for the rest
+(the pipeline refuses the whole batch; the command line delivers the instances that verified).
+
+:func:`file_outcomes` turns an index and a run into one outcome per input file (delivered, held_back, rejected,
+duplicate, leak), the record behind ``dicom-relay deidentify --report``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+from .dicom_import import FolderIndex, IndexedInstance
+
+if TYPE_CHECKING:  # the engine (pydicom) is imported when a folder is de-identified, not when this is imported
+    from .deid import Deidentifier, DeidResult, Leak, PatientIdentity
+
+#: Outcomes of an input file, in the order a summary lists them.
+OUTCOMES = ("delivered", "held_back", "rejected", "duplicate", "leak")
+
+
+def patient_key(patient_id: str, study_instance_uid: str) -> str:
+    """The key a patient is looked up by. Instances without a Patient ID must not share one pseudonym across
+    different people, so they are keyed by study."""
+    return patient_id or f"NO-PATIENT-ID:{study_instance_uid}"
+
+
+def instance_patient_key(instance: IndexedInstance) -> str:
+    """:func:`patient_key` of an indexed instance."""
+    return patient_key(instance.patient_id, instance.study_instance_uid)
+
+
+@dataclass(frozen=True)
+class InstanceRun:
+    """One instance of a :class:`FolderRun`: the engine's result and the leaks found in its output.
+
+    When ``leaks`` is not empty the output has been removed: ``result.path`` names a file that no longer exists.
+    """
+
+    instance: IndexedInstance
+    identity: PatientIdentity
+    result: DeidResult
+    leaks: tuple[Leak, ...] = ()
+
+    @property
+    def delivered(self) -> bool:
+        return self.result.path is not None and not self.leaks
+
+
+@dataclass
+class FolderRun:
+    instances: list[InstanceRun] = field(default_factory=list)
+
+    @property
+    def leaks(self) -> list[Leak]:
+        return [leak for run in self.instances for leak in run.leaks]
+
+
+def deidentify_folder(
+    in_dir: Path,
+    instances: Sequence[IndexedInstance],
+    identities: Mapping[str, PatientIdentity],
+    deidentifier: Deidentifier,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+) -> FolderRun:
+    """De-identify ``instances`` (relative to ``in_dir``) into ``out_dir``, verify every output, fail closed.
+
+    ``identities`` maps :func:`instance_patient_key` to the patient's identity (a missing key is a KeyError: the
+    caller builds the identities from the same index). ``workers`` > 1 de-identifies in a process pool. Errors of
+    the engine (:class:`~dicom_relay.deid.DeidError`) are raised after every output of this call is removed; a
+    full output folder is raised as ``OSError(ENOSPC)`` (transient: a rerun may work once space is freed).
+    """
+    from .deid import LeakCheck
+
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    jobs = [(in_dir / inst.relpath, identities[instance_patient_key(inst)]) for inst in instances]
+    check = LeakCheck(deidentifier.options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check)
+        outputs = [r.path for r in results if r.path is not None]
+        leaks = check.find_leaks(outputs)
+    except BaseException as exc:
+        full = _out_of_space(exc, out_dir)  # asked before the removal below frees the space again
+        # Nothing unverified may stay: remove what this call may have written (names are new SOP UIDs, so
+        # a file of the folder that was there before is only removed if this call wrote over it).
+        _remove_outputs(out_dir, instances, deidentifier)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise
+    by_output: dict[str, list[Leak]] = {}
+    for leak in leaks:
+        by_output.setdefault(leak.file, []).append(leak)
+    run = FolderRun()
+    for inst, (_, identity), result in zip(instances, jobs, results):
+        found = tuple(by_output.get(result.path.name, ())) if result.path is not None else ()
+        if found:
+            result.path.unlink(missing_ok=True)
+        run.instances.append(InstanceRun(inst, identity, result, found))
+    return run
+
+
+def _out_of_space(exc: BaseException, out_dir: Path) -> bool:
+    """Whether ``exc`` comes from a full (or over-quota) output folder: transient, not the instance's fault.
+
+    The engine reports every write failure as a ``DeidError`` (its message names only the exception type); the
+    ``OSError`` underneath says whether the disk was full. From a worker process that cause does not travel, so
+    the free space of the output folder is asked as well.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        stats = os.statvfs(out_dir)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 1024 * 1024
+
+
+def _remove_outputs(out_dir: Path, instances: Sequence[IndexedInstance], deidentifier: Deidentifier) -> None:
+    """Remove the outputs this call may have written: ``<new SOP Instance UID>.dcm`` of each instance."""
+    for inst in instances:
+        try:
+            os.unlink(out_dir / f"{deidentifier.remap_uid(inst.sop_instance_uid)}.dcm")
+        except FileNotFoundError:
+            pass
+
+
+def verify_folder(
+    in_dir: Path,
+    instances: Sequence[IndexedInstance],
+    out_dir: Path,
+    options,
+    identities: Mapping[str, PatientIdentity] | None = None,
+    deidentifier: Deidentifier | None = None,
+) -> list[Leak]:
+    """Search every file below ``out_dir`` for the identifying values of ``instances`` (originals in ``in_dir``).
+
+    With the ``deidentifier`` (its key) each output is matched to its original by its name (the new SOP Instance
+    UID), and with the ``identities`` the date shifts are known: the rules per instance apply. Without them an
+    output gets the strict rule, and dates are not checked (a shifted date cannot be told from an original one).
+    """
+    from .deid import LeakCheck
+
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check = LeakCheck(options)
+    for inst in instances:
+        identity = identities.get(instance_patient_key(inst)) if identities is not None else None
+        output = None
+        if deidentifier is not None:
+            candidate = out_dir / f"{deidentifier.remap_uid(inst.sop_instance_uid)}.dcm"
+            output = candidate if candidate.is_file() else None
+        check.add(in_dir / inst.relpath, identity, output)
+    return check.find_leaks(sorted(p for p in out_dir.rglob("*") if p.is_file()))
+
+
+# --- outcomes per input file ------------------------------------------------------------------------------
+
+@dataclass
+class FileOutcome:
+    """What became of one input file. ``reason`` and ``output`` hold no PHI: a reason names attributes or
+    policies, never a value; ``output`` is the new file name (the new SOP Instance UID).
+
+    ``pixels`` is room for a record about the pixel data (e.g. a burned-in text check); it is written only when
+    set.
+    """
+
+    input: str
+    outcome: str
+    reason: str | None = None
+    output: str | None = None
+    pixels: dict | None = None
+
+    def to_json(self) -> dict:
+        record = {"input": self.input, "outcome": self.outcome, "reason": self.reason, "output": self.output}
+        if self.pixels is not None:
+            record["pixels"] = self.pixels
+        return record
+
+
+def file_outcomes(index: FolderIndex, run: FolderRun) -> list[FileOutcome]:
+    """One :class:`FileOutcome` per file of the folder, sorted by input path."""
+    out = [
+        FileOutcome(r.relpath, "duplicate" if r.duplicate else "rejected", r.reason)
+        for r in index.rejected
+    ]
+    for i in run.instances:
+        if i.leaks:
+            where = sorted({leak.location for leak in i.leaks})
+            out.append(FileOutcome(i.instance.relpath, "leak",
+                                   f"original identifying value found in {', '.join(where)}; output removed"))
+        elif i.result.path is None:
+            out.append(FileOutcome(i.instance.relpath, "held_back", i.result.quarantine_reason))
+        else:
+            out.append(FileOutcome(i.instance.relpath, "delivered", None, i.result.path.name))
+    return sorted(out, key=lambda o: o.input)
+
+
+def summary(outcomes: Sequence[FileOutcome]) -> dict[str, int]:
+    """Counts per outcome: ``{"delivered", "held_back", "rejected", "duplicates", "leaks"}``."""
+    names = {"duplicate": "duplicates", "leak": "leaks"}
+    counts = {names.get(o, o): 0 for o in OUTCOMES}
+    for o in outcomes:
+        counts[names.get(o.outcome, o.outcome)] += 1
+    return counts
