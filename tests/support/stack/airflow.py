@@ -125,6 +125,7 @@ def import_connections(env: Mapping[str, str], connections: Mapping[str, Mapping
 def start_airflow(
     run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
     password: str | None = None, timeout: float = 240, connections: Mapping[str, Mapping] | None = None,
+    reuse: bool = False,
 ) -> AirflowHandle:
     """Migrate the metadata database, create the relay's Connections, start the four components, and wait until
     both DAGs are parsed. With ``connections`` the components get no endpoint variable (ENDPOINT_VARIABLES)."""
@@ -136,20 +137,32 @@ def start_airflow(
     password = password or secrets.token_urlsafe(12)
     env = airflow_env(home, metadata_db_url, port, relay_env, password)
     full_env = {**os.environ, **env}
-    migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
-    if migrate.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
-    if connections:
-        import_connections(env, connections)
     handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env)
     for component in COMPONENTS:
         handle.processes[component] = ManagedProcess(
             f"airflow-{component}", [airflow_bin(), component, *COMPONENT_ARGS.get(component, ())], Path(run_dir),
-            env=env
-        ).start()
+            env=env,
+        )
+    running = {c for c, p in handle.processes.items() if reuse and p.is_running()}
+    if not running:
+        # A fresh start: the metadata database and the Connections first (both idempotent).
+        migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
+        if connections:
+            import_connections(env, connections)
+    for component, proc in handle.processes.items():
+        if component not in running:  # ``make run`` again: running components (and their tasks) are left alone
+            proc.start()
     handle.processes["api-server"].wait_ready(
         lambda: requests.get(f"{handle.url}/api/v2/monitor/health", timeout=2).status_code == 200, timeout
     )
     client = handle.client()
-    wait_until(lambda: {"watch_inbox", "process_study"} <= client.dag_ids(), timeout, "airflow DAG parsing")
+
+    def parsed() -> bool:
+        for proc in handle.processes.values():
+            proc.check_alive()  # a component that exited early is reported at once, with the end of its log
+        return {"watch_inbox", "process_study"} <= client.dag_ids()
+
+    wait_until(parsed, timeout, "airflow DAG parsing")
     return handle

@@ -100,6 +100,7 @@ class Stack:
     env: dict[str, str]
     airflow: AirflowHandle | None = None
     services: list = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.airflow:
@@ -122,31 +123,45 @@ def _secrets(run_dir: Path) -> dict[str, str]:
     return values
 
 
+def _ports(run_dir: Path, fixed_ports: bool) -> dict[str, int]:
+    """The stack's ports, chosen at its first start and kept (``ports.json``) so that a service started again
+    after it died answers where the others and ``stack.env`` expect it."""
+    path = run_dir / "ports.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    ports = {name: _port(name) if fixed_ports else free_port() for name in PREFERRED_PORTS}
+    ports["postgres"] = free_port()
+    write_private_text(path, json.dumps(ports))
+    return ports
+
+
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
                 fixed_ports: bool = False) -> Stack:
-    """Start every service under ``run_dir``; return the stack and the environment that reaches it."""
+    """Start every service under ``run_dir`` that is not running (those running, and their tasks, are left
+    alone); return the stack and the environment that reaches it. ``stack.started`` names what was started."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(run_dir)
+    ports = _ports(run_dir, fixed_ports)
     stack = Stack(run_dir, {})
+    was_running = {name for name in SERVICE_NAMES if _service(run_dir, name).is_running()}
+    stack.started = [name for name in SERVICE_NAMES if name not in was_running]
     try:
-        pg = start_postgres(run_dir / "postgres", databases=("relay", "airflow"), durable=fixed_ports)
+        pg = start_postgres(run_dir / "postgres", port=ports["postgres"], databases=("relay", "airflow"),
+                            durable=fixed_ports, reuse=True)
         stack.services.append(pg)
-        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does
+        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does (idempotent)
         orthanc = start_orthanc(
-            run_dir / "orthanc",
-            http_port=_port("orthanc_http") if fixed_ports else None,
-            dicom_port=_port("orthanc_dicom") if fixed_ports else None,
-            password=keys["orthanc_password"],
+            run_dir / "orthanc", http_port=ports["orthanc_http"], dicom_port=ports["orthanc_dicom"],
+            password=keys["orthanc_password"], reuse=True,
         )
         stack.services.append(orthanc)
         base = {**read_env_file(REPO / ".env"), **(base_env or {})}
         bucket = base.get("RELAY_GCS_BUCKET", "dicom-relay")
-        gcs = start_gcs_emulator(run_dir / "gcs", port=_port("gcs") if fixed_ports else None, bucket=bucket)
+        gcs = start_gcs_emulator(run_dir / "gcs", port=ports["gcs"], bucket=bucket, reuse=True)
         stack.services.append(gcs)
         ids = start_identifier_service(
-            run_dir / "identifier-service", port=_port("identifier") if fixed_ports else None,
-            token=keys["identifier_token"],
+            run_dir / "identifier-service", port=ports["identifier"], token=keys["identifier_token"], reuse=True,
         )
         stack.services.append(ids)
         inbox = run_dir / "inbox"
@@ -166,8 +181,7 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
                                       gcs.host, ids.url, keys["identifier_token"])
             af = start_airflow(
                 run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
-                port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"],
-                connections=conns,
+                port=ports["airflow"], password=keys["airflow_password"], connections=conns, reuse=True,
             )
             stack.airflow = af
             # The CLI and the tests read the endpoints from stack.env; only Airflow's components go without them.
@@ -182,8 +196,12 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     return stack
 
 
+def _service(run_dir: Path, name: str) -> ManagedProcess:
+    return ManagedProcess(name, [], run_dir_for(run_dir, name))
+
+
 def running(run_dir: Path) -> bool:
-    return all(ManagedProcess(name, [], run_dir_for(run_dir, name)).is_running() for name in SERVICE_NAMES)
+    return all(_service(run_dir, name).is_running() for name in SERVICE_NAMES)
 
 
 def run_dir_for(run_dir: Path, name: str) -> Path:
@@ -243,8 +261,9 @@ def up(run_dir: Path, sample: bool = True) -> int:
         env = read_env_file(env_file)
         print(f"dicom-relay stack already running (from {env_file}); reusing it.")
     else:
-        stop_all(run_dir)  # leftovers of a stack that half-died
-        print("starting PostgreSQL, Orthanc, GCS emulator, identifier service and Airflow 3 ...", flush=True)
+        # Only what is not running is started; what runs (and the tasks it runs) is left alone.
+        missing = [name for name in SERVICE_NAMES if not _service(run_dir, name).is_running()]
+        print(f"starting {', '.join(missing)} ...", flush=True)
         stack = start_stack(run_dir, fixed_ports=True)
         env = stack.env
         write_env_file(env_file, env)

@@ -116,6 +116,7 @@ def start_orthanc(
     password: str | None = None,
     ae_title: str = "ORTHANC",
     timeout: float = 60.0,
+    reuse: bool = False,
 ) -> OrthancHandle:
     """Start Orthanc with its configuration, storage and index under ``run_dir``; wait until REST answers.
 
@@ -146,18 +147,13 @@ def start_orthanc(
         # response then waits for the peer's delayed ACK, 40-90 ms per instance on loopback.
         env={"TCP_NODELAY": "1", "LD_PRELOAD": str(loopback_shim(run_dir))},
         cwd=run_dir,
-    ).start()
-    url = f"http://{LOOPBACK}:{http_port}"
-    handle = OrthancHandle(
-        process=process,
-        url=url,
-        host=LOOPBACK,
-        dicom_port=dicom_port,
-        http_port=http_port,
-        ae_title=ae_title,
-        user=user,
-        password=password,
     )
+    url = f"http://{LOOPBACK}:{http_port}"
+    handle = OrthancHandle(process=process, url=url, host=LOOPBACK, dicom_port=dicom_port, http_port=http_port,
+                           ae_title=ae_title, user=user, password=password)
+    if reuse and process.is_running():
+        return handle  # ``make run`` again: a running Orthanc is left alone
+    process.start()
     try:
         process.wait_ready(
             lambda: requests.get(f"{url}/system", auth=(user, password), timeout=2).status_code == 200

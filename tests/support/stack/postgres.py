@@ -65,7 +65,8 @@ class PostgresHandle:
 
 
 def start_postgres(
-    base_dir: Path, port: int | None = None, databases: tuple[str, ...] = ("relay",), durable: bool = True
+    base_dir: Path, port: int | None = None, databases: tuple[str, ...] = ("relay",), durable: bool = True,
+    reuse: bool = False,
 ) -> PostgresHandle:
     """Initialise (first time) and start a cluster in ``base_dir``; return once it accepts connections.
 
@@ -111,9 +112,11 @@ def start_postgres(
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     proc = ManagedProcess("postgres", argv, base_dir)
+    handle = PostgresHandle(proc, "127.0.0.1", port, password)
+    if reuse and proc.is_running():
+        return handle  # ``make run`` again: a running server is left alone
     (base_dir / "logs").mkdir(exist_ok=True)
     proc.start()
-    handle = PostgresHandle(proc, "127.0.0.1", port, password)
 
     def accepts() -> bool:
         with psycopg.connect(handle.url("postgres"), connect_timeout=2):
