@@ -53,10 +53,14 @@ def test_each_service_killed_with_a_batch_in_flight_heals_on_up(tmp_path_factory
             wait_until(lambda: not _service(run_dir, name).is_running(), 30, f"{name} to die")
             before = {s: _service(run_dir, s).pid() for s in SERVICE_NAMES if _service(run_dir, s).is_running()}
             healed = start_stack(run_dir, base_env=dict(FAULT_ENV))
-            assert set(healed.started) == set(SERVICE_NAMES) - set(before), healed.started
             assert name in healed.started
-            # What was running is left alone: same processes.
-            assert {s: _service(run_dir, s).pid() for s in before} == before
+            assert all(_service(run_dir, s).is_running() for s in SERVICE_NAMES)
+            # What was running is left alone: the same processes, unless one exited by itself after losing a
+            # service it depends on (Airflow's scheduler when PostgreSQL restarts), which is then started too.
+            kept = {s: pid for s, pid in before.items() if s not in healed.started}
+            assert {s: _service(run_dir, s).pid() for s in kept} == kept
+            assert set(healed.started) - {name} <= {"airflow-scheduler", "airflow-triggerer",
+                                                     "airflow-dag-processor", "airflow-api-server"}
 
         def all_done() -> bool:
             batches = [b for b in store.list_batches(limit=50) if b.folder in planted]

@@ -135,17 +135,49 @@ def _ports(run_dir: Path, fixed_ports: bool) -> dict[str, int]:
     return ports
 
 
+#: After a partial start, how long the services that were left running are watched: Airflow's scheduler exits
+#: when its metadata database went away under it (a PostgreSQL restart), a few seconds later.
+SETTLE_SECONDS = 10.0
+
+
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
-                fixed_ports: bool = False) -> Stack:
+                fixed_ports: bool = False, rounds: int = 3) -> Stack:
     """Start every service under ``run_dir`` that is not running (those running, and their tasks, are left
-    alone); return the stack and the environment that reaches it. ``stack.started`` names what was started."""
+    alone); return the stack and the environment that reaches it. ``stack.started`` names what was started.
+
+    When only some services were started, the others are watched for ``SETTLE_SECONDS``: one that exits (it
+    lost a service it depends on) is reported with the end of its log and started too, up to ``rounds`` times.
+    """
+    stack = _start_missing(run_dir, base_env, with_airflow, fixed_ports)
+    for _ in range(rounds - 1):
+        reused = [n for n in SERVICE_NAMES if n not in stack.started and (with_airflow or "airflow" not in n)]
+        if not stack.started or not reused:
+            break
+        deadline = time.monotonic() + SETTLE_SECONDS
+        died: list[str] = []
+        while time.monotonic() < deadline and not died:
+            died = [n for n in reused if not _service(run_dir, n).is_running()]
+            time.sleep(0.5)
+        if not died:
+            break
+        for name in died:
+            print(f"{name} exited after the restart; last lines of its log:\n{_service(run_dir, name).log_tail(10)}",
+                  file=sys.stderr, flush=True)
+        again = _start_missing(run_dir, base_env, with_airflow, fixed_ports)
+        again.started = stack.started + again.started
+        stack = again
+    return stack
+
+
+def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow: bool, fixed_ports: bool) -> Stack:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(run_dir)
     ports = _ports(run_dir, fixed_ports)
     stack = Stack(run_dir, {})
     was_running = {name for name in SERVICE_NAMES if _service(run_dir, name).is_running()}
-    stack.started = [name for name in SERVICE_NAMES if name not in was_running]
+    stack.started = [name for name in SERVICE_NAMES
+                     if name not in was_running and (with_airflow or not name.startswith("airflow-"))]
     try:
         pg = start_postgres(run_dir / "postgres", port=ports["postgres"], databases=("relay", "airflow"),
                             durable=fixed_ports, reuse=True)
