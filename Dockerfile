@@ -13,6 +13,9 @@ USER root
 RUN mkdir -p /var/lib/dicom-relay/identifiers /data/inbox /data/relay /opt/dicom-relay \
     && chown -R airflow:0 /var/lib/dicom-relay /data /opt/dicom-relay \
     && chmod 0750 /var/lib/dicom-relay/identifiers
+# Tesseract's English model: burned-in text is read by tesserocr (requirements.txt), which brings the engine only.
+RUN apt-get update && apt-get install -y --no-install-recommends tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 USER airflow
 
 # Pinned requirements first (a layer that changes rarely). apache-airflow is pinned on the same line, as the

@@ -5,7 +5,8 @@ import -> get_identifiers -> replace_identifiers -> send_orthanc -> send_gcs -> 
 Started by watch_inbox with the run id ``batch__<batch_id>``, or by hand:
     airflow dags trigger process_study --conf '{"batch_id": "..."}'
 The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SEND_TO_ORTHANC / SEND_TO_GOOGLE;
-deidentify and deid_options may only make de-identification stricter unless RELAY_ALLOW_UNSAFE_OVERRIDES=true
+pixel_policy may make RELAY_PIXEL_POLICY stricter (never weaker); deidentify and deid_options
+may only make de-identification stricter unless RELAY_ALLOW_UNSAFE_OVERRIDES=true
 (dicom_relay.overrides): a weaker run fails at import and sends nothing.
 """
 
@@ -33,6 +34,11 @@ with DAG(
         "send_orthanc": Param(defaults.send_orthanc, type="boolean", description="Send to Orthanc (SEND_TO_ORTHANC)"),
         "send_gcs": Param(defaults.send_gcs, type="boolean", description="Send to GCS (SEND_TO_GOOGLE)"),
         "deid_options": Param({}, type="object", description="PS3.15 profile options, see docs/DEIDENTIFICATION.md"),
+        "pixel_policy": Param(
+            "", type="string", enum=["", "clean", "all-text", "hold"],
+            description="Burned-in text: empty = the deployment's RELAY_PIXEL_POLICY; only a stricter one is "
+                        "accepted (clean < all-text < hold), a weaker one fails the run",
+        ),
     },
     default_args={
         "retries": defaults.task_retries,

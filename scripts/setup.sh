@@ -15,6 +15,8 @@ command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -e /usr/include/netinet/in.h ] || missing+=(libc6-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# Tesseract's English model for reading burned-in text (tesserocr brings the engine, not the model).
+ls /usr/share/tesseract-ocr/*/tessdata/eng.traineddata >/dev/null 2>&1 || missing+=(tesseract-ocr tesseract-ocr-eng)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_cmd=""

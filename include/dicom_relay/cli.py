@@ -5,7 +5,7 @@
     dicom-relay requeue BATCH [--force]
     dicom-relay quarantine list [BATCH] [--show-paths] [--all] [--json]
     dicom-relay quarantine release BATCH LABEL
-    dicom-relay deidentify IN_DIR OUT_DIR [--option NAME=VALUE ...] [--report FILE] [--workers N]
+    dicom-relay deidentify IN_DIR OUT_DIR [--option NAME=VALUE ...] [--pixels POLICY] [--report FILE] [--workers N]
     dicom-relay verify ORIGINAL_DIR DEIDENTIFIED_DIR
 
 Settings come from the environment (``. .run/stack.env`` after ``make run``). Nothing printed here contains a
@@ -191,7 +191,13 @@ def cmd_deidentify(args, settings: Settings) -> int:
     if not args.in_dir.is_dir():
         print("error: IN_DIR is not a folder", file=sys.stderr)  # not its name: folder names may be PHI
         return 2
-    options = DeidOptions.from_mapping({**settings.deid_options, **dict(args.option or [])})
+    from .deid.pixels import policy as pixel_policy
+
+    given = dict(args.option or [])
+    # Like a run's param: --pixels (or --option pixels=...) may make the deployment's policy stricter, not weaker.
+    deployed = pixel_policy.at_least(settings.pixel_policy, settings.deid_options.get("pixels"))
+    pixels = pixel_policy.at_least(pixel_policy.at_least(deployed, given.pop("pixels", None)), args.pixels)
+    options = DeidOptions.from_mapping({**settings.deid_options, **given, "pixels": pixels})
     index = index_folder(args.in_dir)
     deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
     run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings), deidentifier,
@@ -287,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a JSON report: summary counts and, per input file, its outcome (delivered, held_back, "
                         "rejected, duplicate, leak), reason and output file name. It maps input names (PHI) to "
                         "outputs: created readable by you only (0600)")
+    p.add_argument("--pixels", choices=("clean", "all-text", "hold"),
+                   help="burned-in text policy (default: RELAY_PIXEL_POLICY, itself clean by default); only a "
+                        "stricter one than the deployment's is accepted. Each file's record is under \"pixels\" "
+                        "in --report")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="de-identify with N processes (default 1)")
     p.set_defaults(func=cmd_deidentify)

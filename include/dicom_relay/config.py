@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     allow_unsafe_overrides: bool = _env("RELAY_ALLOW_UNSAFE_OVERRIDES", False)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
+    # Burned-in text in the pixels: clean | all-text | hold (dicom_relay.deid.pixels.policy). A run may make it
+    # stricter, never weaker.
+    pixel_policy: Literal["clean", "all-text", "hold"] = _env("RELAY_PIXEL_POLICY", "clean")
 
     # The one retry layer inside a task, per destination (Airflow's retries come on top, between attempts):
     # Orthanc calls are retried ``send_attempts`` times with doubling delays from ``send_backoff_seconds``;
@@ -133,6 +136,11 @@ class Settings(BaseSettings):
     # killed and retried instead of holding its slot forever. Generous: a 5,000-instance study fits many times.
     task_timeout_seconds: float = _env("RELAY_TASK_TIMEOUT_SECONDS", 3600.0, gt=0)
     max_reruns: int = _env("RELAY_MAX_RERUNS", 3)
+
+    @field_validator("pixel_policy", mode="before")
+    @classmethod
+    def _policy_word(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("max_reruns")
     @classmethod

@@ -97,7 +97,7 @@ def deidentify_folder(
     try:
         results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check)
         outputs = [r.path for r in results if r.path is not None]
-        leaks = check.find_leaks(outputs)
+        leaks = check.find_leaks(outputs, workers=workers)
     except BaseException as exc:
         full = _out_of_space(exc, out_dir)  # asked before the removal below frees the space again
         # Nothing unverified may stay: remove what this call may have written (names are new SOP UIDs, so
@@ -210,9 +210,9 @@ def file_outcomes(index: FolderIndex, run: FolderRun) -> list[FileOutcome]:
             out.append(FileOutcome(i.instance.relpath, "leak",
                                    f"original identifying value found in {', '.join(where)}; output removed"))
         elif i.result.path is None:
-            out.append(FileOutcome(i.instance.relpath, "held_back", i.result.quarantine_reason))
+            out.append(FileOutcome(i.instance.relpath, "held_back", i.result.quarantine_reason, pixels=i.result.pixels))
         else:
-            out.append(FileOutcome(i.instance.relpath, "delivered", None, i.result.path.name))
+            out.append(FileOutcome(i.instance.relpath, "delivered", None, i.result.path.name, i.result.pixels))
     return sorted(out, key=lambda o: o.input)
 
 

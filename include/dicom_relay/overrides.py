@@ -76,7 +76,7 @@ def weakenings(deployed_deidentify: bool, deployed_deid: Mapping[str, Any], run_
     run = DeidOptions.from_mapping(run_deid).to_dict()
     for name, value in run.items():
         if _weaker(name, deployed[name], value):
-            problems.append(f"{name}={_show(value)} (the deployment's is {_show(deployed[name])})")
+            problems.append(f"{name}={_show(value)}, weaker than the deployment's '{_show(deployed[name])}'")
     return problems
 
 

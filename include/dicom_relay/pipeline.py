@@ -51,7 +51,7 @@ class RunOptions:
     deidentify: bool = True
     send_orthanc: bool = True
     send_gcs: bool = True
-    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid
+    deid: dict = field(default_factory=dict)  # DeidOptions fields, see dicom_relay.deid ("pixels" included)
 
     @classmethod
     def resolve(cls, settings: Settings, params: dict | None = None) -> "RunOptions":
@@ -59,8 +59,13 @@ class RunOptions:
 
         A param may make de-identification stricter, never weaker, unless the deployment sets
         RELAY_ALLOW_UNSAFE_OVERRIDES=true (:mod:`dicom_relay.overrides`); a weaker one is a ConfigError naming
-        each weakening, which fails the run at its first task before anything is read or sent.
+        each weakening, which fails the run at its first task before anything is read or sent. That includes
+        the pixel policy: the deployment's is the stricter of RELAY_PIXEL_POLICY and ``pixels`` in
+        RELAY_DEID_OPTIONS; a run asks through the ``pixel_policy`` param or ``pixels`` in ``deid_options``.
         """
+        from .deid.errors import DeidError
+        from .deid.pixels import policy as pixel_policy
+
         params = params or {}
 
         def pick(name: str, default: bool) -> bool:
@@ -70,15 +75,23 @@ class RunOptions:
         run_deid = params.get("deid_options") or {}
         if not isinstance(run_deid, dict):
             raise ConfigError("the deid_options param must be an object of de-identification options")
+        run_deid = dict(run_deid)
+        try:
+            deployed = pixel_policy.at_least(settings.pixel_policy, settings.deid_options.get("pixels"))
+            asked = [pixel_policy.check(p) for p in (run_deid.pop("pixels", None), params.get("pixel_policy"))
+                     if p is not None and str(p).strip()]
+        except DeidError as exc:
+            raise ConfigError(str(exc)) from None
+        pixels = max(asked, key=pixel_policy.strictness) if asked else deployed
         options = cls(
             deidentify=pick("deidentify", settings.deidentify),
             send_orthanc=pick("send_orthanc", settings.send_orthanc),
             send_gcs=pick("send_gcs", settings.send_gcs),
-            deid={**settings.deid_options, **run_deid},
+            deid={**settings.deid_options, **run_deid, "pixels": pixels},
         )
         try:
-            overrides.refuse_weaker(settings.allow_unsafe_overrides, settings.deidentify, settings.deid_options,
-                                    options.deidentify, options.deid)
+            overrides.refuse_weaker(settings.allow_unsafe_overrides, settings.deidentify,
+                                    {**settings.deid_options, "pixels": deployed}, options.deidentify, options.deid)
         except overrides.UnsafeOverride as exc:
             raise ConfigError(str(exc)) from None
         return options
@@ -346,10 +359,11 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 number += 1
                 held_back += 1
                 store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
-                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})"}))
+                changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})", "pixels": result.pixels}))
                 continue
             changes.append((inst.relpath, {
                 "state": "DONEPROCESSING",
+                "pixels": result.pixels,
                 "patient_pseudonym": done.identity.patient_pseudonym,
                 "deid_study_instance_uid": result.study_instance_uid,
                 "deid_series_instance_uid": result.series_instance_uid,
@@ -379,6 +393,8 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     return {
         "deidentified": len(done),
         "held_back": held_back,
+        "pixel_policy": deid_options.pixels,
+        "pixels_cleaned": sum(1 for c in done if c["pixels"] is not None),
         "studies": sorted({c["deid_study_instance_uid"] for c in done}),
         "verified_no_leak": True,
     }

@@ -71,7 +71,7 @@ def test_release_of_a_held_back_file_into_a_done_batch_then_requeue_delivers_it_
     ds.save_as(burned)
     original_bytes = burned.read_bytes()
     batch_id = claim(settings, study.folder, "ACC-OPS-BURNED")
-    run_all(batch_id, settings)
+    run_all(batch_id, settings, pipeline.RunOptions(deid={"pixels": "hold"}))  # held back unread
     store = StatusStore(settings.db_url)
     batch = store.get_batch(batch_id)
     assert batch.status == "DONE" and batch.counts == {"DONE": 2, "ERROR": 1}

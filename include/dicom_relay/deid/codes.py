@@ -2,7 +2,8 @@
 
 The codes are those of PS3.16 CID 7050 in the DCM coding scheme, taken from pydicom's code dictionary so
 the meanings are the standard's own. Only the profile and the options that were actually applied are listed;
-Clean Pixel Data (113101) is never listed because pixels are not altered (burned-in images are held back).
+Clean Pixel Data (113101) is added per instance, only to instances whose pixels were cleaned and proved
+(:func:`mark_clean_pixels`, called by the engine after a verified pixel cleaning).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ OPTION_CODES = {
     "retain_safe_private": DCM.RetainSafePrivateOption,  # 113111
     "retain_institution_identity": DCM.RetainInstitutionIdentityOption,  # 113112
 }
+CLEAN_PIXEL = DCM.CleanPixelDataOption  # 113101
 METHOD_PREFIX = "dicom-relay PS3.15 E.1 Basic Profile"
 
 
@@ -55,3 +57,23 @@ def method_text(options: DeidOptions) -> list[str]:
 def temporal_marker(options: DeidOptions) -> str:
     """LongitudinalTemporalInformationModified (0028,0303)."""
     return {"modified": "MODIFIED", "full": "UNMODIFIED", "remove": "REMOVED"}[options.dates]
+
+
+def mark_clean_pixels(ds: Dataset) -> None:
+    """Mark a de-identified instance whose pixels were cleaned and proved: BurnedInAnnotation NO (no burned-in
+    text that identifies the patient is left), Clean Pixel Data Option (113101) added to
+    DeidentificationMethodCodeSequence and its meaning to DeidentificationMethod (once)."""
+    ds.BurnedInAnnotation = "NO"
+    seq = ds.get("DeidentificationMethodCodeSequence")
+    if seq is None:
+        seq = ds.DeidentificationMethodCodeSequence = Sequence()
+    if not any(item.get("CodeValue") == CLEAN_PIXEL.value for item in seq):
+        item = Dataset()
+        item.CodeValue = CLEAN_PIXEL.value
+        item.CodingSchemeDesignator = CLEAN_PIXEL.scheme_designator
+        item.CodeMeaning = CLEAN_PIXEL.meaning
+        seq.append(item)
+    method = ds.get("DeidentificationMethod")
+    values = [] if method in (None, "") else ([method] if isinstance(method, str) else list(method))
+    if CLEAN_PIXEL.meaning[:64] not in values:
+        ds.DeidentificationMethod = values + [CLEAN_PIXEL.meaning[:64]]

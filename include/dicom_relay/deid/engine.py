@@ -31,6 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import pydicom
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -51,11 +52,13 @@ from dicom_relay.deid.decide import (
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import rules_for, safe_private, sop_family
 from dicom_relay.deid.text import TextCleaner, cleaned
+from dicom_relay.deid.pixels import policy as pixel_policy
 from dicom_relay.deid.uids import UidMapper
 from dicom_relay.deid.vr import dict_vr
 from dicom_relay.deid.verify import LeakCheck, collect
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
+IMAGE_TYPE = 0x00080008
 SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
 
 
@@ -79,6 +82,21 @@ def _put(d: dict, tag: int, elem, vr: str, text: str | None) -> None:
         d[tag] = elem._replace(length=len(b), value=b)
     else:
         d[tag] = DataElement(tag, vr, text if text else None)
+
+
+def _pixel_header(ds: Dataset) -> tuple[str, str, str, str]:
+    """BurnedInAnnotation, SOP Class UID, Modality and ImageType (values joined by backslashes) as strings."""
+    image_type = ds.get("ImageType", "")
+    image_type = image_type if isinstance(image_type, str) else "\\".join(str(v) for v in image_type)
+    return (str(ds.get("BurnedInAnnotation", "") or ""), str(ds.get("SOPClassUID", "")),
+            str(ds.get("Modality", "") or ""), image_type)
+
+
+def _read_full(src: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(src, force=True)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise DeidError(f"input is not a readable DICOM file ({type(exc).__name__})") from None
 
 
 def _item_values(item: Dataset):
@@ -159,6 +177,9 @@ class DeidResult:
     study_instance_uid: str
     sop_class_uid: str
     quarantine_reason: str | None = None
+    #: The pixel stage's record (:class:`dicom_relay.deid.pixels.stage.PixelRecord` as a dict), None when the
+    #: instance's pixels were not read.
+    pixels: dict | None = None
 
 
 class _File:
@@ -192,6 +213,7 @@ class Deidentifier:
         self._raw_ok = not self._needs_cleaner and not self._safe
         self._scopes: dict[str, Scope] = {}  # SOP class -> the decisions at the top level of its instances
         self.raw_path_used = 0  # files that took the fast path (for tests and the bench)
+        self._pixel_rules = None  # loaded on the first instance whose pixels are read
 
     # --- public API ---------------------------------------------------------------------------------------
     def _scope(self, sop_class_uid: str) -> Scope:
@@ -212,13 +234,20 @@ class Deidentifier:
         return _identifying_values(ds, self.options, identity)
 
     def quarantine_reason(self, ds: Dataset) -> str | None:
-        """Why ``ds`` must be held back (pixels may show identifying text), or None. No PHI in the reason."""
-        return self._quarantine(
-            str(ds.get("BurnedInAnnotation", "") or ""), str(ds.get("SOPClassUID", "")), str(ds.get("Modality", "") or "")
-        )
+        """Why ``ds`` must be held back without trying (pixels may show identifying text and the options or the
+        pixel policy ``hold`` say so), or None. No PHI in the reason."""
+        return self._quarantine(*_pixel_header(ds))
 
-    def _quarantine(self, burned_in: str, sop_class: str, modality: str) -> str | None:
+    def pixel_scan_reason(self, burned_in: str, sop_class: str, modality: str, image_type: str) -> str | None:
+        """Why the pixels of an instance are read under the options (:mod:`dicom_relay.deid.pixels.policy`)."""
+        return pixel_policy.scan_reason(modality, sop_class, burned_in, image_type, scan_all=self.options.pixel_scan_all)
+
+    def _quarantine(self, burned_in: str, sop_class: str, modality: str, image_type: str = "") -> str | None:
         o = self.options
+        if o.pixels == pixel_policy.HOLD:
+            scan = self.pixel_scan_reason(burned_in, sop_class, modality, image_type)
+            if scan is not None:
+                return f"pixel policy hold: {scan}"
         if o.quarantine_burned_in and burned_in.strip().upper() == "YES":
             return "BurnedInAnnotation is YES: pixel data may show identifying text"
         if o.quarantine_secondary_capture and sop_class in SECONDARY_CAPTURE:
@@ -264,6 +293,16 @@ class Deidentifier:
             if not str(ds.get(kw, "") or "").strip():
                 raise DeidError(f"input has no {kw}")
         reason = self.quarantine_reason(ds)
+        pixels = None
+        if reason is None and (header.tail is not None or "PixelData" in ds):
+            scan = self.pixel_scan_reason(*_pixel_header(ds))
+            if scan is not None:
+                if header.tail is not None:  # the pixel data is needed now: read the whole file
+                    header = fastio.Header(_read_full(src), None)
+                    ds = header.ds
+                pixels = self._clean_pixels(ds, identity, scan)
+                if pixels.held:
+                    reason = f"pixels: {pixels.reason}"
         if reason is not None:
             return DeidResult(
                 None,
@@ -272,8 +311,11 @@ class Deidentifier:
                 self.remap_uid(str(ds.get("StudyInstanceUID", "") or "")),
                 str(ds.SOPClassUID),
                 reason,
+                None if pixels is None else pixels.to_dict(),
             )
         self.deidentify_dataset(ds, identity)
+        if pixels is not None:
+            codes.mark_clean_pixels(ds)  # only here: the proof passed
         new_sop = str(ds.SOPInstanceUID)
         dst_dir.mkdir(parents=True, exist_ok=True)
         dst = dst_dir / f"{new_sop}.dcm"
@@ -288,7 +330,18 @@ class Deidentifier:
             str(ds.get("StudyInstanceUID", "") or ""),
             str(ds.SOPClassUID),
             None,
+            None if pixels is None else pixels.to_dict(),
         )
+
+    def _clean_pixels(self, ds: Dataset, identity: PatientIdentity, scan: str):
+        """Run the pixel stage on the ORIGINAL ``ds`` (its identifying values are still there to search for)."""
+        from dicom_relay.deid.pixels import detect, rules, stage  # OCR and OpenCV: loaded only when needed
+
+        if self._pixel_rules is None:
+            self._pixel_rules = rules.load(self.options.pixel_rules or None)
+        needles = tuple(detect.needles(ds, _identifying_values(ds, self.options, identity)))
+        return stage.clean_instance(ds, policy=self.options.pixels, needles=needles, rules=self._pixel_rules,
+                                    scanned_because=scan)
 
     def deidentify_files(
         self,
@@ -347,7 +400,10 @@ class Deidentifier:
                 burned, modality = val(rawpath.BURNED_IN), val(rawpath.MODALITY)
                 if "\\" in burned + modality + sop_class:
                     raise rawpath.Fallback
-                reason = self._quarantine(burned, sop_class, modality)
+                image_type = val(IMAGE_TYPE)
+                reason = self._quarantine(burned, sop_class, modality, image_type)
+                if reason is None and pixel_at >= 0 and self.pixel_scan_reason(burned, sop_class, modality, image_type):
+                    raise rawpath.Fallback  # pixels to read and clean: the pydicom path does it
                 if reason is not None:
                     return DeidResult(
                         None, self.remap_uid(sop_uid), self.remap_uid(val(rawpath.SERIES_UID)),

@@ -1,9 +1,10 @@
 """The options of the PS3.15 Basic Application Level Confidentiality Profile, as one frozen value.
 
 Defaults: the Basic Profile plus *Retain Longitudinal Temporal Information with Modified Dates* (dates move by the
-patient's jitter), every other option off; instances likely to carry burned-in text are held back
-(``BurnedInAnnotation`` = YES, secondary capture SOP classes, ultrasound). ``from_mapping`` accepts the same
-names as strings (environment, DAG params, CLI flags), ``to_dict`` gives them back.
+patient's jitter), every other option off; instances likely to carry burned-in text (ultrasound, secondary
+capture, BurnedInAnnotation YES, ...: :mod:`dicom_relay.deid.pixels.policy`) have their pixels cleaned and proved
+under the pixel policy ``clean``. ``from_mapping`` accepts the same names as strings (environment, DAG params,
+CLI flags), ``to_dict`` gives them back.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, Mapping
 
 from dicom_relay.deid.errors import DeidError
+from dicom_relay.deid.pixels import policy as pixel_policy
 
 DATE_MODES = ("modified", "full", "remove")
 _TRUE = {"1", "true", "yes", "on"}
@@ -42,17 +44,24 @@ class DeidOptions:
     #: Clean Graphics Option (113103): graphic annotations are kept with their text cleaned; overlay and curve
     #: bitmaps cannot be cleaned automatically, so they are removed (a removed graphic holds no identity).
     clean_graphics: bool = False
-    #: Hold back instances whose BurnedInAnnotation is YES.
-    quarantine_burned_in: bool = True
-    #: Hold back secondary capture SOP classes (screenshots, scanned documents: text in the pixels is common).
-    quarantine_secondary_capture: bool = True
-    #: Hold back these modalities whatever BurnedInAnnotation says (ultrasound has the patient name in the image
-    #: on most devices). A comma separated string is accepted by from_mapping.
-    quarantine_modalities: tuple[str, ...] = ("US",)
+    #: Pixel policy (:mod:`dicom_relay.deid.pixels.policy`): "clean" (identifying text and dates blanked,
+    #: proved gone), "all-text" (every text blanked, proved gone) or "hold" (scanned images held back).
+    pixels: str = "clean"
+    #: Pixel rule file (YAML, see deid/data/pixel_rules.yaml); empty: the shipped one.
+    pixel_rules: str = ""
+    #: Read every image's pixels, CT and MR primary images included (slower; by default they are not read).
+    pixel_scan_all: bool = False
+    #: Hold back instances whose BurnedInAnnotation is YES, whatever the pixel policy.
+    quarantine_burned_in: bool = False
+    #: Hold back secondary capture SOP classes, whatever the pixel policy.
+    quarantine_secondary_capture: bool = False
+    #: Hold back these modalities, whatever the pixel policy. A comma separated string is accepted by from_mapping.
+    quarantine_modalities: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.dates not in DATE_MODES:
             raise DeidError(f"DeidOptions.dates must be one of {', '.join(DATE_MODES)}, got {self.dates!r}")
+        object.__setattr__(self, "pixels", pixel_policy.check(self.pixels))
         # Normalise so that equal options compare and hash equal whatever the input form.
         mods = self.quarantine_modalities
         if isinstance(mods, str):
@@ -83,6 +92,8 @@ class DeidOptions:
                 kwargs[name] = bool(raw)
             elif name == "quarantine_modalities":
                 kwargs[name] = tuple(raw.split(",")) if isinstance(raw, str) else tuple(raw)
+            elif name == "pixel_rules":
+                kwargs[name] = str(raw).strip()  # a path: case matters
             else:
                 kwargs[name] = str(raw).strip().lower()
         return cls(**kwargs)

@@ -38,6 +38,7 @@ notes above ``_Needles``) and report where, never what.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import struct
@@ -100,6 +101,7 @@ def _parts(elem) -> list[str]:
     return out
 
 
+@lru_cache(maxsize=1 << 16)
 def _keepable(s: str) -> bool:
     if len(s) < MIN_LEN or s.upper() in GENERIC or s in WELL_KNOWN_UIDS:
         return False
@@ -120,6 +122,45 @@ class Collected(NamedTuple):
     cleaned: frozenset[str] = frozenset()  # values of text attributes that are cleaned (action C), before cleaning
 
 
+KEEP, REMOVE, CLEAN = 0, 1, 2
+
+
+@lru_cache(maxsize=1 << 14)
+def _decision(options: DeidOptions, family: str, enclosing: tuple[int, ...], tag: int, vr: str, dates_shift: bool,
+              exclude_kept: bool) -> int:
+    """What de-identification does with the value of one element, as far as verification cares: KEEP, REMOVE
+    (or replace), or CLEAN (text kept minus what identifies). ``enclosing``: the tags of the sequences around the
+    element (compound actions follow the attribute's Type at that place of the IOD, as in the engine);
+    ``dates_shift``: Modified Dates with a known, non-zero jitter. Cached: a study repeats the same few hundred
+    places."""
+    if (tag >> 16) & 1:
+        return REMOVE  # private attributes are removed (a safe-listed one holds parameters, not identities)
+    if tag in PSEUDONYMISED:
+        return REMOVE
+    rule = rules_for(options).exact.get(tag)
+    if rule is not None:
+        act = resolve_compound(rule[0], rule[2], family, enclosing)
+        if act == "K":
+            return KEEP
+        if act == "C":
+            if vr not in ("DA", "DT"):
+                return CLEAN  # keeps whatever is not identifying for this instance
+            # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed from
+            # cleaned text, where a date cannot be shifted reliably.
+            return REMOVE if not exclude_kept or dates_shift else KEEP
+        if act == "U" and options.retain_uids:
+            return KEEP
+        return REMOVE
+    if 0x5000 <= tag >> 16 <= 0x501E or 0x6000 <= tag >> 16 <= 0x601E:
+        return REMOVE  # curves and overlays (Overlay Comments...): the engine removes the groups whole
+    if vr in ("DA", "DT"):
+        return REMOVE if options.dates == "remove" or dates_shift else KEEP
+    return KEEP
+
+
+_shift = lru_cache(maxsize=1 << 16)(shift_value)
+
+
 def _cleanable(tag: int, vr: str, value: str) -> bool:
     """Whether action C can keep ``value`` at all (valid for its VR or format before any cleaning)."""
     return text_cleaned(tag, vr, value, None) is not None
@@ -131,63 +172,36 @@ def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: b
     ``leaves`` yields ``(path, tag, vr, parts)`` for every string element at every depth; ``path`` is the
     tuple (tag, item index, tag, ...) of the element.
     """
-    rules = rules_for(options)
     gone: dict[str, int] = {}
     kept: set[str] = set()
     shifted: set[str] = set()
     cleaned: set[str] = set()
     places: dict[tuple, set[str]] = {}
-
-    def remove(path, vr, parts, identity=False):
-        for p in parts:
-            kind = IDENTITY if identity and (vr != "PN" or "^" in p or "=" in p) else _kind(vr)
-            if gone.get(p, LOCAL + 1) > kind:
-                gone[p] = kind
-        places.setdefault(path, set()).update(parts)
-
+    dates_shift = options.dates == "modified" and jitter not in (None, 0)
     for path, tag, vr, parts in leaves:
         if not parts:
             continue
-        if (tag >> 16) & 1:
-            # Private attributes are removed (a safe-listed one holds parameters, not text identities).
-            remove(path, vr, parts)
-            continue
-        rule = rules.exact.get(tag)
-        if tag in PSEUDONYMISED:
-            removed = True
-        elif rule is not None:
-            act = resolve_compound(rule[0], rule[2], family)
-            if act == "K":
-                removed = False
-            elif act == "C":
-                if vr not in ("DA", "DT") and all(_cleanable(tag, vr, p) for p in parts):
-                    cleaned.update(parts)  # keeps whatever is not identifying for this instance
-                    continue
-                if vr not in ("DA", "DT"):
-                    removed = True  # not valid for its VR or format: the engine does not keep it (text.cleaned)
-                else:
-                    # Shifted dates: gone from the output (unless the jitter is 0 or unknown); always removed
-                    # from cleaned text, where a date cannot be shifted reliably.
-                    removed = not exclude_kept or (options.dates == "modified" and jitter not in (None, 0))
-            elif act == "U" and options.retain_uids:
-                removed = False
-            else:
-                removed = True
-        elif 0x5000 <= tag >> 16 <= 0x501E or 0x6000 <= tag >> 16 <= 0x601E:
-            removed = True  # curves and overlays (Overlay Comments...): the engine removes the groups whole
-        elif vr in ("DA", "DT"):
-            removed = options.dates == "remove" or (options.dates == "modified" and jitter not in (None, 0))
-        else:
-            removed = False
-        if vr in ("DA", "DT") and jitter:
+        decision = _decision(options, family, path[:-1:2], tag, vr, dates_shift, exclude_kept)
+        if decision == CLEAN:
+            if all(_cleanable(tag, vr, p) for p in parts):
+                cleaned.update(parts)  # keeps whatever is not identifying for this instance
+                continue
+            decision = REMOVE  # not valid for its VR or format: the engine does not keep it (text.cleaned)
+        if jitter and vr in ("DA", "DT"):
             for p in parts:
-                new = shift_value(vr, p, jitter)
+                new = _shift(vr, p, jitter)
                 if new:
                     shifted.add(new)
-        if removed:
-            remove(path, vr, parts, tag in PSEUDONYMISED)
-        else:
+        if decision == KEEP:
             kept.update(parts)
+            continue
+        identity = tag in PSEUDONYMISED
+        base = _kind(vr)
+        for p in parts:
+            kind = IDENTITY if identity and (vr != "PN" or "^" in p or "=" in p) else base
+            if gone.get(p, LOCAL + 1) > kind:
+                gone[p] = kind
+        places.setdefault(path, set()).update(parts)
     return Collected(gone, frozenset(kept), frozenset(shifted), {k: frozenset(v) for k, v in places.items()},
                      frozenset(cleaned))
 
@@ -207,8 +221,10 @@ def _pydicom_leaves(ds: Dataset, prefix: tuple = ()):
 _SINGLE_VALUED = frozenset({"ST", "LT", "UT"})
 
 
-def _raw_parts(value: bytes, vr: str) -> list[str]:
-    """``_parts`` of a raw ASCII value, split and stripped the way pydicom decodes it."""
+@lru_cache(maxsize=1 << 16)
+def _raw_parts(value: bytes, vr: str) -> tuple[str, ...]:
+    """``_parts`` of a raw ASCII value, split and stripped the way pydicom decodes it (cached: the values of a
+    study repeat from instance to instance)."""
     if not value.isascii() or b"\x1b" in value:
         raise _rawpath().Fallback  # a character set is involved: let pydicom decode it
     text = value.decode("ascii")
@@ -219,7 +235,7 @@ def _raw_parts(value: bytes, vr: str) -> list[str]:
             out.append(s)
             if vr == "PN":
                 out += [c.strip() for g in s.split("=") for c in g.split("^") if c.strip()]
-    return out
+    return tuple(out)
 
 
 def _raw_leaves(buf: bytes, elems, prefix: tuple = ()):
@@ -253,23 +269,37 @@ def _own_text(options: DeidOptions) -> str:
     return "\n".join(words)
 
 
-def _filtered(collected: Collected, kinds: tuple[int, ...] = (IDENTITY, GLOBAL, DATE, LOCAL), own_text: str = "") -> dict[str, int]:
+class _Kept:
+    """The kept values of an instance (and the relay's own text), ready for "does a kept value hold ``v``?".
+    Instances of a series mostly keep the same values: :class:`LeakCheck` shares one per distinct set."""
+
+    __slots__ = ("text", "exact", "memo")
+
+    def __init__(self, kept: Iterable[str], own_text: str = ""):
+        self.text = _kept_text(kept, own_text)
+        self.exact = frozenset(v.upper() for v in kept)
+        self.memo: dict[tuple[str, bool], bool] = {}
+
+    def holds(self, value: str, kind: int) -> bool:
+        """Equals ``value`` (an identity value: the whole name, Patient ID, Accession Number), or contains it."""
+        key = (value, kind == IDENTITY)
+        held = self.memo.get(key)
+        if held is None:
+            up = value.upper()
+            held = self.memo[key] = up in self.exact if key[1] else up in self.text
+        return held
+
+
+def _filtered(collected: Collected, kinds: tuple[int, ...] = (IDENTITY, GLOBAL, DATE, LOCAL), own_text: str = "",
+              kept: _Kept | None = None) -> dict[str, int]:
     """The gone values worth searching for: long enough, not generic, not held by a kept value (a removed "GE"
     name component inside the kept Manufacturer "GE MEDICAL SYSTEMS" legitimately stays), not in the relay's
-    own text, and (except dates) not a shifted date."""
-    kept_text = _kept_text(collected.kept, own_text)
-    kept_exact = {v.upper() for v in collected.kept}
+    own text, and (except dates) not a shifted date. ``kept``: ``collected.kept`` prepared already."""
+    kept = kept or _Kept(collected.kept, own_text)
     return {
         v: k for v, k in collected.gone.items()
-        if k in kinds and _keepable(v) and not _held(v, k, kept_text, kept_exact)
-        and (k == DATE or v not in collected.shifted)
+        if k in kinds and _keepable(v) and not kept.holds(v, k) and (k == DATE or v not in collected.shifted)
     }
-
-
-def _held(value: str, kind: int, kept_text: str, kept_exact) -> bool:
-    """Whether a kept value holds ``value``: equals it (an identity value), or contains it (any other)."""
-    up = value.upper()
-    return up in kept_exact if kind == IDENTITY else up in kept_text
 
 
 def identifying_values(
@@ -416,11 +446,10 @@ class _Own:
     """What verification knows about the original of one output: its gone values (by place), the text of its
     kept attributes and of its cleaned ones."""
 
-    __slots__ = ("places", "gone", "kept_text", "kept_exact", "cleaned_text")
+    __slots__ = ("places", "gone", "kept", "cleaned_text")
 
-    def __init__(self, places: dict[tuple, frozenset[str]], kept: frozenset[str], own_text: str, cleaned_text: str):
-        self.places, self.cleaned_text = places, cleaned_text
-        self.kept_text, self.kept_exact = _kept_text(kept, own_text), frozenset(v.upper() for v in kept)
+    def __init__(self, places: dict[tuple, frozenset[str]], kept: _Kept, cleaned_text: str):
+        self.places, self.kept, self.cleaned_text = places, kept, cleaned_text
         self.gone = frozenset().union(*places.values())
 
 
@@ -431,7 +460,7 @@ def _verdict(value: str, kind: int, where: tuple, vr: str, own: _Own | None, pla
     every original (used when ``own`` is None; None: not known either, every place counts).
     """
     if own is not None:
-        if _held(value, kind, own.kept_text, own.kept_exact):
+        if own.kept.holds(value, kind):
             return False  # the instance keeps this value in a kept attribute: it legitimately stays
         if kind != IDENTITY and value not in own.gone and value.upper() in own.cleaned_text:
             # Another instance's value that this instance's own cleaned text holds (a department "Radiology"
@@ -560,12 +589,12 @@ def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | 
                 if may_leak and _verdict(values[i], kinds[i], where, vr, own, places):
                     leaks.append(Leak(path.name, _location(where), i))
         for i in sorted(hits - accounted):
-            if own is None or not _held(values[i], kinds[i], own.kept_text, own.kept_exact):
+            if own is None or not own.kept.holds(values[i], kinds[i]):
                 leaks.append(Leak(path.name, FRAMING, i))
     if pixels:
         for i in sorted(needles.pixel_hits(pixels)):
             k = needles.kinds[i]
-            if k != LOCAL and (own is None or not _held(needles.values[i], k, own.kept_text, own.kept_exact)):
+            if k != LOCAL and (own is None or not own.kept.holds(needles.values[i], k)):
                 leaks.append(Leak(path.name, "pixel data (encapsulated)", i))
     return list(dict.fromkeys(leaks))
 
@@ -639,6 +668,7 @@ class LeakCheck:
         self._kinds: dict[str, int] = {}
         self._places: dict[tuple, set[str]] = {}
         self._outputs: dict[Path, _Own] = {}
+        self._kept: dict[frozenset[str], _Kept] = {}
 
     def add(self, original: Dataset | str | Path, identity=None, output: str | Path | None = None) -> None:
         """Record what must not survive from one ORIGINAL instance (a dataset or a file path)."""
@@ -646,7 +676,10 @@ class LeakCheck:
 
     def add_collected(self, collected: Collected, output: str | Path | None) -> None:
         """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process)."""
-        values = _filtered(collected, own_text=self._own_text)
+        kept = self._kept.get(collected.kept)
+        if kept is None:
+            kept = self._kept[collected.kept] = _Kept(collected.kept, self._own_text)
+        values = _filtered(collected, kept=kept)
         kinds = self._kinds
         for v, k in values.items():
             if kinds.get(v, LOCAL + 1) > k:
@@ -656,20 +689,32 @@ class LeakCheck:
         for p, vs in places.items():
             self._places.setdefault(p, set()).update(vs)
         if output is not None:
-            self._outputs[_key(output)] = _Own(places, collected.kept, self._own_text,
-                                               "\n".join(collected.cleaned).upper())
+            self._outputs[_key(output)] = _Own(places, kept, "\n".join(collected.cleaned).upper())
 
     @property
     def values(self) -> list[str]:
         """Every value searched for; a :class:`Leak`'s ``value_index`` is a position in this list."""
         return sorted(self._kinds, key=lambda v: (self._kinds[v], v))
 
-    def find_leaks(self, paths: Iterable[str | Path] | None = None) -> list[Leak]:
+    def find_leaks(self, paths: Iterable[str | Path] | None = None, *, workers: int = 1) -> list[Leak]:
+        """The leaks in ``paths`` (default: every registered output), in path order. ``workers`` > 1 searches in
+        a process pool (each output is independent once every original is registered)."""
         values = self.values
-        needles = _Needles(values, [self._kinds[v] for v in values])
+        kinds = [self._kinds[v] for v in values]
+        paths = [Path(p) for p in (self._outputs if paths is None else paths)]
+        jobs = [(p, self._outputs.get(_key(p))) for p in paths]
+        if workers > 1 and len(jobs) >= POOL_MIN_OUTPUTS and not multiprocessing.current_process().daemon:
+            from concurrent.futures import ProcessPoolExecutor
+
+            chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
+            with ProcessPoolExecutor(workers, initializer=_pool_init, initargs=(values, kinds, self._places)) as pool:
+                found = [leak for part in pool.map(_pool_check, chunks) for leak in part]
+            order = {p.name: n for n, p in enumerate(paths)}
+            return sorted(found, key=lambda leak: order.get(leak.file, -1))
+        needles = _Needles(values, kinds)
         leaks: list[Leak] = []
-        for path in (self._outputs if paths is None else paths):
-            leaks += _check_file(Path(path), needles, self._outputs.get(_key(path)), self._places)
+        for path, own in jobs:
+            leaks += _check_file(path, needles, own, self._places)
         return leaks
 
     _add_collected = add_collected  # the engine's name until it imports the public one
@@ -677,6 +722,20 @@ class LeakCheck:
 
 def _key(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
+
+
+#: Below this many outputs a pool costs more than it saves.
+POOL_MIN_OUTPUTS = 64
+_POOL_STATE: dict = {}
+
+
+def _pool_init(values: list[str], kinds: list[int], places: dict) -> None:
+    _POOL_STATE["needles"], _POOL_STATE["places"] = _Needles(values, kinds), places
+
+
+def _pool_check(jobs: list[tuple[Path, "_Own | None"]]) -> list[Leak]:
+    needles, places = _POOL_STATE["needles"], _POOL_STATE["places"]
+    return [leak for path, own in jobs for leak in _check_file(path, needles, own, places)]
 
 
 def collect(original, options: DeidOptions, identity) -> Collected:

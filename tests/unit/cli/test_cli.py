@@ -127,3 +127,26 @@ def test_status_without_database_says_what_to_do():
     r = relay("status", env={"RELAY_DB_URL": "postgresql://relay:pw-not-shown@127.0.0.1:1/relay"})
     assert r.returncode == 2
     assert "stack.env" in r.stderr and "pw-not-shown" not in r.stderr
+
+
+def test_deidentify_pixels_policy_and_the_pixel_record_in_the_report(tmp_path):
+    from tests.unit.deid.pixels.render import render, us_dataset
+
+    src = tmp_path / "in"
+    src.mkdir()
+    us_dataset(render(31, lines=["DOE, JANE", "ID: 84213377"], sizes=(16, 20)).rgb).save_as(
+        src / "us.dcm", enforce_file_format=True)
+    env = {"RELAY_SECRET_KEY": "cli-test-key"}
+    r = relay("deidentify", str(src), str(tmp_path / "out"), "--report", str(tmp_path / "r.json"), env=env)
+    assert r.returncode == 0, r.stderr
+    [record] = json.loads((tmp_path / "r.json").read_text())["files"]
+    assert record["outcome"] == "delivered"
+    assert record["pixels"]["verdict"] == "clean" and record["pixels"]["policy"] == "clean"
+    assert "ocr:PatientName" in record["pixels"]["blanked"][0]["why"]
+    # --pixels hold: held back, unread.
+    r = relay("deidentify", str(src), str(tmp_path / "held"), "--pixels", "hold", env=env)
+    assert json.loads(r.stdout.splitlines()[-1])["held_back"] == 1 and "pixel policy hold" in r.stderr
+    # A weaker policy than the deployment's is refused, before anything is written.
+    r = relay("deidentify", str(src), str(tmp_path / "weak"), "--pixels", "clean",
+              env={**env, "RELAY_PIXEL_POLICY": "all-text"})
+    assert r.returncode == 2 and "weaker" in r.stderr and not (tmp_path / "weak").exists()

@@ -36,7 +36,7 @@ def test_deid_options_from_configuration_and_per_run():
 
     s = Settings.from_env({"RELAY_DEID_OPTIONS": '{"retain_safe_private": true, "dates": "full"}'})
     merged = RunOptions.resolve(s, {"deid_options": {"dates": "remove"}}).deid
-    assert merged == {"retain_safe_private": True, "dates": "remove"}
+    assert merged == {"retain_safe_private": True, "dates": "remove", "pixels": "clean"}
     with pytest.raises(ConfigError, match="RELAY_DEID_OPTIONS"):
         Settings.from_env({"RELAY_DEID_OPTIONS": "[1, 2]"})
 
@@ -64,3 +64,20 @@ def test_bad_number_names_the_variable_and_overrides_are_validated():
     with pytest.raises(ConfigError, match="RELAY_SEND_ATTEMPTS"):
         Settings().with_overrides(send_attempts="many")
     assert Settings().with_overrides(send_attempts="2").send_attempts == 2
+
+
+def test_pixel_policy_from_configuration_and_stricter_per_run():
+    from dicom_relay.pipeline import RunOptions
+
+    assert Settings.from_env({}).pixel_policy == "clean"
+    s = Settings.from_env({"RELAY_PIXEL_POLICY": "All-Text"})
+    assert RunOptions.resolve(s).deid["pixels"] == "all-text"
+    assert RunOptions.resolve(s, {"pixel_policy": "hold"}).deid["pixels"] == "hold"
+    for weaker in ({"pixel_policy": "clean"}, {"deid_options": {"pixels": "clean"}}):
+        with pytest.raises(ConfigError, match="weaker than the deployment's 'all-text'"):
+            RunOptions.resolve(s, weaker)
+    # pixels in RELAY_DEID_OPTIONS counts as the deployment's too: the stricter of the two wins.
+    both = Settings.from_env({"RELAY_PIXEL_POLICY": "clean", "RELAY_DEID_OPTIONS": '{"pixels": "hold"}'})
+    assert RunOptions.resolve(both).deid["pixels"] == "hold"
+    with pytest.raises(ConfigError, match="RELAY_PIXEL_POLICY"):
+        Settings.from_env({"RELAY_PIXEL_POLICY": "off"})

@@ -325,3 +325,25 @@ def test_a_broken_profile_leaves_planted_values_and_every_one_is_found(broken: s
     check.add(src, identity, out)
     found = {leak.location for leak in check.find_leaks()}
     assert expected - found == set()
+
+
+def test_find_leaks_in_a_pool_finds_the_same_leaks_in_the_same_order(tmp_path: Path) -> None:
+    from dicom_relay.deid.verify import POOL_MIN_OUTPUTS
+
+    study = generate_ct_study(tmp_path / "in", n_instances=POOL_MIN_OUTPUTS + 6, rows=8, columns=8)
+    identity = PatientIdentity("PSEUDO", 4, {study.accession_number: "ACC"})
+    d = Deidentifier("k")
+    check = LeakCheck(d.options)
+    outputs = []
+    for src in sorted(study.folder.glob("*.dcm")):
+        outputs.append(d.deidentify_file(src, tmp_path / "out", identity).path)
+        check.add(src, identity, outputs[-1])
+    assert check.find_leaks(workers=2) == []
+    for n in (3, 40):
+        ds = pydicom.dcmread(outputs[n])
+        ds.ImageComments = study.patient_id
+        ds.ContentDate = study.study_date
+        ds.save_as(outputs[n])
+    serial = check.find_leaks()
+    assert [leak.file for leak in serial] == [outputs[3].name] * 2 + [outputs[40].name] * 2
+    assert check.find_leaks(workers=2) == serial

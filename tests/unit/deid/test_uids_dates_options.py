@@ -130,15 +130,22 @@ def _image(tmp_path: Path, **attrs) -> Path:
     return path
 
 
+HOLD = DeidOptions(pixels="hold")
+
+
 @pytest.mark.parametrize(
     "attrs,options,held",
     [
-        ({"BurnedInAnnotation": "YES"}, DeidOptions(), True),
-        ({"BurnedInAnnotation": "YES"}, DeidOptions(quarantine_burned_in=False), False),
-        ({"Modality": "US"}, DeidOptions(), True),
-        ({"Modality": "US"}, DeidOptions(quarantine_modalities=()), False),
-        ({"SOPClassUID": SecondaryCaptureImageStorage}, DeidOptions(), True),
-        ({"SOPClassUID": SecondaryCaptureImageStorage}, DeidOptions(quarantine_secondary_capture=False), False),
+        ({"BurnedInAnnotation": "YES"}, HOLD, True),
+        ({"BurnedInAnnotation": "YES"}, DeidOptions(quarantine_burned_in=True), True),
+        ({"BurnedInAnnotation": "YES"}, DeidOptions(), False),  # read, cleaned, proved, delivered
+        ({"Modality": "US"}, HOLD, True),
+        ({"Modality": "US"}, DeidOptions(quarantine_modalities=("US",)), True),
+        ({"Modality": "US"}, DeidOptions(), False),
+        ({"SOPClassUID": SecondaryCaptureImageStorage}, HOLD, True),
+        ({"SOPClassUID": SecondaryCaptureImageStorage}, DeidOptions(quarantine_secondary_capture=True), True),
+        ({"SOPClassUID": SecondaryCaptureImageStorage}, DeidOptions(), False),
+        ({}, HOLD, False),  # a CT primary image: its pixels are not read, whatever the policy
         ({}, DeidOptions(), False),
     ],
 )
@@ -152,6 +159,13 @@ def test_burned_in_policy(tmp_path: Path, attrs, options, held) -> None:
         assert r.sop_instance_uid.startswith("2.25.")
     else:
         assert r.quarantine_reason is None and r.path.exists()
+        # Read images carry the stage's record and the marks of a verified cleaning; the others neither.
+        marked = pydicom.dcmread(r.path, stop_before_pixels=True)
+        codes = [i.CodeValue for i in marked.DeidentificationMethodCodeSequence]
+        if attrs:
+            assert r.pixels["verdict"] == "clean" and marked.BurnedInAnnotation == "NO" and "113101" in codes
+        else:
+            assert r.pixels is None and "113101" not in codes
 
 
 def test_unmapped_accession_fails_closed_without_phi(tmp_path: Path) -> None:
