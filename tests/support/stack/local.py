@@ -135,8 +135,8 @@ def _ports(run_dir: Path, fixed_ports: bool) -> dict[str, int]:
     return ports
 
 
-#: After a partial start, how long the services that were left running are watched: Airflow's scheduler exits
-#: when its metadata database went away under it (a PostgreSQL restart), a few seconds later.
+#: After PostgreSQL was started again under running services, how long they are watched: Airflow's scheduler
+#: exits a few seconds after its metadata database went away under it.
 SETTLE_SECONDS = 10.0
 
 
@@ -145,14 +145,14 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     """Start every service under ``run_dir`` that is not running (those running, and their tasks, are left
     alone); return the stack and the environment that reaches it. ``stack.started`` names what was started.
 
-    When only some services were started, the others are watched for ``SETTLE_SECONDS``: one that exits (it
-    lost a service it depends on) is reported with the end of its log and started too, up to ``rounds`` times.
+    When PostgreSQL was started again under running services, those are watched for ``SETTLE_SECONDS``: one that
+    exits (it lost its database) is reported with the end of its log and started too, up to ``rounds`` times.
     """
     stack = _start_missing(run_dir, base_env, with_airflow, fixed_ports)
     for _ in range(rounds - 1):
         reused = [n for n in SERVICE_NAMES if n not in stack.started and (with_airflow or "airflow" not in n)]
-        if not stack.started or not reused:
-            break
+        if "postgres" not in stack.started or not reused:
+            break  # only a database restart takes others down with it
         deadline = time.monotonic() + SETTLE_SECONDS
         died: list[str] = []
         while time.monotonic() < deadline and not died:
