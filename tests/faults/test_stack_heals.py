@@ -35,7 +35,8 @@ def main_pid(leader: int) -> int:
 def test_each_service_killed_with_a_batch_in_flight_heals_on_up(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("healing-stack").resolve()
     sources = tmp_path_factory.mktemp("healing-sources")
-    stack = start_stack(run_dir, base_env=dict(FAULT_ENV))
+    # Durable like make run's: a SIGKILLed PostgreSQL without synchronous commit loses its last commits.
+    stack = start_stack(run_dir, base_env=dict(FAULT_ENV), durable=True)
     env = stack.env
     store = StatusStore(env["RELAY_DB_URL"])
     planted = {}
@@ -52,7 +53,7 @@ def test_each_service_killed_with_a_batch_in_flight_heals_on_up(tmp_path_factory
             os.kill(main_pid(_service(run_dir, name).pid()), signal.SIGKILL)
             wait_until(lambda: not _service(run_dir, name).is_running(), 30, f"{name} to die")
             before = {s: _service(run_dir, s).pid() for s in SERVICE_NAMES if _service(run_dir, s).is_running()}
-            healed = start_stack(run_dir, base_env=dict(FAULT_ENV))
+            healed = start_stack(run_dir, base_env=dict(FAULT_ENV), durable=True)
             assert name in healed.started
             assert all(_service(run_dir, s).is_running() for s in SERVICE_NAMES)
             # What was running is left alone: the same processes, unless one exited by itself after losing a

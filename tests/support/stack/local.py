@@ -141,14 +141,17 @@ SETTLE_SECONDS = 10.0
 
 
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
-                fixed_ports: bool = False, rounds: int = 3) -> Stack:
+                fixed_ports: bool = False, rounds: int = 3, durable: bool | None = None) -> Stack:
     """Start every service under ``run_dir`` that is not running (those running, and their tasks, are left
     alone); return the stack and the environment that reaches it. ``stack.started`` names what was started.
 
     When PostgreSQL was started again under running services, those are watched for ``SETTLE_SECONDS``: one that
     exits (it lost its database) is reported with the end of its log and started too, up to ``rounds`` times.
+    ``durable`` (default: ``fixed_ports``, i.e. ``make run``) keeps PostgreSQL's fsync and synchronous commit on:
+    without them a killed server loses its last commits.
     """
-    stack = _start_missing(run_dir, base_env, with_airflow, fixed_ports)
+    durable = fixed_ports if durable is None else durable
+    stack = _start_missing(run_dir, base_env, with_airflow, fixed_ports, durable)
     for _ in range(rounds - 1):
         reused = [n for n in SERVICE_NAMES if n not in stack.started and (with_airflow or "airflow" not in n)]
         if "postgres" not in stack.started or not reused:
@@ -163,13 +166,14 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
         for name in died:
             print(f"{name} exited after the restart; last lines of its log:\n{_service(run_dir, name).log_tail(10)}",
                   file=sys.stderr, flush=True)
-        again = _start_missing(run_dir, base_env, with_airflow, fixed_ports)
+        again = _start_missing(run_dir, base_env, with_airflow, fixed_ports, durable)
         again.started = stack.started + again.started
         stack = again
     return stack
 
 
-def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow: bool, fixed_ports: bool) -> Stack:
+def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow: bool, fixed_ports: bool,
+                   durable: bool) -> Stack:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(run_dir)
@@ -180,7 +184,7 @@ def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow:
                      if name not in was_running and (with_airflow or not name.startswith("airflow-"))]
     try:
         pg = start_postgres(run_dir / "postgres", port=ports["postgres"], databases=("relay", "airflow"),
-                            durable=fixed_ports, reuse=True)
+                            durable=durable, reuse=True)
         stack.services.append(pg)
         StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does (idempotent)
         orthanc = start_orthanc(
