@@ -27,6 +27,7 @@ test-fast: setup
 bench: setup
 	@$(PY) -m pip install -q -r requirements-bench.txt
 	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_deid.py   # tests.support.samples generates the study
+	@$(PY) scripts/bench_deid_pixels.py   # the pixel stage: US / CT frames/s per core, CT primary with vs without it
 
 clean: stop
 	rm -rf .run

@@ -223,6 +223,9 @@ def main(argv=None) -> int:
             pg_dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
             postgres = start_postgres(pg_dir, durable=False)
             db_url = postgres.url("relay")
+            from dicom_relay.status import StatusStore
+
+            StatusStore(db_url).migrate()  # what `dicom-relay migrate` does once at start
         pool_mode = f"relay, {args.workers} workers"
         step_mode = f"step, {args.workers} workers"
         runs_by_mode: dict[str, list[dict]] = {}

@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v /usr/sbin/Orthanc >/dev/null 2>&1 || missing+=(orthanc)
 command -v dciodvfy >/dev/null 2>&1 || missing+=(dicom3tools)
+# The pixel tests: the tesseract program as an OCR independent of the product's, and the fonts of the corpus.
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
+[ -d /usr/share/fonts/truetype/freefont ] || missing+=(fonts-freefont-ttf)
 command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)

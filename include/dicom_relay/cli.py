@@ -20,8 +20,6 @@ import os
 import sys
 from pathlib import Path
 
-import psycopg
-
 from .config import ConfigError, Settings, is_placeholder
 from .errors import RelayError
 from .files import write_json_atomically
@@ -167,8 +165,8 @@ def cmd_quarantine_release(args, settings: Settings) -> int:
 
 def _offline_identities(index, settings: Settings) -> dict:
     """The pseudonyms and date shifts of the embedded keyed provider (the same for the same key)."""
+    from .folder_deid import build_entities, identities_from_mapping, pseudonym_mapping
     from .identifiers import LocalProvider
-    from .pipeline import build_entities, identities_from_mapping, pseudonym_mapping
 
     entities = build_entities(index, settings.identifier_id_source)
     provider = LocalProvider(settings.secret_key.get_secret_value())
@@ -323,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         # The reason only: the exception's text quotes the path, and folder names may be PHI.
         print(f"error: {exc.strerror or type(exc).__name__}", file=sys.stderr)
         return 2
-    except psycopg.OperationalError:
+    except Exception as exc:
+        # psycopg is imported by the commands that use the database only (deidentify and verify need none).
+        psycopg = sys.modules.get("psycopg")
+        if psycopg is None or not isinstance(exc, psycopg.OperationalError):
+            raise
         # Not the driver's text: it can quote the URL, password included.
         print("error: cannot reach the status database (RELAY_DB_URL). After `make run`, "
               "load the stack's settings first: . .run/stack.env", file=sys.stderr)

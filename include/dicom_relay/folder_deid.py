@@ -1,6 +1,7 @@
 """De-identify the indexed instances of a folder with their patients' identities, verify, and fail closed.
 
-The one implementation behind ``dicom-relay deidentify`` and the pipeline's ``replace_identifiers`` step::
+The one implementation behind ``dicom-relay deidentify`` and the pipeline's ``get_identifiers`` and
+``replace_identifiers`` steps (the pipeline adds its status writes; the command line needs no database)::
 
     index = index_folder(in_dir)
     run = deidentify_folder(in_dir, index.instances, identities, deidentifier, out_dir, workers=2)
@@ -24,13 +25,16 @@ import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .dicom_import import FolderIndex, IndexedInstance
+from .errors import PermanentError
 
 if TYPE_CHECKING:  # the engine (pydicom) is imported when a folder is de-identified, not when this is imported
     from .deid import Deidentifier, DeidResult, Leak, PatientIdentity
 
+#: The id_source of an accession number in the identifier contract (sendit's request).
+ACCESSION_SOURCE = "DCM Accession #"
 #: Outcomes of an input file, in the order a summary lists them.
 OUTCOMES = ("delivered", "held_back", "rejected", "duplicate", "leak")
 
@@ -172,6 +176,68 @@ def verify_folder(
             output = candidate if candidate.is_file() else None
         check.add(in_dir / inst.relpath, identity, output)
     return check.find_leaks(sorted(p for p in out_dir.rglob("*") if p.is_file()))
+
+
+# --- the identities of a folder's patients ------------------------------------------------------------------
+
+def _iso(dicom_date: str) -> str | None:
+    d = dicom_date.strip()
+    if len(d) == 8 and d.isdigit():
+        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
+    return None
+
+
+def build_entities(index: FolderIndex, id_source: str) -> list:
+    """One identifier-contract entity per patient, with one item per accession number (sendit's request)."""
+    from .identifiers import Entity, Item
+
+    patients: dict[str, dict[str, Any]] = {}
+    for inst in index.instances:
+        entry = patients.setdefault(instance_patient_key(inst), {"birth": inst.patient_birth_date, "items": {}})
+        if inst.accession_number:
+            entry["items"].setdefault(inst.accession_number, inst.study_date)
+    return [
+        Entity(
+            id=key,
+            id_source=id_source,
+            id_timestamp=_iso(p["birth"]),
+            items=tuple(
+                Item(id=acc, id_source=ACCESSION_SOURCE, id_timestamp=_iso(date)) for acc, date in sorted(p["items"].items())
+            ),
+        )
+        for key, p in sorted(patients.items())
+    ]
+
+
+def pseudonym_mapping(entities: list, results: list) -> dict[str, dict[str, Any]]:
+    """``{patient key: {suid, jitter, accessions}}``; fails closed when any pseudonym is missing.
+
+    Errors name the patient by position (or pseudonym), never by the identifier that was asked for.
+    """
+    mapping: dict[str, dict[str, Any]] = {}
+    by_id = {r.id: r for r in results}
+    for n, entity in enumerate(entities, start=1):
+        result = by_id.get(entity.id)
+        if result is None or not result.suid:
+            raise PermanentError(f"the identifier service gave no pseudonym for patient {n} of {len(entities)}")
+        items = {i.id: i.suid for i in result.items}
+        for m, item in enumerate(entity.items, start=1):
+            if not items.get(item.id):
+                raise PermanentError(
+                    f"the identifier service gave no pseudonym for accession {m} of patient {result.suid}"
+                )
+        mapping[entity.id] = {"suid": result.suid, "jitter": int(result.jitter), "accessions": items}
+    return mapping
+
+
+def identities_from_mapping(mapping: dict[str, dict[str, Any]]) -> dict:
+    from .deid import PatientIdentity
+
+    return {
+        key: PatientIdentity(patient_pseudonym=p["suid"], jitter_days=p["jitter"], accession_pseudonyms=p["accessions"])
+        for key, p in mapping.items()
+    }
+
 
 
 # --- outcomes per input file ------------------------------------------------------------------------------

@@ -27,14 +27,13 @@ from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
-from .folder_deid import deidentify_folder, instance_patient_key
+from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
 
 DEID = "deid"
 IDENTIFIERS_FILE = "identifiers.json"
-ACCESSION_SOURCE = "DCM Accession #"
 GCS_PARALLEL_UPLOADS = 8
 # Below this many instances a process pool costs more than it saves.
 DEID_POOL_MIN_INSTANCES = 200
@@ -233,65 +232,6 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
         "patients": len(index.patients),
         "modalities": sorted({i.modality for i in index.instances if i.modality}),
         "quarantined": len(index.rejected),
-    }
-
-
-def _iso(dicom_date: str) -> str | None:
-    d = dicom_date.strip()
-    if len(d) == 8 and d.isdigit():
-        return f"{d[:4]}-{d[4:6]}-{d[6:]}"
-    return None
-
-
-def build_entities(index: FolderIndex, id_source: str) -> list:
-    """One identifier-contract entity per patient, with one item per accession number (sendit's request)."""
-    from .identifiers import Entity, Item
-
-    patients: dict[str, dict[str, Any]] = {}
-    for inst in index.instances:
-        entry = patients.setdefault(instance_patient_key(inst), {"birth": inst.patient_birth_date, "items": {}})
-        if inst.accession_number:
-            entry["items"].setdefault(inst.accession_number, inst.study_date)
-    return [
-        Entity(
-            id=key,
-            id_source=id_source,
-            id_timestamp=_iso(p["birth"]),
-            items=tuple(
-                Item(id=acc, id_source=ACCESSION_SOURCE, id_timestamp=_iso(date)) for acc, date in sorted(p["items"].items())
-            ),
-        )
-        for key, p in sorted(patients.items())
-    ]
-
-
-def pseudonym_mapping(entities: list, results: list) -> dict[str, dict[str, Any]]:
-    """``{patient key: {suid, jitter, accessions}}``; fails closed when any pseudonym is missing.
-
-    Errors name the patient by position (or pseudonym), never by the identifier that was asked for.
-    """
-    mapping: dict[str, dict[str, Any]] = {}
-    by_id = {r.id: r for r in results}
-    for n, entity in enumerate(entities, start=1):
-        result = by_id.get(entity.id)
-        if result is None or not result.suid:
-            raise PermanentError(f"the identifier service gave no pseudonym for patient {n} of {len(entities)}")
-        items = {i.id: i.suid for i in result.items}
-        for m, item in enumerate(entity.items, start=1):
-            if not items.get(item.id):
-                raise PermanentError(
-                    f"the identifier service gave no pseudonym for accession {m} of patient {result.suid}"
-                )
-        mapping[entity.id] = {"suid": result.suid, "jitter": int(result.jitter), "accessions": items}
-    return mapping
-
-
-def identities_from_mapping(mapping: dict[str, dict[str, Any]]) -> dict:
-    from .deid import PatientIdentity
-
-    return {
-        key: PatientIdentity(patient_pseudonym=p["suid"], jitter_days=p["jitter"], accession_pseudonyms=p["accessions"])
-        for key, p in mapping.items()
     }
 
 

@@ -54,7 +54,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 from dicom_relay.deid import codes
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
-from dicom_relay.deid.table import resolve_compound, rules_for, sop_family
+from dicom_relay.deid.table import resolve_compound, rules_for, safe_private, sop_family
 from dicom_relay.deid.text import cleaned as text_cleaned
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
 
@@ -178,9 +178,21 @@ def _classify(leaves, options: DeidOptions, family: str, jitter, exclude_kept: b
     cleaned: set[str] = set()
     places: dict[tuple, set[str]] = {}
     dates_shift = options.dates == "modified" and jitter not in (None, 0)
+    safe = safe_private() if rules_for(options).private_action == "C" else None
+    creators: dict[tuple, str] = {}
     for path, tag, vr, parts in leaves:
         if not parts:
             continue
+        if safe is not None and (tag >> 16) & 1:
+            # Retain Safe Private keeps the safe elements of Table E.3.10-1 and the Private Creators of their
+            # blocks (a creator names a vendor's block, not a person).
+            if 0x10 <= tag & 0xFFFF <= 0xFF:
+                creators[(path[:-1], tag >> 16, tag & 0xFF)] = parts[0].upper()
+                kept.update(parts)
+                continue
+            if (creators.get((path[:-1], tag >> 16, (tag & 0xFFFF) >> 8), ""), tag >> 16, tag & 0xFF) in safe:
+                kept.update(parts)
+                continue
         decision = _decision(options, family, path[:-1:2], tag, vr, dates_shift, exclude_kept)
         if decision == CLEAN:
             if all(_cleanable(tag, vr, p) for p in parts):
@@ -717,8 +729,6 @@ class LeakCheck:
             leaks += _check_file(path, needles, own, self._places)
         return leaks
 
-    _add_collected = add_collected  # the engine's name until it imports the public one
-
 
 def _key(path: str | Path) -> Path:
     return Path(os.path.abspath(path))
@@ -765,6 +775,3 @@ def collect(original, options: DeidOptions, identity) -> Collected:
 def _read_all_but_pixels(path: Path) -> Dataset:
     """Every element of a file, those after the pixel data included; large values (the pixels) not loaded."""
     return pydicom.dcmread(path, force=True, defer_size=1024)
-
-
-_collect = collect  # the engine's name until it imports the public one

@@ -243,6 +243,15 @@ def test_real_files_give_no_false_leak(names: list[str], tmp_path: Path) -> None
     assert all(i.delivered for i in run.instances)
 
 
+def test_retain_safe_private_gives_no_false_leak(tmp_path: Path) -> None:
+    # Before: the kept Private Creators (GEMS_ACQU_01, ...) and safe elements of CT_small.dcm were "leaks".
+    options = dataclasses.replace(NO_HOLD, retain_safe_private=True)
+    _, run = _deidentify(_folder(tmp_path, REAL_FILES), tmp_path / "out", options)
+    assert [(i.instance.relpath, leak.location) for i in run.instances for leak in i.leaks] == []
+    ct = pydicom.dcmread(next(i.result.path for i in run.instances if i.instance.relpath == "CT_small.dcm"))
+    assert ct.get((0x0019, 0x0010)) is not None  # the safe list did keep something of the GE blocks
+
+
 def test_in_a_folder_another_files_values_are_found_where_they_identify(tmp_path: Path) -> None:
     _, run = _deidentify(_folder(tmp_path, REAL_FILES), tmp_path / "out")
     outputs = {i.instance.relpath: i.result.path for i in run.instances}
