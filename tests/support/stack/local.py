@@ -179,9 +179,9 @@ def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow:
     keys = _secrets(run_dir)
     ports = _ports(run_dir, fixed_ports)
     stack = Stack(run_dir, {})
-    was_running = {name for name in SERVICE_NAMES if _service(run_dir, name).is_running()}
-    stack.started = [name for name in SERVICE_NAMES
-                     if name not in was_running and (with_airflow or not name.startswith("airflow-"))]
+    # What was started is what runs under another pid afterwards (a service may die while the others start).
+    pids_before = {name: _service(run_dir, name).pid() if _service(run_dir, name).is_running() else None
+                   for name in SERVICE_NAMES}
     try:
         pg = start_postgres(run_dir / "postgres", port=ports["postgres"], databases=("relay", "airflow"),
                             durable=durable, reuse=True)
@@ -229,6 +229,9 @@ def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow:
     except BaseException:
         stack.stop()
         raise
+    stack.started = [name for name in SERVICE_NAMES
+                     if _service(run_dir, name).pid() != pids_before[name] or pids_before[name] is None
+                     if with_airflow or not name.startswith("airflow-")]
     return stack
 
 
