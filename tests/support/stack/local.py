@@ -136,8 +136,8 @@ def _ports(run_dir: Path, fixed_ports: bool) -> dict[str, int]:
 
 
 #: After PostgreSQL was started again under running services, how long they are watched: Airflow's scheduler
-#: exits a few seconds after its metadata database went away under it.
-SETTLE_SECONDS = 10.0
+#: exits after its metadata database went away under it, once its running tasks finish (measured: 15-20 s later).
+SETTLE_SECONDS = 30.0
 
 
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
