@@ -1,5 +1,5 @@
 # dicom-relay: the two commands a person needs are `make run` and `make test`.
-.PHONY: setup run stop test test-fast bench clean
+.PHONY: setup run stop test test-fast bench bench-e2e clean
 
 PY := .venv/bin/python
 
@@ -8,8 +8,10 @@ setup:
 
 ## Set up and start the whole local stack (PostgreSQL, Orthanc, GCS emulator, identifier service, Airflow 3),
 ## drop a sample study into the inbox and wait until it is delivered. A second `make run` reuses the stack.
+## `make run EXECUTOR=celery`: the CeleryExecutor with Redis and two `airflow celery worker` processes.
+EXECUTOR ?= local
 run: setup
-	@$(PY) -m tests.support.stack.local up
+	@$(PY) -m tests.support.stack.local up --executor $(EXECUTOR)
 
 ## Stop exactly what `make run` started.
 stop:
@@ -27,7 +29,13 @@ test-fast: setup
 bench: setup
 	@$(PY) -m pip install -q -r requirements-bench.txt
 	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_deid.py   # tests.support.samples generates the study
-	@$(PY) scripts/bench_deid_pixels.py   # the pixel stage: US / CT frames/s per core, CT primary with vs without it
+	@$(PY) scripts/bench_pixels.py   # the pixel stage: US / CT frames/s per core, CT primary with vs without it, anchors
+
+## The relay end to end on its own stack (.run/bench-e2e): 500 and 2000 instances, three studies at once, and the
+## anchors (storescu, Orthanc REST, transfer_manager) on the same files; prints ratios and which goals hold.
+bench-e2e: setup
+	@$(PY) -m pip install -q -r requirements-bench.txt
+	@PYTHONPATH=$(CURDIR) $(PY) scripts/bench_e2e.py
 
 clean: stop
 	rm -rf .run

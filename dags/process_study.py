@@ -1,6 +1,11 @@
 """process_study: one run per claimed inbox folder (a batch).
 
 import -> get_identifiers -> replace_identifiers -> send_orthanc -> send_gcs -> cleanup
+  -> held_back -> review -> apply_review -> start_release_run       (only when files were held back)
+
+send_orthanc / send_gcs update the Assets in dicom_relay.airflow.assets (a de-identified study arrived).
+review is a human-in-the-loop task (Required Actions): release / discard / keep held; no answer by
+RELAY_REVIEW_TIMEOUT_SECONDS keeps the files held.
 
 Started by watch_inbox with the run id ``batch__<batch_id>``, or by hand:
     airflow dags trigger process_study --conf '{"batch_id": "..."}'
@@ -12,9 +17,13 @@ may only make de-identification stricter unless RELAY_ALLOW_UNSAFE_OVERRIDES=tru
 
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import DAG, Param, chain, task
 
-from dicom_relay.airflow.tasks import record_task_failure, run_step_in_task
+from dicom_relay import review
+from dicom_relay.airflow.assets import OUTLETS
+from dicom_relay.airflow.operators import start_process_study_runs
+from dicom_relay.airflow.tasks import apply_review_in_task, held_back_in_task, record_task_failure, run_step_in_task
 from dicom_relay.config import Settings
 from dicom_relay.pipeline import STEPS
 
@@ -50,4 +59,20 @@ with DAG(
     },
 ) as dag:
     # One task per pipeline step, in the pipeline's order; each runs dicom_relay.pipeline.STEPS[task_id].
-    chain(*(task(task_id=name)(run_step_in_task)(name) for name in STEPS))
+    steps = [task(task_id=name, outlets=[OUTLETS[name]] if name in OUTLETS else [])(run_step_in_task)(name)
+             for name in STEPS]
+    # Nothing held back: held_back returns None and every task after it is skipped.
+    held_back = task.short_circuit(task_id="held_back")(held_back_in_task)()
+    ask = HITLOperator(
+        task_id="review",
+        subject="Held-back files of batch {{ params.batch_id }}: release, discard or keep held?",
+        body="{{ ti.xcom_pull(task_ids='held_back')['body'] }}",
+        options=list(review.OPTIONS),
+        defaults=[review.KEEP_HELD],
+        response_timeout=timedelta(seconds=defaults.review_timeout_seconds),
+        retries=0,
+    )
+    # all_done: a review that ended without an answer (timed out) still records "kept held".
+    answer = task(task_id="apply_review", trigger_rule="all_done", retries=0)(apply_review_in_task)(ask.output)
+    release_run = start_process_study_runs("start_release_run", answer)
+    chain(*steps, held_back, ask)

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     # Seconds a finished folder must be quiet (no file changed) before it is claimed: guards against a sender
     # that renames before it has finished writing.
     stable_seconds: float = _env("RELAY_STABLE_SECONDS", 2.0)
-    poll_seconds: float = _env("RELAY_POLL_SECONDS", 2.0)
+    poll_seconds: float = _env("RELAY_POLL_SECONDS", 0.5)
 
     # The relay's own status tables (not Airflow's metadata database). The URL may hold the password: it is left
     # out of ``repr`` and dumps like the SecretStr fields.
@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     # killed and retried instead of holding its slot forever. Generous: a 5,000-instance study fits many times.
     task_timeout_seconds: float = _env("RELAY_TASK_TIMEOUT_SECONDS", 3600.0, gt=0)
     max_reruns: int = _env("RELAY_MAX_RERUNS", 3)
+    # How long a review of held-back instances waits for an answer (Required Actions) before it keeps them held.
+    review_timeout_seconds: float = _env("RELAY_REVIEW_TIMEOUT_SECONDS", 72 * 3600.0, gt=0)
 
     @field_validator("pixel_policy", mode="before")
     @classmethod

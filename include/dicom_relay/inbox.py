@@ -153,6 +153,22 @@ def finished_folders(inbox: Path, stable_seconds: float = 0.0, now: float | None
     return [name for _, name in sorted(found)]
 
 
+def seconds_until_quiet(inbox: Path, stable_seconds: float, now: float | None = None) -> float | None:
+    """Seconds until the first finished folder that is not quiet yet will be (None: no such folder)."""
+    now = time.time() if now is None else now
+    waits = []
+    try:
+        entries = list(os.scandir(inbox))
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False) and is_finished(entry.name):
+            left = stable_seconds - (now - latest_change(Path(entry.path)))
+            if left > 0:
+                waits.append(left)
+    return min(waits) if waits else None
+
+
 def new_batch_id(now: dt.datetime | None = None) -> str:
     """A batch id: UTC claim time plus random hex. Never derived from the folder name."""
     now = now or dt.datetime.now(dt.timezone.utc)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,6 +61,11 @@ def max_reruns(env=None) -> int:
 
 def rerun_run_id(batch_id: str, n: int) -> str:
     return f"rerun__{batch_id}__{n}"
+
+
+def release_run_id(batch_id: str, n: int) -> str:
+    """The run that delivers files a review released (numbered with the requeues: one counter per batch)."""
+    return f"release__{batch_id}__{n}"
 
 
 def requeue_run_id(batch_id: str, n: int) -> str:
@@ -224,9 +230,10 @@ def requeue(store: StatusStore, client, batch_id: str, force: bool = False) -> s
     batch = store.get_batch(batch_id)
     if batch is None:
         raise OperationError(f"no batch {batch_id}")
-    if batch.status == "DONE" and not force:
+    if batch.status in ("DONE", "HELD_BACK") and not force:
         raise OperationError(
-            f"batch {batch_id} is DONE: every instance was delivered and verified (a run would do nothing). "
+            f"batch {batch_id} is {batch.status}: every deliverable instance was delivered and verified (a run would "
+            "do nothing). "
             "Release a quarantined file first, or use --force"
         )
     if batch.run_id and not force:
@@ -309,19 +316,19 @@ def quarantine_entries(settings: Settings, batch_id: str | None = None, include_
     for bid in batch_ids:
         qdir = _quarantine_dir(settings, bid)
         for label, entry in sorted(quarantine.read_index(qdir).items()):
-            if entry.get("released_at") and not include_released:
+            if (entry.get("released_at") or entry.get("discarded_at")) and not include_released:
                 continue
             found.append(QuarantineEntry(bid, label, entry.get("reason", ""), _size(qdir / label), entry.get("relpath", ""),
                                          entry.get("released_at")))
     return found
 
 
-def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -> dict:
+def release(settings: Settings, store: StatusStore, batch_id: str, label: str, by: str | None = None) -> dict:
     """Move a quarantined file back into the batch's ``incoming/`` at its original path, for a requeue to pick up.
 
     The index entry is kept with ``released_at`` (a tombstone): the pipeline numbers new labels by the count of
     entries, so removing an entry would hand its label out again. The release is recorded in the batch errors by
-    label. A DONE batch goes back to NEW (it has a file to process again); a batch a run is working on is refused.
+    label. A DONE or HELD_BACK batch goes back to NEW (it has a file to process again); a batch a run is working on is refused.
     """
     if not _LABEL.match(label or ""):
         raise OperationError("a quarantine label looks like q0001 (see dicom-relay quarantine list)")
@@ -356,9 +363,45 @@ def release(settings: Settings, store: StatusStore, batch_id: str, label: str) -
     quarantine.write_index(qdir, entries)
     # A file held back by replace_identifiers has an instance row in ERROR: make it work again.
     store.set_instance_state(batch_id, "NEW", [relpath], from_states=("ERROR",))
+    # ``by``: a reviewer in Airflow, whose answer starts the run itself; without it, the person on call's CLI.
     store.add_error(batch_id, "quarantine",
+                    f"file {label} released back into incoming by {by}; a new run processes it" if by else
                     f"file {label} released back into incoming by the person on call; requeue the batch to process it",
                     transient=False, status=None)
-    if batch.status == "DONE":
+    if batch.status in ("DONE", "HELD_BACK"):
         store.set_status(batch_id, "NEW")
     return {"batch_id": batch_id, "label": label, "status": store.get_batch(batch_id).status}
+
+
+def discard(settings: Settings, store: StatusStore, batch_id: str, label: str, by: str) -> dict:
+    """Delete a quarantined file for good, and record who discarded it and when.
+
+    The index entry is kept with ``discarded_at`` and ``discarded_by`` (a tombstone, as for a release), and the
+    batch errors get a note by label. A HELD_BACK batch with nothing left held becomes DONE.
+    """
+    if not _LABEL.match(label or ""):
+        raise OperationError("a quarantine label looks like q0001 (see dicom-relay quarantine list)")
+    qdir = _quarantine_dir(settings, batch_id)
+    batch = store.get_batch(batch_id)
+    if batch is None:
+        raise OperationError(f"no batch {batch_id}")
+    if batch.status in _BUSY:
+        raise OperationError(f"batch {batch_id} is {batch.status}: a run is working on it; discard when it has ended")
+    entries = quarantine.read_index(qdir)
+    entry = entries.get(label)
+    if entry is None:
+        raise OperationError(f"batch {batch_id} has no quarantined file {label}")
+    if entry.get("released_at") or entry.get("discarded_at"):
+        raise OperationError(f"file {label} of batch {batch_id} is no longer held (released or discarded)")
+    folder = qdir / label
+    if folder.is_symlink() or folder.is_file():
+        folder.unlink()
+    elif folder.exists():
+        shutil.rmtree(folder)
+    at = _now().isoformat(timespec="seconds")
+    entries[label] = {**entry, "discarded_at": at, "discarded_by": by}
+    quarantine.write_index(qdir, entries)
+    store.add_error(batch_id, "review", f"file {label} discarded by {by} at {at}", transient=False, status=None)
+    if batch.status == "HELD_BACK" and not quarantine_entries(settings, batch_id):
+        store.set_status(batch_id, "DONE", finished=True)
+    return {"batch_id": batch_id, "label": label, "discarded_at": at, "discarded_by": by}

@@ -28,6 +28,7 @@ from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_insta
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
 from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
+from .progress import Progress
 from .status import Instance, StatusStore
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def step(name: str) -> Callable:
     def wrap(fn: Callable[..., dict]) -> Callable[..., dict]:
         @functools.wraps(fn)
         def run(batch_id: str, settings: Settings, options: RunOptions | None = None, *,
-                params: dict | None = None, **kw) -> dict:
+                params: dict | None = None, attempt: int | None = None, **kw) -> dict:
             # A placeholder database password is refused before it is sent to the server.
             settings.require_db_secret()
             store = StatusStore(settings.db_url)
@@ -124,9 +125,10 @@ def step(name: str) -> Callable:
             batch = store.get_batch(batch_id)
             if batch is None:
                 raise PermanentError(f"batch {batch_id} is not known to the status table")
-            if batch.status == "DONE":
-                # A rerun of a finished batch: everything was delivered and verified; there is nothing to redo.
-                return {"batch_id": batch_id, "skipped": "the batch is already DONE"}
+            if batch.status in ("DONE", "HELD_BACK"):
+                # A rerun of a finished batch: everything deliverable was delivered and verified; there is nothing
+                # to redo (held-back files go on only once a review releases them, which makes the batch NEW).
+                return {"batch_id": batch_id, "skipped": f"the batch is already {batch.status}"}
             try:
                 try:
                     options = options or RunOptions.resolve(settings, params)
@@ -140,14 +142,20 @@ def step(name: str) -> Callable:
                     raise PermanentError(f"the deployment's secrets are not set: {exc}") from None
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
-                store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status)
+                store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status,
+                                attempt=attempt)
                 log.error("batch %s: %s failed: %s", batch_id, name, exc)
                 raise
             except Exception as exc:
                 # Unknown failures are recorded by type only: their text may quote file content.
-                store.add_error(batch_id, name, f"unexpected {type(exc).__name__}; see the task log", transient=False)
+                store.add_error(batch_id, name, f"unexpected {type(exc).__name__}; see the task log", transient=False,
+                                attempt=attempt)
                 raise
-            summary = {"batch_id": batch_id, **summary, "seconds": round(time.monotonic() - started, 3)}
+            summary = {"batch_id": batch_id, **summary, "seconds": round(time.monotonic() - started, 3),
+                       # When the step last succeeded: an error of this step recorded before it is resolved.
+                       "finished_at": _utcnow().isoformat(timespec="seconds")}
+            if attempt is not None:
+                summary["attempt"] = attempt
             store.merge_summary(batch_id, name, summary)
             log.info("batch %s: %s done: %s", batch_id, name, json.dumps(summary, default=str))
             return summary
@@ -218,6 +226,8 @@ def import_batch(batch_id: str, settings: Settings, options: RunOptions, store: 
         label = quarantine.hold(paths.incoming, paths.quarantine, rejected.relpath, rejected.reason, number)
         number += 1
         store.add_error(batch_id, "import", f"file {label} {rejected.reason}; kept in quarantine", status=None)
+        # By label only: the file's name may be PHI (``dicom-relay quarantine list --show-paths`` maps it).
+        log.warning("batch %s: import held back %s: file %s", batch_id, label, rejected.reason)
     known = {i.relpath for i in store.instances(batch_id)}
     store.add_instances(
         batch_id,
@@ -299,6 +309,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
                 number += 1
                 held_back += 1
                 store.add_error(batch_id, "replace_identifiers", f"file {label} held back: {result.quarantine_reason}", status=None)
+                log.warning("batch %s: replace_identifiers held back %s: %s", batch_id, label, result.quarantine_reason)
                 changes.append((inst.relpath, {"state": "ERROR", "error": f"held back ({label})", "pixels": result.pixels}))
                 continue
             changes.append((inst.relpath, {
@@ -395,12 +406,16 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
         by_study.setdefault(inst.deid_study_instance_uid, []).append(inst)
     stored = already = 0
     failed: list[str] = []
+    # Over every study of the batch: one per C-STORE response, and what Orthanc held already counts as stored.
+    progress = Progress(log, "send_orthanc", len(pending), "stored")
     for study_uid, instances in sorted(by_study.items()):
         present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
         to_send = [i for i in instances if i.deid_sop_instance_uid not in present]
         already += len(instances) - len(to_send)
+        progress.advance(len(instances) - len(to_send))
         if to_send:
-            report = _orthanc(settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send]))
+            report = _orthanc(settings, lambda: orthanc.store([paths.root / i.deid_relpath for i in to_send],
+                                                              progress=progress.advance))
             stored += report.stored_count
             failed.extend(report.failure_messages())
         present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
@@ -414,7 +429,8 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
             )
     _mark_sent_if_complete(store, batch_id, options)
     return {"destination": "orthanc", "stored": stored, "already_present": already, "verified": stored + already,
-            "studies": sorted(by_study)}
+            "studies": sorted(by_study),
+            "patient_pseudonyms": sorted({i.patient_pseudonym for i in pending if i.patient_pseudonym})}
 
 
 @step("send_gcs")
@@ -442,11 +458,13 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
                     "sop_class_uid": inst.sop_class_uid or ""}
         # google-cloud-storage retries each request itself (RELAY_GCS_RETRY_SECONDS): no second layer here.
         result = gcs.upload(paths.root / inst.deid_relpath, name, metadata)
-        if not gcs.verify(result.object_name, result.md5_b64):
+        # GCS's own answer carries the stored MD5 (see GcsDestination.upload); read it back only when it did not.
+        if not result.verified and not gcs.verify(result.object_name, result.md5_b64):
             raise TransientError(f"GCS checksum of {result.object_name} does not match the uploaded file")
         return inst, result
 
     uploaded = skipped = 0
+    progress = Progress(log, "send_gcs", len(pending), "uploaded")
     # Uploads are network-bound: a few in flight at once. Each verified upload is recorded as it completes
     # (in small groups), so a crash part-way keeps what was already verified.
     done: list[tuple[str, dict]] = []
@@ -457,6 +475,7 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
                 inst, result = future.result()
                 skipped += int(result.skipped)
                 uploaded += int(not result.skipped)
+                progress.advance()
                 done.append((inst.relpath, {"sent_gcs_at": _utcnow(), "gcs_object": result.object_name,
                                             "gcs_md5": result.md5_b64}))
                 if len(done) >= 25:
@@ -485,7 +504,8 @@ def send_gcs(batch_id: str, settings: Settings, options: RunOptions, store: Stat
         manifests.append(manifest_name)
     _mark_sent_if_complete(store, batch_id, options)
     return {"destination": "gcs", "bucket": settings.gcs_bucket, "uploaded": uploaded, "already_present": skipped,
-            "verified": uploaded + skipped, "manifests": manifests}
+            "verified": uploaded + skipped, "manifests": manifests, "studies": sorted(studies),
+            "patient_pseudonyms": sorted({i.patient_pseudonym for i in pending if i.patient_pseudonym})}
 
 
 @step("cleanup")
@@ -495,7 +515,8 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
     _mark_sent_if_complete(store, batch_id, options)
     instances = store.instances(batch_id)
     deliverable = [i for i in instances if i.state != "ERROR"]
-    if not deliverable:
+    held = quarantine.held(paths.quarantine)
+    if not deliverable and not held:
         raise PermanentError("no instance of the batch could be delivered: every file is held back in quarantine")
     unsent = [i for i in deliverable if i.state not in ("SENT", "DONE")]
     if unsent:
@@ -517,8 +538,14 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
     paths.identifiers.unlink(missing_ok=True)
     store.set_instance_state(batch_id, "DONE", [i.relpath for i in deliverable])
     kept = quarantine.kept_files(paths.quarantine)
-    store.set_status(batch_id, "DONE", finished=True)
-    return {"originals_removed": removed, "quarantined_kept": kept, "destinations": options.destinations()}
+    # Held-back files wait for a review (release / discard / keep held): the batch is finished but not clean.
+    status = "HELD_BACK" if held else "DONE"
+    store.set_status(batch_id, status, finished=True)
+    if held:
+        log.warning("batch %s: %d instance(s) held back for review: %s", batch_id, len(held),
+                    "; ".join(f"{label}: {reason}" for label, reason in held.items()))
+    return {"originals_removed": removed, "quarantined_kept": kept, "held_back": len(held), "status": status,
+            "destinations": options.destinations()}
 
 
 #: The process_study steps, in order, by task id.

@@ -58,3 +58,9 @@ def kept_files(qdir: Path) -> int:
     if not qdir.exists():
         return 0
     return sum(1 for p in qdir.rglob("*") if p.is_file() and p.name not in (INDEX_FILE, INDEX_FILE + ".partial"))
+
+
+def held(qdir: Path) -> dict[str, str]:
+    """``{label: reason}`` of the files still held: neither released back into incoming nor discarded."""
+    return {label: entry.get("reason", "") for label, entry in sorted(read_index(qdir).items())
+            if not entry.get("released_at") and not entry.get("discarded_at")}

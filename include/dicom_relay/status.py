@@ -24,7 +24,10 @@ from psycopg.types.json import Jsonb
 
 from .errors import PermanentError
 
-BATCH_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR", "EMPTY")
+# HELD_BACK: every instance that could go was delivered and verified, but some are held back in quarantine
+# (unreadable, or not safe to send) until a person releases or discards them: finished, but not clean.
+_BATCH_STATES_V1 = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR", "EMPTY")
+BATCH_STATES = _BATCH_STATES_V1 + ("HELD_BACK",)
 INSTANCE_STATES = ("NEW", "PROCESSING", "DONEPROCESSING", "SENT", "DONE", "ERROR")
 
 # Each migration runs once, in order, under an advisory lock so that concurrent starts cannot race on it.
@@ -35,7 +38,7 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE relay_batch (
         batch_id      text PRIMARY KEY,
         folder        text NOT NULL,
-        status        text NOT NULL DEFAULT 'NEW' CHECK (status IN {BATCH_STATES!r}),
+        status        text NOT NULL DEFAULT 'NEW' CHECK (status IN {_BATCH_STATES_V1!r}),
         has_error     boolean NOT NULL DEFAULT false,
         errors        jsonb NOT NULL DEFAULT '[]'::jsonb,
         run_id        text,
@@ -91,7 +94,12 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE relay_instance ADD COLUMN IF NOT EXISTS pixels jsonb;
     """,
-    # 4: inbox entries the relay will not take (dicom_relay.inbox.refused_entries): one open row per entry and
+    # 4: HELD_BACK, the final status of a batch delivered except for instances held back for review.
+    f"""
+    ALTER TABLE relay_batch DROP CONSTRAINT relay_batch_status_check;
+    ALTER TABLE relay_batch ADD CONSTRAINT relay_batch_status_check CHECK (status IN {BATCH_STATES!r});
+    """,
+    # 5: inbox entries the relay will not take (dicom_relay.inbox.refused_entries): one open row per entry and
     # kind, recorded once; ``resolved_at`` is set when the entry is gone or became claimable. ``entry`` is the
     # entry's name, internal like relay_batch.folder (names may be PHI): shown by ``refusal_id`` only.
     """
@@ -316,9 +324,13 @@ class StatusStore:
             if cur.rowcount != 1:
                 raise KeyError(f"no batch {batch_id}")
 
-    def add_error(self, batch_id: str, task: str, message: str, *, transient: bool = False, status: str | None = "ERROR") -> None:
-        """Append a readable error to the batch (and, by default, set it to ERROR)."""
+    def add_error(self, batch_id: str, task: str, message: str, *, transient: bool = False, status: str | None = "ERROR",
+                  attempt: int | None = None) -> None:
+        """Append a readable error to the batch (and, by default, set it to ERROR). ``attempt`` is the Airflow
+        try number of the task that failed, when known."""
         entry = {"at": _now().isoformat(timespec="seconds"), "task": task, "message": message, "transient": transient}
+        if attempt is not None:
+            entry["attempt"] = attempt
         with self._connect() as conn:
             conn.execute(
                 "UPDATE relay_batch SET errors = errors || %s::jsonb, has_error = true, updated_at = now(),"

@@ -110,3 +110,22 @@ def test_the_independent_scan_finds_what_a_broken_engine_would_leave(corpus):
 def test_the_summary_lists_the_failures(corpus):
     print(failures_text(corpus))
     assert corpus["counts"]["files"] == len(corpus["files"])
+
+
+def test_the_scan_finds_short_values_in_the_header_and_long_ones_in_the_pixels(tmp_path):
+    """A 4-character value is chance inside pixel bytes but a leak anywhere in the header; a long one counts in both."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    pixels = bytearray(ds.PixelData)
+    pixels[100:104] = b"abcd"
+    pixels[200:216] = b"LONGNAME-MRN-777"
+    ds.PixelData = bytes(pixels)
+    clean = tmp_path / "pixels-only.dcm"
+    ds.save_as(clean)
+    assert scan_output({"abcd": "PatientName", "LONGNAME-MRN-777": "PatientID"}, str(clean)) == ["PatientID"]
+    ds.StudyDescription = "abcd"
+    leaked = tmp_path / "header.dcm"
+    ds.save_as(leaked)
+    assert scan_output({"abcd": "PatientName"}, str(leaked)) == ["PatientName"]

@@ -26,12 +26,33 @@ def test_no_import_errors(dagbag):
 
 def test_process_study_tasks_in_order(dagbag):
     dag = dagbag.dags["process_study"]
-    order = ["import", "get_identifiers", "replace_identifiers", "send_orthanc", "send_gcs", "cleanup"]
+    order = ["import", "get_identifiers", "replace_identifiers", "send_orthanc", "send_gcs", "cleanup",
+             "held_back", "review", "apply_review", "start_release_run"]
     assert sorted(dag.task_ids) == sorted(order)
     for upstream, downstream in zip(order, order[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.schedule is None
     assert {"batch_id", "deidentify", "send_orthanc", "send_gcs"} <= set(dag.params.keys())
+
+
+def test_review_is_a_hitl_task_that_keeps_files_held_by_default(dagbag):
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    dag = dagbag.dags["process_study"]
+    ask = dag.get_task("review")
+    assert isinstance(ask, HITLOperator)
+    assert ask.options == ["release", "discard", "keep held"] and ask.defaults == ["keep held"]
+    assert ask.response_timeout is not None and ask.response_timeout.total_seconds() > 0
+    assert dag.get_task("apply_review").trigger_rule == "all_done"
+
+
+def test_delivering_tasks_declare_their_assets(dagbag):
+    from dicom_relay.airflow.assets import DEIDENTIFIED_STUDY_IN_GCS, DEIDENTIFIED_STUDY_IN_ORTHANC
+
+    dag = dagbag.dags["process_study"]
+    assert [a.uri for a in dag.get_task("send_gcs").outlets] == [DEIDENTIFIED_STUDY_IN_GCS.uri]
+    assert [a.uri for a in dag.get_task("send_orthanc").outlets] == [DEIDENTIFIED_STUDY_IN_ORTHANC.uri]
+    assert not dag.get_task("cleanup").outlets
 
 
 def test_watch_inbox_shape(dagbag):
@@ -77,4 +98,6 @@ def test_every_task_has_an_execution_timeout_and_process_study_retries(dagbag):
     for dag_id in ("watch_inbox", "process_study", "rerun_errors"):
         for t in dagbag.dags[dag_id].tasks:
             assert t.execution_timeout is not None and t.execution_timeout.total_seconds() > 0, (dag_id, t.task_id)
-    assert all(t.retries >= 1 for t in dagbag.dags["process_study"].tasks)
+    # The review steps act once on a person's answer: retrying them would ask or act twice.
+    once = {"review", "apply_review", "start_release_run"}
+    assert all(t.retries >= 1 for t in dagbag.dags["process_study"].tasks if t.task_id not in once)

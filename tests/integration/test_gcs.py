@@ -33,6 +33,7 @@ def test_upload_then_verify(gcs_bucket, instance):
     result = dest.upload(instance[0], name, METADATA)
 
     assert result.skipped is False and result.object_name == name
+    assert result.verified, "GCS answered the upload with the MD5 of what it stored"
     assert result.md5_b64 == file_checksums(instance[0])[0]
     assert dest.verify(name, result.md5_b64) is True
     assert dest.list_objects() == [(name, result.md5_b64, METADATA)]

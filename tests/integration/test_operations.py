@@ -74,7 +74,7 @@ def test_release_of_a_held_back_file_into_a_done_batch_then_requeue_delivers_it_
     run_all(batch_id, settings, pipeline.RunOptions(deid={"pixels": "hold"}))  # held back unread
     store = StatusStore(settings.db_url)
     batch = store.get_batch(batch_id)
-    assert batch.status == "DONE" and batch.counts == {"DONE": 2, "ERROR": 1}
+    assert batch.status == "HELD_BACK" and batch.counts == {"DONE": 2, "ERROR": 1}
     pseudonym = store.instances(batch_id)[0].patient_pseudonym
     assert len(instances_in_orthanc(orthanc, pseudonym)) == 2
 
@@ -137,7 +137,7 @@ def test_released_unreadable_file_is_quarantined_again_under_a_new_label(setting
     root = settings.batches_dir / batch_id / "quarantine"
     assert (root / "q0003" / "a-junk.bin").read_bytes() == b"junk" * 10
     assert (root / "q0002" / "b-empty.dcm").exists()
-    assert store.get_batch(batch_id).status == "DONE"
+    assert store.get_batch(batch_id).status == "HELD_BACK"
 
 
 def test_release_refusals(settings, tmp_path):

@@ -114,6 +114,10 @@ def test_many_small_instances_store_without_delayed_ack_stalls(orthanc, tmp_path
 
     assert report.stored_count == 200
     assert elapsed < 5.0, f"200 C-STOREs took {elapsed:.2f}s: is TCP_NODELAY set on both ends?"
+    # Spread over several associations that ran side by side, every instance in the order given.
+    assert report.associations == 4
+    assert [o.path for o in report.outcomes] == paths
+    assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
 
 def test_compressed_instances_are_stored_in_their_own_transfer_syntax(orthanc, tmp_path):
@@ -173,3 +177,19 @@ def test_a_wrong_password_is_a_clear_permanent_error(orthanc):
     assert "not-the-password" not in str(caught.value)
     assert wrong.ping() is False
     assert destination(orthanc).ping() is True
+
+
+def test_store_reports_progress_and_pynetdicom_stays_quiet(orthanc, tmp_path, caplog):
+    import logging
+
+    from dicom_relay.progress import Progress
+
+    caplog.set_level(logging.INFO)  # the root at INFO, as in an Airflow task log
+    paths = sorted(study(tmp_path, "progress", 20).folder.glob("*.dcm"))
+    progress = Progress(logging.getLogger("dicom_relay.pipeline"), "send_orthanc", len(paths), "stored")
+    report = destination(orthanc).store(paths, progress=progress.advance)
+    assert report.stored_count == 20 and progress.done == 20
+    lines = [r.getMessage() for r in caplog.records if r.name == "dicom_relay.pipeline"]
+    assert [line.split(",")[0] for line in lines] == [f"send_orthanc: {n}/20 stored" for n in range(2, 21, 2)]
+    # pynetdicom would log "Sending Store Request" / "Received Store Response" per instance at INFO.
+    assert not [r for r in caplog.records if r.name.startswith("pynetdicom") and r.levelno < logging.WARNING]

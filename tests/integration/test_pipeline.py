@@ -57,7 +57,7 @@ def test_batch_with_bad_files_delivers_the_rest_and_quarantines(settings, tmp_pa
     summaries = run_all(batch_id, settings)
     assert summaries[0]["instances"] == 4 and summaries[0]["quarantined"] == 2
     batch = StatusStore(settings.db_url).get_batch(batch_id)
-    assert batch.status == "DONE" and batch.has_error is True
+    assert batch.status == "HELD_BACK" and batch.has_error is True
     assert len(batch.errors) == 2 and all("quarantine" in e["message"] for e in batch.errors)
     assert all("garbage" not in e["message"] and "zero" not in e["message"] for e in batch.errors)
     root = settings.batches_dir / batch_id

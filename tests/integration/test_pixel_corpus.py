@@ -55,7 +55,7 @@ NAMES = [f"{scene}_{pi.replace(' ', '').lower()}_{ts}.dcm"
 LOSSLESS_TS = set(pixel_corpus.TRANSFER_SYNTAXES.values()) - pixel_corpus.LOSSY | {
     pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.DeflatedExplicitVRLittleEndian}
 
-for tool in ("tesseract", "dcmcjpeg", "dciodvfy"):
+for tool in ("tesseract", "dcmcjpeg", "dciodvfy", "dcmconv"):
     # Not a skip: a missing tool is a broken set-up (scripts/setup.sh installs them).
     assert shutil.which(tool), f"{tool} is not installed: run scripts/setup.sh"
 
@@ -304,6 +304,16 @@ DCIODVFY_VALUE = re.compile(r"= <[^>]*>")
 
 
 def dciodvfy_errors(path: Path) -> set[str]:
+    ts = pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.get("TransferSyntaxUID")
+    if ts is not None and pydicom.uid.UID(ts).is_deflated:
+        # dciodvfy cannot inflate: it reads the compressed bytes as tags. dcmtk's dcmconv inflates losslessly
+        # (+te: Explicit VR Little Endian), and the dataset, not its deflate stream, is what is validated.
+        plain = path.with_name(path.name + ".inflated")
+        subprocess.run(["dcmconv", "+te", str(path), str(plain)], check=True, capture_output=True, timeout=120)
+        try:
+            return dciodvfy_errors(plain)
+        finally:
+            plain.unlink()
     # errors="replace": dciodvfy quotes values in their own character set (Latin-1 names...).
     r = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, errors="replace", timeout=120)
     return {DCIODVFY_VALUE.sub("= <>", ln.strip()) for ln in (r.stdout + r.stderr).splitlines()
@@ -363,10 +373,15 @@ def test_policy_hold_holds_every_scanned_image(corpus, tmp_path):
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     src = tmp_path_factory.mktemp("shipped") / "in"
-    originals = pixel_corpus.copy_with_distinct_uids(pixel_corpus.shipped_files(), src)
+    us_sc = pixel_corpus.shipped_files()
+    # Beside the US and SC files, every other shipped file the policy scans (XA, ImageType SECONDARY, ...), for
+    # the invariant that no scanned image is delivered unscanned.
+    files = us_sc + [p for p in pixel_corpus.scanned_shipped_files() if p not in set(us_sc)]
+    every = pixel_corpus.copy_with_distinct_uids(files, src)
     out = src.parent / "out"
-    r, report = deidentify(src, out, "clean", "--workers", "2")  # 92 files, 2 cores: the pool path too
-    return r, by_input(report), originals, src, out
+    r, report = deidentify(src, out, "clean", "--workers", "2")  # ~110 files, 2 cores: the pool path too
+    originals = {name: p for name, p in every.items() if p in set(us_sc)}
+    return r, by_input(report), originals, src, out, every
 
 
 def _usable(path: Path) -> bool:
@@ -376,7 +391,7 @@ def _usable(path: Path) -> bool:
 
 
 def test_shipped_us_and_sc_files_delivered_or_held_with_reason(shipped):
-    r, entries, originals, src, out = shipped
+    r, entries, originals, src, out, _ = shipped
     assert len(originals) >= 60, f"only {len(originals)} US/SC files found in pydicom, pydicom-data, deid-data"
     outcomes: dict[str, list[str]] = {}
     bad = {}
@@ -404,7 +419,7 @@ def test_shipped_us_and_sc_files_delivered_or_held_with_reason(shipped):
 
 
 def test_shipped_delivered_files_marked_and_valid(shipped):
-    r, entries, originals, src, out = shipped
+    r, entries, originals, src, out, _ = shipped
     problems = {}
     for name, e in entries.items():
         if e["outcome"] != "delivered" or name not in originals:
@@ -418,4 +433,45 @@ def test_shipped_delivered_files_marked_and_valid(shipped):
         new = dciodvfy_errors(output_path(e, out)) - dciodvfy_errors(src / name)
         if new:
             problems[originals[name].name] = sorted(new)
+    assert not problems, problems
+
+
+def _never_delivered_unscanned(entries: dict, src: Path, out: Path, names) -> dict[str, str]:
+    """The inputs among ``names`` that the policy scans (judged on a full pydicom read of the input) and that
+    were delivered without a passed proof, or without the marks: the stage's invariant, broken."""
+    problems = {}
+    for name in names:
+        e = entries.get(name)
+        if e is None or e["outcome"] != "delivered":
+            continue  # held back or rejected: not delivered unscanned (the reasons are checked elsewhere)
+        ds = pydicom.dcmread(src / name)
+        if "PixelData" not in ds or pixel_corpus_scan(ds) is None:
+            continue
+        record = e.get("pixels") or {}
+        if record.get("verdict") != "clean":
+            problems[name] = f"delivered with pixel record {record or None}"
+            continue
+        done = pydicom.dcmread(output_path(e, out))
+        codes = {(str(c.get("CodeValue")), str(c.get("CodingSchemeDesignator")))
+                 for c in done.get("DeidentificationMethodCodeSequence", [])}
+        if "PixelData" not in done or done.get("BurnedInAnnotation") != "NO" or CLEAN_PIXEL_DATA not in codes:
+            problems[name] = "delivered without its pixel data or without the marks"
+    return problems
+
+
+def pixel_corpus_scan(ds) -> str | None:
+    from dicom_relay.deid.pixels.policy import scan_reason
+
+    return scan_reason(*pixel_corpus.scan_header(ds))
+
+
+def test_no_scanned_image_delivered_unscanned(shipped, cleaned, corpus):
+    """Every shipped file the policy scans (every transfer syntax they come in: native, big endian, deflated,
+    RLE, JPEG family, JPEG 2000) and every corpus file: delivered only scanned, proved and marked."""
+    r, entries, _, src, out, every = shipped
+    assert len(every) >= 100 and any("dfl" in p.name for p in every.values())
+    problems = _never_delivered_unscanned(entries, src, out, every)
+    _, _, corpus_entries, corpus_out = cleaned
+    in_dir = next(iter(corpus.values())).path.parent
+    problems.update(_never_delivered_unscanned(corpus_entries, in_dir, corpus_out, corpus))
     assert not problems, problems

@@ -365,36 +365,69 @@ def kept_values(original: str) -> set[tuple[str, str]]:
     return {(k, v.strip()) for k, v in _string_elements(original) if k not in IDENTIFYING_KEYWORDS}
 
 
+#: Values shorter than this are not searched inside the Pixel Data value: there they match by chance (a 4-byte
+#: value in a 43 MB cine meets 4e7 positions at 2**-32 each, and palette gradients hold runs such as "abcd"). Text in
+#: the pixels is the OCR check's to find (tests/integration/test_pixel_corpus.py), not this byte scan's.
+PIXEL_MIN_LEN = 8
+
+
+def _without_pixel_value(path: str, data: bytes) -> bytes:
+    """``data`` with the top-level Pixel Data value cut out (a NUL in its place); ``data`` if there is none."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, force=True)
+        raw = ds._dict.get(0x7FE00010)  # noqa: SLF001 - the raw element keeps the file offset of its value
+    except Exception:  # noqa: BLE001 - unreadable: scan every byte
+        return data
+    if not isinstance(raw, RawDataElement) or raw.value is None or not raw.value_tell:
+        return data
+    start = raw.value_tell
+    return data[:start] + b"\0" + data[start + len(raw.value):]
+
+
 def scan_output(values: dict[str, str], path: str, kept: set[tuple[str, str]] | None = None) -> list[str]:
     """Keywords of the original identifying values found in the output's bytes, as a whole token.
 
     A value found only where the original holds the same value in an attribute that is not identifying (the
     Manufacturer "TOSHIBA MEC" of a file whose Institution Name is "TOSHIBA MEC") is a kept value, not a leak: with
-    ``kept`` (:func:`kept_values` of the original, or of all originals of a folder) given, such hits are left out. A hit anywhere else (another attribute, a private or UN value, the
-    pixel data) counts.
+    ``kept`` (:func:`kept_values` of the original, or of all originals of a folder) given, such hits are left out.
+    A hit anywhere else (another attribute, a private or UN value, the pixel data for values of at least
+    :data:`PIXEL_MIN_LEN` characters) counts.
     """
     try:
         data = Path(path).read_bytes()
     except OSError:
         return []
+    short_data = None  # data without the pixel value, made when a short value needs it
+
+    def haystack(needle: bytes) -> bytes:
+        nonlocal short_data
+        if len(needle) >= PIXEL_MIN_LEN:
+            return data
+        if short_data is None:
+            short_data = _without_pixel_value(path, data)
+        return short_data
+
     hits = []
     for value, keyword in values.items():
         try:
             needle = value.encode("utf-8")
         except UnicodeEncodeError:
             continue
-        if needle in data and _token(needle).search(data):
+        if needle in data and _token(needle).search(haystack(needle)):
             hits.append((value, keyword))
     if not hits or kept is None:
         return sorted({k for _, k in hits})
     output_elements = _string_elements(path)
     found = set()
     for value, keyword in hits:
-        needle = _token(value.encode("utf-8"))
+        raw = value.encode("utf-8")
+        needle = _token(raw)
         holders = [(k, v.strip()) for k, v in output_elements if needle.search(v.encode("utf-8", "replace"))]
         # Each occurrence in the bytes must sit in a value the original already held in a kept attribute.
         explained = sum(len(needle.findall(v.encode("utf-8", "replace"))) for k, v in holders if (k, v) in kept)
-        if len(needle.findall(data)) > explained:
+        if len(needle.findall(haystack(raw))) > explained:
             found.add(keyword)
     return sorted(found)
 

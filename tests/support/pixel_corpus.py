@@ -622,6 +622,36 @@ def shipped_files() -> list[Path]:
     return found
 
 
+def scanned_shipped_files() -> list[Path]:
+    """Every file pydicom, pydicom-data and deid-data ship whose pixels the default policy scans (US, SC, XA,
+    BurnedInAnnotation YES, ImageType SECONDARY, ...: :func:`dicom_relay.deid.pixels.policy.scan_reason`),
+    judged on a FULL pydicom read (not the engine's own header reading, which is what the tests check)."""
+    from pydicom.data import get_testdata_files
+    import deid_data
+
+    from dicom_relay.deid.pixels.policy import scan_reason
+
+    candidates = [Path(f) for f in get_testdata_files()]
+    candidates += sorted(p for p in (Path(deid_data.__file__).parent / "data").rglob("*.dcm"))
+    found = []
+    for path in sorted(set(candidates), key=lambda p: (p.name, str(p))):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception:  # not DICOM, or broken on purpose
+            continue
+        if "PixelData" in ds and scan_reason(*scan_header(ds)) is not None:
+            found.append(path)
+    return found
+
+
+def scan_header(ds) -> tuple[str, str, str, str]:
+    """Modality, SOP Class UID, BurnedInAnnotation and ImageType (joined by backslashes): scan_reason's input."""
+    image_type = ds.get("ImageType", "") or ""
+    image_type = image_type if isinstance(image_type, str) else "\\".join(str(v) for v in image_type)
+    return (str(ds.get("Modality", "") or ""), str(ds.get("SOPClassUID", "") or ""),
+            str(ds.get("BurnedInAnnotation", "") or ""), image_type)
+
+
 def copy_with_distinct_uids(files: list[Path], dest: Path) -> dict[str, Path]:
     """Copy ``files`` into ``dest`` (as ``NNN_<name>``) so that no two share a SOP Instance UID; return the map
     from new name to original.

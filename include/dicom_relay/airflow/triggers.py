@@ -1,4 +1,4 @@
-"""A deferrable trigger that fires when the inbox has work: a finished, quiet folder, or a claim awaiting its run."""
+"""A deferrable trigger that claims finished, quiet inbox folders and fires when claims await their run."""
 
 from __future__ import annotations
 
@@ -13,9 +13,17 @@ from dicom_relay import inbox
 
 
 class InboxTrigger(BaseTrigger):
-    """Polls the inbox without holding a worker slot; fires once, with no folder names in the event.
+    """Polls the inbox without holding a worker slot; claims what is finished and quiet; fires once, with no folder
+    names in the event.
 
-    The filesystem scan runs in a thread so the triggerer's event loop is never blocked. The event carries
+    The claim (``inbox.claim``: claim file, then an atomic rename into the work area) happens here, at the poll
+    that first sees the folder quiet, rather than in a task the scheduler starts seconds later: detection is then
+    at most ``stable_seconds`` + one poll after the folder was last written (its rename included). A claim is
+    safe to attempt twice (two triggerers during a hand-over): the second rename finds nothing and gives up.
+    ``watch_inbox``'s next task records the batches and requests their runs; a crash between claim and run
+    request is what ``inbox.undispatched`` already covers.
+
+    The filesystem work runs in a thread so the triggerer's event loop is never blocked. The event carries
     only a count: folder names may be PHI and trigger events are stored in Airflow's database.
 
     ``deadline`` (seconds since the epoch, or None): when the inbox stays empty until then, the trigger fires with
@@ -45,8 +53,16 @@ class InboxTrigger(BaseTrigger):
         )
 
     def waiting(self) -> int:
-        """How much work waits now (a count, never names)."""
-        return inbox.waiting_work(Path(self.inbox_dir), Path(self.batches_dir), self.stable_seconds)
+        """Claim every finished quiet folder; return how much work waits now (a count, never names)."""
+        inbox_dir, batches_dir = Path(self.inbox_dir), Path(self.batches_dir)
+        for name in inbox.finished_folders(inbox_dir, self.stable_seconds):
+            inbox.claim(inbox_dir, batches_dir, name)
+        return inbox.waiting_work(inbox_dir, batches_dir, self.stable_seconds)
+
+    def next_poll(self) -> float:
+        """Seconds until the next poll: ``poll_seconds``, or sooner when a finished folder turns quiet sooner."""
+        quiet_in = inbox.seconds_until_quiet(Path(self.inbox_dir), self.stable_seconds)
+        return max(0.05, min(self.poll_seconds, quiet_in if quiet_in is not None else self.poll_seconds))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
@@ -54,4 +70,4 @@ class InboxTrigger(BaseTrigger):
             if waiting or (self.deadline is not None and time.time() >= self.deadline):
                 yield TriggerEvent({"waiting": waiting})
                 return
-            await asyncio.sleep(self.poll_seconds)
+            await asyncio.sleep(await asyncio.to_thread(self.next_poll))

@@ -297,8 +297,11 @@ class Deidentifier:
         if reason is None and (header.tail is not None or "PixelData" in ds):
             scan = self.pixel_scan_reason(*_pixel_header(ds))
             if scan is not None:
-                if header.tail is not None:  # the pixel data is needed now: read the whole file
-                    header = fastio.Header(_read_full(src), None)
+                if header.tail is not None:  # the pixel data is needed now: read it (only it) into ds
+                    try:
+                        header = fastio.with_pixels(header, src)
+                    except (InvalidDicomError, OSError, ValueError, EOFError, struct.error):
+                        header = fastio.Header(_read_full(src), None)
                     ds = header.ds
                 pixels = self._clean_pixels(ds, identity, scan)
                 if pixels.held:

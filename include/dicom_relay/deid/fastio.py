@@ -95,18 +95,43 @@ def read_header(path: Path) -> Header:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except InvalidDicomError:
             return Header(_read_without_meta(path), None)
+        ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
+        if ts is None or UID(ts).is_deflated or not UID(ts).is_transfer_syntax:
+            # Checked first: pydicom inflates a deflated dataset (and may guess an unknown encoding) from the
+            # whole rest of the file, so the file position says nothing about where the pixel data starts. Taken
+            # as "nothing after the header", it would drop the pixel data and hide it from the pixel stage.
+            return Header(pydicom.dcmread(path), None)
         offset = f.tell()
         size = os.fstat(f.fileno()).st_size
         if offset >= size:
             return Header(ds, None)
-        ts = getattr(ds.file_meta, "TransferSyntaxUID", None)
-        if ts is None or UID(ts).is_deflated or not UID(ts).is_transfer_syntax:
-            return Header(pydicom.dcmread(path), None)
         try:
             end = scan_pixel_elements(f, offset, size, UID(ts).is_little_endian, UID(ts).is_implicit_VR)
         except (NeedsFullRead, struct.error):
             return Header(pydicom.dcmread(path), None)
     return Header(ds, (offset, end - offset))
+
+
+def with_pixels(header: Header, path: Path) -> Header:
+    """``header`` with its pixel elements read from ``path`` into its dataset (for the pixel stage).
+
+    Only the bytes of :attr:`Header.tail` are read and parsed: the header is not parsed a second time.
+    """
+    if header.tail is None:
+        return header
+    from pydicom.filereader import read_dataset
+
+    offset, length = header.tail
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    if len(data) != length:
+        raise EOFError("file shorter than its pixel data")
+    implicit, little = header.ds.original_encoding
+    tail = read_dataset(DicomBytesIO(data), implicit, little)
+    for elem in tail.elements():
+        header.ds[elem.tag] = elem
+    return Header(header.ds, None)
 
 
 def _read_without_meta(path: Path) -> FileDataset:

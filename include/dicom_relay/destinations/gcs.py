@@ -61,12 +61,14 @@ _UNAVAILABLE = (
 
 @dataclass(frozen=True)
 class UploadResult:
-    """``skipped``: the object already held these exact bytes (an earlier upload), nothing was sent."""
+    """``skipped``: the object already held these exact bytes (an earlier upload), nothing was sent.
+    ``verified``: GCS itself reported this MD5 for the object (in its answer to the upload or to a lookup)."""
 
     object_name: str
     md5_b64: str
     skipped: bool
     crc32c_b64: str | None = None
+    verified: bool = False
 
 
 class StoredObject(NamedTuple):
@@ -219,10 +221,13 @@ class GcsDestination:
                 continue
             except Exception as exc:  # noqa: BLE001 - translated into the relay's error families
                 raise self._translate(exc, "uploading to", object_name) from None
-            if blob.md5_hash and blob.md5_hash != md5_b64:
-                # checksum="md5" already compares; this guards a client that skipped it.
-                raise DestinationUnavailable(f"GCS stored {self._where(object_name)} with a different MD5; resend")
-            return UploadResult(object_name, md5_b64, skipped=False, crc32c_b64=crc32c_b64)
+            # Verification: the object resource GCS answers the upload with carries the MD5 of what it stored
+            # (checksum="md5" also made the client compare it); no answer with our MD5, no success. This replaces
+            # a second request (reading the object's metadata back) per object.
+            if blob.md5_hash != md5_b64:
+                raise DestinationUnavailable(
+                    f"GCS did not confirm {self._where(object_name)} with this file's MD5; resend")
+            return UploadResult(object_name, md5_b64, skipped=False, crc32c_b64=crc32c_b64, verified=True)
         raise DestinationUnavailable(f"{self._where(object_name)} exists and vanishes repeatedly; retry later")
 
     def _existing(self, object_name: str, md5_b64: str, crc32c_b64: str) -> UploadResult | None:
@@ -235,7 +240,7 @@ class GcsDestination:
             return None
         if blob.md5_hash == md5_b64:
             log.debug("gcs: %s already holds these bytes; skipped", object_name)
-            return UploadResult(object_name, md5_b64, skipped=True, crc32c_b64=crc32c_b64)
+            return UploadResult(object_name, md5_b64, skipped=True, crc32c_b64=crc32c_b64, verified=True)
         raise DestinationConflict(
             f"{self._where(object_name)} already exists with different content (MD5 {blob.md5_hash}, "
             f"this file {md5_b64}); it is never overwritten"

@@ -1,7 +1,10 @@
 """Send de-identified instances to Orthanc over DICOM, and check over REST what Orthanc holds.
 
-Sending is a DICOM Storage Service Class SCU (PS3.4 Annex B): one association per batch, each instance sent
-with C-STORE in the transfer syntax it is stored in (compressed pixel data stays compressed). The C-STORE
+Sending is a DICOM Storage Service Class SCU (PS3.4 Annex B): the instances are spread over a few associations
+that run side by side in threads (``associations``; Orthanc stores in parallel what one association would hand
+it one at a time; threads, not processes, because a Celery prefork worker's task process is daemonic and may not
+have children), each instance sent with C-STORE in the transfer syntax it is stored in (compressed pixel data stays
+compressed). The C-STORE
 response status decides the outcome of each instance: Success (0000) and Warning (Bxxx, e.g. coercion of
 data elements) mean Orthanc stored it; any Failure (Axxx, Cxxx, 01xx) is recorded per instance and is not an
 exception, so that the pipeline can record it. Failing to reach Orthanc at all (connection refused, association
@@ -16,7 +19,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +34,18 @@ from dicom_relay.destinations.errors import DestinationRejected, DestinationUnav
 
 log = logging.getLogger(__name__)
 
+# pynetdicom logs two INFO lines per C-STORE (request sent, response received): a 500-instance study would bury the
+# task log in a thousand lines. Its warnings and errors (rejections, aborts, timeouts) still show; the relay logs
+# its own progress every tenth of a send (dicom_relay.progress).
+logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
 #: PS3.8 9.3.2.2: an A-ASSOCIATE-RQ carries at most 128 presentation contexts (odd IDs 1..255).
 MAX_PRESENTATION_CONTEXTS = 128
+
+#: Associations run side by side for one batch, at most; fewer for small batches (see ``split_for_associations``).
+DEFAULT_ASSOCIATIONS = 4
+#: Below this many instances per association, opening another costs more than it saves.
+MIN_INSTANCES_PER_ASSOCIATION = 25
 
 #: C-STORE status categories under which the SCP has stored the instance (PS3.4 B.2.3).
 STORED_CATEGORIES = frozenset({"Success", "Warning"})
@@ -123,6 +137,31 @@ def plan_associations(pairs: Iterable[tuple[str, str]]) -> list[list[tuple[str, 
     return [distinct[i : i + MAX_PRESENTATION_CONTEXTS] for i in range(0, len(distinct), MAX_PRESENTATION_CONTEXTS)]
 
 
+def split_for_associations(items: Sequence, associations: int) -> list[list]:
+    """Deal ``items`` round-robin onto at most ``associations`` lists of at least ``MIN_INSTANCES_PER_ASSOCIATION``
+    items each (one list for a small batch). Round-robin keeps the series of a study spread evenly."""
+    k = max(1, min(int(associations), len(items) // MIN_INSTANCES_PER_ASSOCIATION))
+    return [list(items[i::k]) for i in range(k) if items[i::k]]
+
+
+def _keep_responses_for_the_sender(assoc) -> None:
+    """Work around pydicom/pynetdicom#435: between two ``send_c_store`` calls the association's reactor thread can
+    wake up after the sender believes it paused, take the C-STORE-RSP off the DIMSE queue and drop it as an
+    "unexpected" message; the sender then waits out the DIMSE timeout and the association is aborted. Under CPU
+    contention (a shared 2-core host) this happens every few hundred instances. A message that is not a request
+    is handed back to the queue, where the waiting sender finds it."""
+    serve = assoc._serve_request
+
+    def serve_request(msg, context_id):
+        if msg is not None and not msg.is_valid_request:
+            assoc.dimse.msg_queue.put((context_id, msg))
+            time.sleep(0.0005)  # let the waiting sender take it
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_request
+
+
 class _ConnectionWatch:
     """EVT_CONN_OPEN handler: notes that TCP connected (to tell "refused" from "aborted") and sets TCP_NODELAY.
 
@@ -157,6 +196,7 @@ class OrthancDestination:
         password: str,
         timeout: float = 30,
         tcp_nodelay: bool = True,
+        associations: int = DEFAULT_ASSOCIATIONS,
     ):
         self.host = host
         self.dicom_port = int(dicom_port)
@@ -168,6 +208,7 @@ class OrthancDestination:
         self.timeout = float(timeout)
         # Only switched off to measure what it is worth (about 45 ms per instance on loopback); on in the relay.
         self.tcp_nodelay = tcp_nodelay
+        self.associations = max(1, int(associations))
 
     def __repr__(self) -> str:
         return (
@@ -189,11 +230,16 @@ class OrthancDestination:
 
     # ---- DICOM -------------------------------------------------------------------------------------------------
 
-    def store(self, paths: Sequence[Path]) -> StoreReport:
-        """C-STORE every file, in one association (see ``plan_associations``); return the per-file outcome.
+    def store(self, paths: Sequence[Path], progress: Callable[[int], None] | None = None) -> StoreReport:
+        """C-STORE every file over up to ``associations`` associations at once (each proposing the presentation
+        contexts of ``plan_associations``); return the per-file outcome.
 
-        Raises ``DestinationUnavailable`` when Orthanc cannot be reached, rejects or aborts the association, or
-        stops answering; files already stored stay stored (a resend is harmless: Orthanc keeps one copy per SOP
+        ``progress``, when given, is called with 1 after each C-STORE response (stored or not), from any of
+        the associations' threads, e.g. ``dicom_relay.progress.Progress.advance`` (thread-safe).
+
+        Raises ``DestinationUnavailable`` when Orthanc cannot be reached, rejects or aborts an association, or
+        stops answering (after the other associations have finished, so that every outcome known is in the
+        report); files already stored stay stored (a resend is harmless: Orthanc keeps one copy per SOP
         Instance UID).
         """
         started = time.monotonic()
@@ -211,15 +257,25 @@ class OrthancDestination:
             group = [
                 (index, inst) for index, inst in readable if (inst.sop_class_uid, inst.transfer_syntax_uid) in wanted
             ]
-            report.associations += 1
-            try:
-                self._store_group(contexts, group, outcomes)
-            except DestinationUnavailable as exc:
+            parts = split_for_associations(group, self.associations)
+            report.associations += len(parts)
+            if len(parts) == 1:
+                results = [self._store_part(contexts, parts[0], progress)]
+            else:
+                with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+                    results = list(pool.map(self._store_part, [contexts] * len(parts), parts, [progress] * len(parts)))
+            errors = []
+            for part_outcomes, error in results:
+                outcomes.update(part_outcomes)
+                if error:
+                    errors.append(error)
+            if errors:
+                unavailable = DestinationUnavailable("; ".join(errors))
                 # Keep what is known (some instances may be stored) for a caller that wants to record it.
                 report.outcomes = [outcomes[i] for i in sorted(outcomes)]
                 report.elapsed_seconds = time.monotonic() - started
-                exc.report = report
-                raise
+                unavailable.report = report
+                raise unavailable
 
         report.outcomes = [outcomes[i] for i in sorted(outcomes)]
         report.elapsed_seconds = time.monotonic() - started
@@ -239,11 +295,24 @@ class OrthancDestination:
             ae.add_requested_context(sop_class, transfer_syntax)
         return ae
 
+    def _store_part(
+        self, contexts: Sequence[tuple[str, str]], part: Sequence[tuple[int, _Instance]],
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[dict[int, InstanceOutcome], str | None]:
+        """One association's share: its outcomes, and why it stopped early (None: it did not)."""
+        outcomes: dict[int, InstanceOutcome] = {}
+        try:
+            self._store_group(contexts, part, outcomes, progress)
+        except DestinationUnavailable as exc:
+            return outcomes, str(exc)
+        return outcomes, None
+
     def _store_group(
         self,
         contexts: Sequence[tuple[str, str]],
         group: Sequence[tuple[int, _Instance]],
         outcomes: dict[int, InstanceOutcome],
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         ae = self._application_entity(contexts)
         watch = _ConnectionWatch(self.tcp_nodelay)
@@ -253,6 +322,7 @@ class OrthancDestination:
         if not assoc.is_established:
             ae.shutdown()
             raise DestinationUnavailable(self._association_failure(assoc, watch.connected))
+        _keep_responses_for_the_sender(assoc)
         try:
             for position, (index, inst) in enumerate(group):
                 try:
@@ -284,6 +354,8 @@ class OrthancDestination:
                 outcomes[index] = InstanceOutcome(
                     inst.path, stored=stored, status=code, reason=None if category == "Success" else category
                 )
+                if progress is not None:
+                    progress(1)
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -1,7 +1,11 @@
 """A real Airflow 3 for the local stack and the end-to-end tests: api-server, scheduler, dag-processor, triggerer.
 
-LocalExecutor on a PostgreSQL metadata database, the SimpleAuthManager with one admin user (authentication on),
-the project's ``dags/`` and ``plugins/`` folders. Every port is chosen freely so two stacks (``make run`` and a
+LocalExecutor (or, given a ``CeleryConfig``, the CeleryExecutor with Redis as broker, the metadata database as
+result backend and ``celery_workers`` ``airflow celery worker`` processes) on a PostgreSQL metadata database, the
+SimpleAuthManager (authentication on) with one user per role the relay's operations use: ``viewer`` (reads), ``op``
+(answers reviews, acts on runs), ``admin``; and ``relay`` (role User), the account tasks use to write run notes
+through the REST API. The project's ``dags/`` and ``plugins/`` folders; the tests may add DAG folders of their own
+(as extra DAG bundles). Every port is chosen freely so two stacks (``make run`` and a
 test run) can live side by side.
 """
 
@@ -14,11 +18,12 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import requests
 
 from dicom_relay.airflow_client import AirflowClient
+
 from dicom_relay.files import write_private_text
 
 from .. import REPO
@@ -31,6 +36,30 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 COMPONENT_ARGS = {"scheduler": ("--skip-serve-logs",), "triggerer": ("--skip-serve-logs",)}
 
 
+def worker_name(i: int) -> str:
+    """The managed-process name of the i-th Celery worker (1-based): its pid file and log file carry it."""
+    return f"airflow-celery-worker-{i}"
+
+
+@dataclass
+class CeleryConfig:
+    """The CeleryExecutor's broker and result backend, and how many workers (each with ``concurrency`` slots)."""
+
+    broker_url: str = field(repr=False)
+    result_backend: str = field(repr=False)
+    workers: int = 2
+    concurrency: int = 2
+
+    def env(self) -> dict[str, str]:
+        # Same shape as docker-compose.yaml's x-airflow-common (tests/static/test_compose.py checks both).
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+        }
+
+
 @dataclass
 class AirflowHandle:
     home: Path
@@ -39,13 +68,16 @@ class AirflowHandle:
     password: str
     env: dict[str, str]
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    #: Every user's password, by user name (admin's is ``password``).
+    passwords: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         for proc in reversed(list(self.processes.values())):
             proc.stop()
 
-    def client(self) -> "AirflowClient":
-        return AirflowClient(self.url, self.user, self.password)
+    def client(self, user: str | None = None) -> "AirflowClient":
+        user = user or self.user
+        return AirflowClient(self.url, user, self.passwords.get(user, self.password))
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run the ``airflow`` command line against this Airflow."""
@@ -58,16 +90,39 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).parent / "airflow")
 
 
-def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str) -> dict[str, str]:
+#: user -> SimpleAuthManager role. Viewers read; op and admin also act (trigger, answer reviews, edit runs).
+USERS = {"admin": "admin", "op": "op", "viewer": "viewer", "relay": "user"}
+
+
+def _passwords(home: Path, admin_password: str) -> dict[str, str]:
     secrets_file = home / "secrets.json"
-    if secrets_file.exists():
-        keys = json.loads(secrets_file.read_text())
-    else:
-        keys = {"jwt": secrets.token_urlsafe(32), "api": secrets.token_urlsafe(32)}
+    keys = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
+    wanted = ("jwt", "api", *(f"password_{u}" for u in USERS if u != "admin"))
+    missing = {name: secrets.token_urlsafe(32 if name in ("jwt", "api") else 12) for name in wanted if name not in keys}
+    if missing or not secrets_file.exists():
+        keys.update(missing)
         write_private_text(secrets_file, json.dumps(keys))
+    return {"_jwt": keys["jwt"], "_api": keys["api"], "admin": admin_password,
+            **{u: keys[f"password_{u}"] for u in USERS if u != "admin"}}
+
+
+def bundle_config(extra_dag_folders: Sequence[Path]) -> str:
+    """AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST: the dags folder, and one local bundle per extra folder."""
+    bundles = [{"name": "dags-folder", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle", "kwargs": {}}]
+    bundles += [{"name": f"extra-{n}", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                 "kwargs": {"path": str(folder), "refresh_interval": 5}} for n, folder in enumerate(extra_dag_folders, 1)]
+    return json.dumps(bundles)
+
+
+def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[str, str], password: str,
+                celery: CeleryConfig | None = None, extra_dag_folders: Sequence[Path] = ()) -> dict[str, str]:
+    passwords = _passwords(home, password)
+    keys = {"jwt": passwords.pop("_jwt"), "api": passwords.pop("_api")}
     passwords_file = home / "simple_auth_manager_passwords.json"
-    write_private_text(passwords_file, json.dumps({"admin": password}))
+    write_private_text(passwords_file, json.dumps(passwords))
+    extra = {"AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": bundle_config(extra_dag_folders)} if extra_dag_folders else {}
     return {
+        **extra,
         **relay_env,
         "AIRFLOW_HOME": str(home),
         "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
@@ -77,7 +132,11 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{u}:{r}" for u, r in USERS.items()),
+        # The account tasks use for what the Task SDK cannot do (a run's note): role User, not admin.
+        "AIRFLOW_URL": f"http://127.0.0.1:{port}",
+        "AIRFLOW_USER": "relay",
+        "AIRFLOW_PASSWORD": passwords["relay"],
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata_db_url,
@@ -92,7 +151,11 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "30",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        # The scheduler sleeps up to this long when a loop found nothing to do (default 1 s): each task of a
+        # process_study run would otherwise wait up to a second for its predecessor's end to be noticed.
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.2",
         "AIRFLOW__TRIGGERER__DEFAULT_CAPACITY": "100",
+        **(celery.env() if celery else {}),
     }
 
 
@@ -122,27 +185,50 @@ def import_connections(env: Mapping[str, str], connections: Mapping[str, Mapping
         raise RuntimeError(f"airflow connections import failed:\n{done.stderr[-3000:]}")
 
 
+def celery_worker(run_dir: Path, home: Path, env: Mapping[str, str], i: int, concurrency: int) -> ManagedProcess:
+    """The i-th ``airflow celery worker``: its own Celery node name (``worker-<i>@host``) and pid file, so that two
+    run side by side on one host; no log server (both would bind the same port; task logs are files under
+    ``AIRFLOW_HOME/logs`` that the api-server reads)."""
+    return ManagedProcess(
+        worker_name(i),
+        [airflow_bin(), "celery", "worker", "--celery-hostname", f"worker-{i}@%h", "--concurrency", str(concurrency),
+         "--pid", str(home / f"celery-worker-{i}.pid"), "--skip-serve-logs"],
+        Path(run_dir), env=env,
+    )
+
+
+def worker_ready(proc: ManagedProcess) -> bool:
+    """Celery prints ``celery@<node> ready.`` once it consumes from the broker."""
+    return " ready." in proc.log_tail(200)
+
+
 def start_airflow(
     run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
     password: str | None = None, timeout: float = 240, connections: Mapping[str, Mapping] | None = None,
-    reuse: bool = False,
+    reuse: bool = False, celery: CeleryConfig | None = None, extra_dag_folders: Sequence[Path] = (),
 ) -> AirflowHandle:
-    """Migrate the metadata database, create the relay's Connections, start the four components, and wait until
-    both DAGs are parsed. With ``connections`` the components get no endpoint variable (ENDPOINT_VARIABLES)."""
+    """Migrate the metadata database, create the relay's Connections, start the four components (and the Celery
+    workers), and wait until both DAGs are parsed (and every worker consumes). With ``connections`` the components
+    get no endpoint variable (ENDPOINT_VARIABLES). With ``reuse`` the components (and workers) that run already
+    are left alone, with their tasks."""
     if connections is not None:
         relay_env = {**relay_env, **{name: "" for name in ENDPOINT_VARIABLES}}
     home = Path(run_dir) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     password = password or secrets.token_urlsafe(12)
-    env = airflow_env(home, metadata_db_url, port, relay_env, password)
+    env = airflow_env(home, metadata_db_url, port, relay_env, password, celery, extra_dag_folders)
     full_env = {**os.environ, **env}
-    handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env)
+    handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env,
+                           passwords=json.loads((home / "simple_auth_manager_passwords.json").read_text()))
     for component in COMPONENTS:
         handle.processes[component] = ManagedProcess(
             f"airflow-{component}", [airflow_bin(), component, *COMPONENT_ARGS.get(component, ())], Path(run_dir),
             env=env,
         )
+    for i in range(1, (celery.workers if celery else 0) + 1):
+        proc = celery_worker(run_dir, home, env, i, celery.concurrency)
+        handle.processes[proc.name] = proc
     running = {c for c, p in handle.processes.items() if reuse and p.is_running()}
     if not running:
         # A fresh start: the metadata database and the Connections first (both idempotent).
@@ -151,12 +237,19 @@ def start_airflow(
             raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
         if connections:
             import_connections(env, connections)
-    for component, proc in handle.processes.items():
+    for component in COMPONENTS:
         if component not in running:  # ``make run`` again: running components (and their tasks) are left alone
-            proc.start()
+            handle.processes[component].start()
     handle.processes["api-server"].wait_ready(
         lambda: requests.get(f"{handle.url}/api/v2/monitor/health", timeout=2).status_code == 200, timeout
     )
+    for name, proc in handle.processes.items():
+        if name.startswith("airflow-celery-worker-") and name not in running:
+            proc.log_file.unlink(missing_ok=True)  # "ready." must be this start's
+            proc.start()
+    for name, proc in handle.processes.items():
+        if name.startswith("airflow-celery-worker-") and name not in running:
+            proc.wait_ready(lambda p=proc: worker_ready(p), timeout)
     client = handle.client()
 
     def parsed() -> bool:

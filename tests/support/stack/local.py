@@ -1,10 +1,11 @@
 """The whole local stack, for ``make run`` / ``make stop`` and for the end-to-end tests.
 
-    python -m tests.support.stack.local up   [--run-dir .run] [--no-sample]
+    python -m tests.support.stack.local up   [--run-dir .run] [--no-sample] [--executor local|celery]
     python -m tests.support.stack.local down [--run-dir .run]
 
 ``up`` starts (or finds again) PostgreSQL, Orthanc, the GCS emulator, the identifier service and Airflow
-(api-server, scheduler, dag-processor, triggerer), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
+(api-server, scheduler, dag-processor, triggerer; with ``--executor celery`` also Redis and two
+``airflow celery worker`` processes under the CeleryExecutor), unpauses the DAGs, writes ``<run-dir>/stack.env``, drops a
 generated sample CT study into the inbox the atomic way and waits until it is delivered. ``down`` stops exactly
 the processes ``up`` started (by their pid files).
 """
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import shlex
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from dotenv import dotenv_values
 
@@ -27,14 +30,19 @@ from dicom_relay.files import write_private_text
 from dicom_relay.status import StatusStore
 
 from .. import REPO
-from .airflow import COMPONENTS, ENDPOINT_VARIABLES, AirflowHandle, start_airflow
+from .airflow import COMPONENTS, ENDPOINT_VARIABLES, AirflowHandle, CeleryConfig, start_airflow, worker_name
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
 from .orthanc import start_orthanc
 from .postgres import start_postgres
 from .process import ManagedProcess, free_port, port_open, wait_until
+from .redis import start_redis
+
+EXECUTORS = ("local", "celery")
+CELERY_WORKERS = 2
 
 SERVICE_NAMES = ("postgres", "orthanc", "gcs", "identifier-service", *(f"airflow-{c}" for c in COMPONENTS))
+CELERY_NAMES = ("redis", *(worker_name(i) for i in range(1, CELERY_WORKERS + 1)))
 # Ports a person would expect; a free one is taken instead when something else listens there.
 PREFERRED_PORTS = {"airflow": 8080, "orthanc_http": 8042, "orthanc_dicom": 4242, "gcs": 4443, "identifier": 8765}
 
@@ -110,16 +118,15 @@ class Stack:
 
 
 def _secrets(run_dir: Path) -> dict[str, str]:
+    """The stack's generated secrets, kept across restarts; a key a newer stack needs is added, none replaced."""
     path = run_dir / "secrets.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    values = {
-        "orthanc_password": secrets.token_urlsafe(16),
-        "airflow_password": secrets.token_urlsafe(12),
-        "identifier_token": secrets.token_urlsafe(24),
-        "relay_secret_key": secrets.token_urlsafe(32),
-    }
-    write_private_text(path, json.dumps(values))
+    values = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {"orthanc_password": 16, "airflow_password": 12, "identifier_token": 24, "relay_secret_key": 32,
+              "redis_password": 24}
+    missing = {k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values}
+    if missing:
+        values.update(missing)
+        write_private_text(path, json.dumps(values))
     return values
 
 
@@ -127,11 +134,13 @@ def _ports(run_dir: Path, fixed_ports: bool) -> dict[str, int]:
     """The stack's ports, chosen at its first start and kept (``ports.json``) so that a service started again
     after it died answers where the others and ``stack.env`` expect it."""
     path = run_dir / "ports.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    ports = {name: _port(name) if fixed_ports else free_port() for name in PREFERRED_PORTS}
-    ports["postgres"] = free_port()
-    write_private_text(path, json.dumps(ports))
+    ports = json.loads(path.read_text()) if path.exists() else {}
+    wanted = [*PREFERRED_PORTS, "postgres", "redis"]
+    missing = [name for name in wanted if name not in ports]
+    if missing:  # a port a newer stack needs is added, none replaced
+        for name in missing:
+            ports[name] = _port(name) if fixed_ports and name in PREFERRED_PORTS else free_port()
+        write_private_text(path, json.dumps(ports))
     return ports
 
 
@@ -141,7 +150,8 @@ SETTLE_SECONDS = 30.0
 
 
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
-                fixed_ports: bool = False, rounds: int = 3, durable: bool | None = None) -> Stack:
+                fixed_ports: bool = False, rounds: int = 3, durable: bool | None = None, executor: str = "local",
+                celery_workers: int = CELERY_WORKERS, extra_dag_folders: Sequence[Path] = ()) -> Stack:
     """Start every service under ``run_dir`` that is not running (those running, and their tasks, are left
     alone); return the stack and the environment that reaches it. ``stack.started`` names what was started.
 
@@ -149,11 +159,22 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     exits (it lost its database) is reported with the end of its log and started too, up to ``rounds`` times.
     ``durable`` (default: ``fixed_ports``, i.e. ``make run``) keeps PostgreSQL's fsync and synchronous commit on:
     without them a killed server loses its last commits.
+
+    ``executor="celery"``: Redis (broker) and ``celery_workers`` Celery workers too, result backend in Airflow's
+    metadata database, as in docker-compose.yaml.
     """
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
     durable = fixed_ports if durable is None else durable
-    stack = _start_missing(run_dir, base_env, with_airflow, fixed_ports, durable)
+    names = service_names(executor, celery_workers)
+
+    def start() -> Stack:
+        return _start_missing(run_dir, base_env, with_airflow, fixed_ports, durable, executor, celery_workers,
+                              extra_dag_folders)
+
+    stack = start()
     for _ in range(rounds - 1):
-        reused = [n for n in SERVICE_NAMES if n not in stack.started and (with_airflow or "airflow" not in n)]
+        reused = [n for n in names if n not in stack.started and (with_airflow or "airflow" not in n)]
         if "postgres" not in stack.started or not reused:
             break  # only a database restart takes others down with it
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -166,22 +187,30 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
         for name in died:
             print(f"{name} exited after the restart; last lines of its log:\n{_service(run_dir, name).log_tail(10)}",
                   file=sys.stderr, flush=True)
-        again = _start_missing(run_dir, base_env, with_airflow, fixed_ports, durable)
+        again = start()
         again.started = stack.started + again.started
         stack = again
     return stack
 
 
+def service_names(executor: str = "local", celery_workers: int = CELERY_WORKERS) -> tuple[str, ...]:
+    """Every managed process of a stack with this executor (Redis and the workers only under Celery)."""
+    if executor != "celery":
+        return SERVICE_NAMES
+    return (*SERVICE_NAMES, "redis", *(worker_name(i) for i in range(1, celery_workers + 1)))
+
+
 def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow: bool, fixed_ports: bool,
-                   durable: bool) -> Stack:
+                   durable: bool, executor: str, celery_workers: int, extra_dag_folders: Sequence[Path]) -> Stack:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(run_dir)
     ports = _ports(run_dir, fixed_ports)
     stack = Stack(run_dir, {})
     # What was started is what runs under another pid afterwards (a service may die while the others start).
+    names = service_names(executor, celery_workers)
     pids_before = {name: _service(run_dir, name).pid() if _service(run_dir, name).is_running() else None
-                   for name in SERVICE_NAMES}
+                   for name in names}
     try:
         pg = start_postgres(run_dir / "postgres", port=ports["postgres"], databases=("relay", "airflow"),
                             durable=durable, reuse=True)
@@ -211,6 +240,12 @@ def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow:
             "STORAGE_EMULATOR_HOST": gcs.host,
             "RELAY_PYTHON": sys.executable,
         }
+        celery = None
+        if with_airflow and executor == "celery":
+            redis = start_redis(run_dir / "redis", port=ports["redis"], password=keys["redis_password"], reuse=True)
+            stack.services.append(redis)
+            celery = CeleryConfig(broker_url=redis.url(), result_backend="db+" + pg.url("airflow"),
+                                  workers=celery_workers)
         if with_airflow:
             # Inside Airflow every endpoint and secret comes from a Connection, none from the environment.
             conns = relay_connections(pg.url("relay"), orthanc, bucket, base.get("RELAY_GCS_PROJECT") or "dicom-relay",
@@ -218,20 +253,23 @@ def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow:
             af = start_airflow(
                 run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
                 port=ports["airflow"], password=keys["airflow_password"], connections=conns, reuse=True,
+                celery=celery, extra_dag_folders=extra_dag_folders,
             )
             stack.airflow = af
             # The CLI and the tests read the endpoints from stack.env; only Airflow's components go without them.
             stack.env.update({k: v for k, v in af.env.items() if k not in ENDPOINT_VARIABLES})
-            stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password})
+            stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password,
+                              "AIRFLOW_OP_PASSWORD": af.passwords["op"],
+                              "AIRFLOW_VIEWER_PASSWORD": af.passwords["viewer"]})
             client = af.client()
             for dag_id in ("process_study", "watch_inbox"):
                 client.unpause(dag_id)
     except BaseException:
         stack.stop()
         raise
-    stack.started = [name for name in SERVICE_NAMES
+    stack.started = [name for name in names
                      if _service(run_dir, name).pid() != pids_before[name] or pids_before[name] is None
-                     if with_airflow or not name.startswith("airflow-")]
+                     if with_airflow or not (name.startswith("airflow-") or name == "redis")]
     return stack
 
 
@@ -239,19 +277,22 @@ def _service(run_dir: Path, name: str) -> ManagedProcess:
     return ManagedProcess(name, [], run_dir_for(run_dir, name))
 
 
-def running(run_dir: Path) -> bool:
-    return all(_service(run_dir, name).is_running() for name in SERVICE_NAMES)
+def running(run_dir: Path, executor: str = "local") -> bool:
+    return all(_service(run_dir, name).is_running() for name in service_names(executor))
 
 
 def run_dir_for(run_dir: Path, name: str) -> Path:
     """Each service keeps its pid file in its own folder; Airflow's components in the stack's folder."""
-    sub = {"postgres": "postgres", "orthanc": "orthanc", "gcs": "gcs", "identifier-service": "identifier-service"}
+    sub = {"postgres": "postgres", "orthanc": "orthanc", "gcs": "gcs", "identifier-service": "identifier-service",
+           "redis": "redis"}
     return run_dir / sub[name] if name in sub else run_dir
 
 
 def stop_all(run_dir: Path) -> list[str]:
     stopped = []
-    for name in reversed(SERVICE_NAMES):
+    # Workers first (they run tasks), then Airflow, then the services (Redis before PostgreSQL).
+    for name in (*reversed(CELERY_NAMES[1:]), *reversed(SERVICE_NAMES[4:]), CELERY_NAMES[0],
+                 *reversed(SERVICE_NAMES[:4])):
         proc = ManagedProcess(name, [], run_dir_for(run_dir, name))
         if proc.pid() is not None:
             proc.stop()
@@ -293,17 +334,25 @@ def wait_for_batch(env: dict[str, str], folder: str, timeout: float = 900):
     return store.get_batch(found["batch"].batch_id)
 
 
-def up(run_dir: Path, sample: bool = True) -> int:
+def stack_executor(env: dict[str, str]) -> str:
+    return "celery" if env.get("AIRFLOW__CORE__EXECUTOR") == "CeleryExecutor" else "local"
+
+
+def up(run_dir: Path, sample: bool = True, executor: str = "local") -> int:
     status = 0
     env_file = run_dir / "stack.env"
-    if env_file.exists() and running(run_dir):
-        env = read_env_file(env_file)
+    previous = read_env_file(env_file)
+    if previous and stack_executor(previous) == executor and running(run_dir, executor):
+        env = previous
         print(f"dicom-relay stack already running (from {env_file}); reusing it.")
     else:
+        if previous and stack_executor(previous) != executor:
+            stop_all(run_dir)  # a stack with the other executor: its Airflow runs with the wrong settings
         # Only what is not running is started; what runs (and the tasks it runs) is left alone.
-        missing = [name for name in SERVICE_NAMES if not _service(run_dir, name).is_running()]
-        print(f"starting {', '.join(missing)} ...", flush=True)
-        stack = start_stack(run_dir, fixed_ports=True)
+        missing = [name for name in service_names(executor) if not _service(run_dir, name).is_running()]
+        extra = f" (CeleryExecutor: Redis, {CELERY_WORKERS} workers)" if executor == "celery" else ""
+        print(f"starting {', '.join(missing)}{extra} ...", flush=True)
+        stack = start_stack(run_dir, fixed_ports=True, executor=executor)
         env = stack.env
         write_env_file(env_file, env)
     if sample:
@@ -322,7 +371,8 @@ def up(run_dir: Path, sample: bool = True) -> int:
             status = 1
     print(
         f"""
-Airflow UI      {env['AIRFLOW_URL']}   (user {env['AIRFLOW_USER']}, password {env['AIRFLOW_PASSWORD']})
+Airflow UI      {env['AIRFLOW_URL']}   (user {env['AIRFLOW_USER']}, password {env['AIRFLOW_PASSWORD']};
+                users op and viewer: AIRFLOW_OP_PASSWORD, AIRFLOW_VIEWER_PASSWORD in {env_file})
 Orthanc         {env['ORTHANC_URL']}   (user {env['ORTHANC_USER']}, password in {env_file})
 GCS emulator    {env['STORAGE_EMULATOR_HOST']}   bucket {env['RELAY_GCS_BUCKET']}
 Inbox           {env['RELAY_INBOX']}
@@ -338,10 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--run-dir", type=Path, default=REPO / ".run")
     parser.add_argument("--no-sample", action="store_true")
+    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("EXECUTOR", "local") or "local")
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
     if args.command == "up":
-        return up(run_dir, sample=not args.no_sample)
+        return up(run_dir, sample=not args.no_sample, executor=args.executor)
     stopped = stop_all(run_dir)
     print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
     return 0

@@ -64,3 +64,29 @@ async def test_empty_inbox_fires_zero_at_its_deadline(tmp_path):
     assert InboxTrigger(**trigger.serialize()[1]).deadline == trigger.deadline
     event = await asyncio.wait_for(trigger.run().__anext__(), timeout=10)
     assert event.payload == {"waiting": 0}
+
+
+async def test_claims_a_quiet_folder_within_one_poll_of_turning_quiet(tmp_path):
+    """Detection: the folder is claimed (moved into the work area) by the trigger itself, at most one poll after it
+    has been quiet for stable_seconds (the default poll, 0.5 s, keeps that within stable_seconds + 1 s)."""
+    import time
+
+    (tmp_path / "inbox").mkdir()
+    trigger = InboxTrigger(str(tmp_path / "inbox"), str(tmp_path / "batches"), stable_seconds=0.5, poll_seconds=0.5)
+    (tmp_path / "inbox" / "ACC7.tmp1").mkdir()
+    (tmp_path / "inbox" / "ACC7.tmp1" / "f").write_text("x")
+    task = asyncio.ensure_future(trigger.run().__anext__())
+    await asyncio.sleep(0.2)
+    written = (tmp_path / "inbox" / "ACC7.tmp1" / "f").stat().st_mtime
+    (tmp_path / "inbox" / "ACC7.tmp1").rename(tmp_path / "inbox" / "ACC7")
+    renamed = time.time()
+    event = await asyncio.wait_for(task, timeout=5)
+    assert event.payload == {"waiting": 1}
+    assert not (tmp_path / "inbox" / "ACC7").exists()
+    (claim,) = inbox.undispatched(tmp_path / "batches")
+    assert claim.folder == "ACC7" and (claim.incoming / "f").read_text() == "x"
+    claimed_at = inbox.read_claim(claim.path) and json.loads((claim.path / inbox.CLAIM_FILE).read_text())["claimed_at"]
+    import datetime as dt
+
+    claimed = dt.datetime.fromisoformat(claimed_at).timestamp()
+    assert written + 0.5 <= claimed < max(written + 0.5, renamed) + 1.0

@@ -15,6 +15,7 @@ from dicom_relay.destinations.orthanc import (
     StoreReport,
     _read_meta,
     plan_associations,
+    split_for_associations,
 )
 from tests.support.samples import generate_ct_study
 
@@ -92,3 +93,12 @@ def test_from_settings_and_the_password_stays_out_of_repr():
 def test_outcome_description(status):
     text = InstanceOutcome(Path("x/2.25.9.dcm"), stored=False, status=status).describe()
     assert text.startswith("2.25.9.dcm: ") and "x/" not in text
+
+
+def test_instances_are_dealt_over_associations_only_when_there_are_enough():
+    assert split_for_associations(list(range(10)), 4) == [list(range(10))]
+    parts = split_for_associations(list(range(103)), 4)
+    assert len(parts) == 4 and sorted(x for p in parts for x in p) == list(range(103))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert split_for_associations(list(range(60)), 4) == [list(range(0, 60, 2)), list(range(1, 60, 2))]
+    assert split_for_associations([], 4) == []

@@ -1,0 +1,469 @@
+"""``make bench-e2e``: the relay end to end on the real local stack, against anchors measured in the same run.
+
+Starts the stack ``make run`` starts (PostgreSQL, Orthanc, GCS emulator, identifier service, Airflow 3 with the
+LocalExecutor) under ``.run/bench-e2e`` and drops, the atomic way (copy as ``NAME.tmpXXXX/``, rename):
+
+1. a 500-instance 512x512 CT study, alone;
+2. the anchors, on the same 500 source files, into the same Orthanc and the same GCS emulator: dcmtk's
+   ``storescu`` (one association, TCP_NODELAY), Orthanc's REST ``POST /instances`` with 4 threads, and
+   google-cloud-storage's ``transfer_manager`` with 8 threads;
+3. a 2000-instance 512x512 study, alone;
+4. three 150-instance studies at once.
+
+For each study it reports detection (rename -> claim), dispatch (claim -> run start), each task's Airflow duration
+and its own work (the step's ``seconds`` in its XCom), the gaps between tasks, end-to-end instances/s (rename ->
+batch DONE) and the peak RSS of each task's process tree (sampled with psutil every 0.2 s); while tasks run it
+samples the CPU of every process class (task, Orthanc, GCS emulator, PostgreSQL, each Airflow component) and the
+disk, so that a goal that is missed names the resource that was saturated. Prints the ratios and which goals
+hold, writes ``bench-e2e.json`` and draws ``bench-e2e-timeline.png`` (matplotlib) in the run folder.
+
+    python scripts/bench_e2e.py [--run-dir .run/bench-e2e] [--small N] [--large N] [--concurrent N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "include")]
+
+from dicom_relay.status import StatusStore  # noqa: E402
+from tests.support.samples import drop_atomically, generate_ct_study  # noqa: E402
+from tests.support.stack.local import start_stack  # noqa: E402
+
+TASKS = ["import", "get_identifiers", "replace_identifiers", "send_orthanc", "send_gcs", "cleanup"]
+CORES = psutil.cpu_count() or 1
+
+
+def ts(value: str | None) -> float | None:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+# ---- sampling ----------------------------------------------------------------------------------------------------
+
+class Sampler(threading.Thread):
+    """Every ``interval`` seconds: RSS of each Airflow task process tree (by task-instance id, from the task
+    runner's process title ``airflow worker -- <ti id>``) and CPU seconds per process class; disk busy time."""
+
+    def __init__(self, classes: dict[str, int], interval: float = 0.2):
+        super().__init__(daemon=True)
+        self.classes = classes  # class name -> process group id
+        self.interval = interval
+        self.peak_rss: dict[str, int] = defaultdict(int)  # ti id -> bytes
+        self.samples: list[dict] = []  # {"t", "cpu": {class: cpu seconds (cumulative)}, "disk_busy_ms", "host_cpu"}
+        self._halt = threading.Event()
+        self._cpu_seen: dict[int, float] = {}
+        self._cpu_total: dict[str, float] = defaultdict(float)
+
+    def run(self) -> None:
+        psutil.cpu_percent(None)
+        while not self._halt.is_set():
+            self.sample()
+            self._halt.wait(self.interval)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def sample(self) -> None:
+        procs = {}
+        for p in psutil.process_iter(["pid", "ppid", "cmdline"]):
+            procs[p.info["pid"]] = p
+        tasks: dict[int, str] = {}
+        for pid, p in procs.items():
+            # setproctitle leaves the title in argv[0], padded with empty strings or spaces.
+            cmd = " ".join(p.info["cmdline"] or []).strip()
+            if cmd.startswith("airflow worker -- "):
+                ti = cmd.split()[-1]
+                if len(ti) == 36 and ti.count("-") == 4:  # the task runner's title carries the TI's UUID
+                    tasks[pid] = ti
+
+        def owner(pid: int) -> str | None:
+            seen = 0
+            while pid in procs and seen < 20:
+                if pid in tasks:
+                    return tasks[pid]
+                pid = procs[pid].info["ppid"]
+                seen += 1
+            return None
+
+        rss: dict[str, int] = defaultdict(int)
+        for pid, p in procs.items():
+            ti = owner(pid)
+            try:
+                if ti:
+                    rss[ti] += p.memory_info().rss
+                cls = f"task ({ti[:8]})" if ti else None
+                if cls is None:
+                    pgid = os.getpgid(pid)
+                    cls = next((name for name, g in self.classes.items() if g == pgid), None)
+                if cls is None:
+                    continue
+                cpu = sum(p.cpu_times()[:2])
+            except (psutil.Error, ProcessLookupError, OSError):
+                continue
+            before = self._cpu_seen.get(pid, 0.0)
+            self._cpu_seen[pid] = cpu
+            self._cpu_total["task" if cls.startswith("task") else cls] += max(0.0, cpu - before)
+        for ti, value in rss.items():
+            self.peak_rss[ti] = max(self.peak_rss[ti], value)
+        disk = psutil.disk_io_counters()
+        self.samples.append({
+            "t": time.time(), "cpu": dict(self._cpu_total), "host_cpu": psutil.cpu_percent(None),
+            "disk_busy_ms": getattr(disk, "busy_time", 0) if disk else 0,
+        })
+
+    def window(self, start: float, end: float) -> dict:
+        """CPU use per class (in % of one core) and host CPU / disk busy (%) between two times."""
+        inside = [s for s in self.samples if start <= s["t"] <= end]
+        if len(inside) < 2:
+            return {}
+        first, last = inside[0], inside[-1]
+        span = last["t"] - first["t"]
+        if span <= 0:
+            return {}
+        cpu = {c: round(100 * (last["cpu"].get(c, 0) - first["cpu"].get(c, 0)) / span)
+               for c in last["cpu"]}
+        return {
+            "cpu_percent_of_one_core": {c: v for c, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0},
+            "host_cpu_percent": round(sum(s["host_cpu"] for s in inside[1:]) / (len(inside) - 1)),
+            "disk_busy_percent": round(100 * (last["disk_busy_ms"] - first["disk_busy_ms"]) / 1000 / span),
+        }
+
+
+def saturation(window: dict) -> str:
+    """Which resource was saturated in a window, from the measured figures."""
+    if not window:
+        return "not sampled"
+    host = window["host_cpu_percent"]
+    top = list(window["cpu_percent_of_one_core"].items())[:3]
+    tops = ", ".join(f"{c} {v}%" for c, v in top)
+    if window["disk_busy_percent"] >= 80:
+        return f"disk ({window['disk_busy_percent']}% busy); CPU: {tops}"
+    if host >= 85:
+        return f"host CPU ({host}% of {CORES} cores); largest: {tops}"
+    if top and top[0][1] >= 90:
+        return f"one core ({top[0][0]} {top[0][1]}%)"
+    return f"none clearly (host CPU {host}%, disk {window['disk_busy_percent']}%); largest: {tops}"
+
+
+# ---- one study -----------------------------------------------------------------------------------------------------
+
+def drop_and_wait(stack, studies: dict[str, Path], timeout: float = 1800) -> dict[str, dict]:
+    """Drop every study at once (each copied as .tmp, then renamed); wait until all are DONE and their runs ended."""
+    inbox = Path(stack.env["RELAY_INBOX"])
+    renamed = {}
+    # Copy all first (a sender's time), then rename each: detection is measured from the rename.
+    for name, source in studies.items():
+        shutil.copytree(source, inbox / f"{name}.tmp0001")
+    for name in studies:
+        os.rename(inbox / f"{name}.tmp0001", inbox / name)
+        renamed[name] = time.time()
+    store = StatusStore(stack.env["RELAY_DB_URL"])
+    client = stack.airflow.client()
+    deadline = time.monotonic() + timeout
+    while True:
+        batches = {b.folder: b for b in store.list_batches(limit=500) if b.folder in studies}
+        if len(batches) == len(studies) and all(b.status in ("DONE", "ERROR") for b in batches.values()):
+            states = [client.get(f"/dags/process_study/dagRuns/{b.run_id}")["state"] for b in batches.values()]
+            if all(s in ("success", "failed") for s in states):
+                break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"studies not finished after {timeout}s")
+        time.sleep(0.5)
+    return {name: {"renamed": renamed[name], "batch": batches[name]} for name in studies}
+
+
+def study_report(stack, sampler: Sampler, name: str, n: int, renamed: float, batch) -> dict:
+    client = stack.airflow.client()
+    claim = json.loads((Path(stack.env["RELAY_WORK_DIR"]) / "batches" / batch.batch_id / "claim.json").read_text())
+    claimed = ts(claim["claimed_at"])
+    run = client.get(f"/dags/process_study/dagRuns/{batch.run_id}")
+    tis = {t["task_id"]: t for t in client.task_instances("process_study", batch.run_id)}
+    tasks, prev_end = {}, None
+    for task in TASKS:
+        ti = tis[task]
+        start, end = ts(ti["start_date"]), ts(ti["end_date"])
+        work = (client.xcom("process_study", batch.run_id, task) or {}).get("seconds")
+        window = sampler.window(start, end)
+        tasks[task] = {
+            "start": start, "end": end, "airflow_seconds": round(end - start, 3),
+            "own_work_seconds": work, "gap_before_seconds": round(start - prev_end, 3) if prev_end else None,
+            "peak_rss_mib": round(sampler.peak_rss.get(ti["id"], 0) / 2**20, 1),
+            "try_number": ti["try_number"], "resources": window, "saturated": saturation(window),
+        }
+        prev_end = end
+    run_start, run_end = ts(run["start_date"]), ts(run["end_date"])
+    own = sum(t["own_work_seconds"] or 0 for t in tasks.values())
+    done = batch.finished_at.timestamp() if batch.finished_at else run_end
+    return {
+        "study": name, "instances": n, "status": batch.status, "renamed": renamed, "claimed": claimed,
+        "run_start": run_start, "run_end": run_end, "done": done,
+        "detection_seconds": round(claimed - renamed, 3),
+        "dispatch_seconds": round(run_start - claimed, 3),
+        "run_seconds": round(run_end - run_start, 3),
+        "own_work_seconds": round(own, 3),
+        "airflow_share": round((run_end - run_start - own) / (run_end - run_start), 3),
+        "e2e_seconds": round(done - renamed, 3),
+        "e2e_instances_per_second": round(n / (done - renamed), 1),
+        "peak_rss_mib": max(t["peak_rss_mib"] for t in tasks.values()),
+        "tasks": tasks,
+    }
+
+
+# ---- anchors -------------------------------------------------------------------------------------------------------
+
+def orthanc_auth(env):
+    return env["ORTHANC_USER"], env["ORTHANC_PASSWORD"]
+
+
+def orthanc_delete_all(env) -> None:
+    for study in requests.get(f"{env['ORTHANC_URL']}/studies", auth=orthanc_auth(env), timeout=60).json():
+        requests.delete(f"{env['ORTHANC_URL']}/studies/{study}", auth=orthanc_auth(env), timeout=60)
+
+
+def anchor_storescu(env, files: list[Path], sampler) -> dict:
+    start = time.time()
+    out = subprocess.run(
+        ["storescu", "-aet", "BENCH", "-aec", env["ORTHANC_AE_TITLE"], env["ORTHANC_HOST"], env["ORTHANC_DICOM_PORT"],
+         *map(str, files)], env={**os.environ, "TCP_NODELAY": "1"}, capture_output=True, text=True)
+    end = time.time()
+    if out.returncode != 0:
+        raise SystemExit(f"storescu failed: {out.stderr[-2000:]}")
+    return {"seconds": round(end - start, 3), "per_second": round(len(files) / (end - start), 1),
+            "saturated": saturation(sampler.window(start, end))}
+
+
+def anchor_orthanc_rest(env, files: list[Path], sampler, threads: int = 4) -> dict:
+    local = threading.local()
+
+    def post(path: Path) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            local.session.auth = orthanc_auth(env)
+        r = local.session.post(f"{env['ORTHANC_URL']}/instances", data=path.read_bytes(), timeout=60,
+                               headers={"Content-Type": "application/dicom"})
+        r.raise_for_status()
+
+    start = time.time()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(post, files))
+    end = time.time()
+    return {"threads": threads, "seconds": round(end - start, 3), "per_second": round(len(files) / (end - start), 1),
+            "saturated": saturation(sampler.window(start, end))}
+
+
+def anchor_transfer_manager(env, files: list[Path], folder: Path, sampler, workers: int = 8) -> dict:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    from google.cloud.storage import transfer_manager
+
+    os.environ["STORAGE_EMULATOR_HOST"] = env["STORAGE_EMULATOR_HOST"]
+    client = storage.Client(project="dicom-relay", credentials=AnonymousCredentials())
+    bucket = client.bucket(env["RELAY_GCS_BUCKET"])
+    names = [str(p.relative_to(folder)) for p in files]
+    start = time.time()
+    results = transfer_manager.upload_many_from_filenames(
+        bucket, names, source_directory=str(folder), blob_name_prefix=f"anchor-{int(start)}/", max_workers=workers,
+        worker_type=transfer_manager.THREAD, raise_exception=True)
+    end = time.time()
+    assert all(r is None for r in results), results[:3]
+    return {"max_workers": workers, "seconds": round(end - start, 3),
+            "per_second": round(len(files) / (end - start), 1), "saturated": saturation(sampler.window(start, end))}
+
+
+# ---- chart -----------------------------------------------------------------------------------------------------
+
+COLORS = {"detection": "#bbbbbb", "dispatch": "#888888", "import": "#1f77b4", "get_identifiers": "#9467bd",
+          "replace_identifiers": "#2ca02c", "send_orthanc": "#d62728", "send_gcs": "#ff7f0e", "cleanup": "#8c564b"}
+
+
+def draw_timeline(reports: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(13, 1.6 + 0.55 * len(reports)))
+    for row, r in enumerate(reports):
+        t0 = r["renamed"]
+        segments = [("detection", r["renamed"], r["claimed"]), ("dispatch", r["claimed"], r["run_start"])]
+        segments += [(task, t["start"], t["end"]) for task, t in r["tasks"].items()]
+        for label, a, b in segments:
+            ax.barh(row, b - a, left=a - t0, color=COLORS[label], edgecolor="white", height=0.6)
+        for task, t in r["tasks"].items():  # own work: a thin dark bar inside the task's bar
+            if t["own_work_seconds"]:
+                ax.barh(row - 0.22, t["own_work_seconds"], left=t["end"] - t0 - t["own_work_seconds"], color="black",
+                        height=0.1)
+        ax.text(r["done"] - t0 + 0.3, row, f"{r['e2e_instances_per_second']} inst/s", va="center", fontsize=8)
+    ax.set_yticks(range(len(reports)), [f"{r['study']} ({r['instances']})" for r in reports], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds after the folder's rename into the inbox (black: the step's own work)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
+    ax.legend(handles, list(COLORS), ncol=8, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 / max(1, len(reports) / 3)))
+    ax.set_title("dicom-relay end to end: stages per study (make bench-e2e)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_e2e")
+    parser.add_argument("--run-dir", type=Path, default=REPO / ".run" / "bench-e2e")
+    parser.add_argument("--small", type=int, default=500)
+    parser.add_argument("--large", type=int, default=2000)
+    parser.add_argument("--concurrent", type=int, default=150, help="instances of each of the three studies")
+    parser.add_argument("--size", type=int, default=512, help="rows and columns of every slice")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    sources = run_dir / "sources"
+
+    print("generating studies ...", flush=True)
+    small = generate_ct_study(sources / "small", patient_id="BENCH-500", n_instances=args.small,
+                              rows=args.size, columns=args.size, n_series=2)
+    large = generate_ct_study(sources / "large", patient_id="BENCH-2000", n_instances=args.large,
+                              rows=args.size, columns=args.size, n_series=4)
+    trio = {f"BENCH-C{i}": generate_ct_study(sources / f"c{i}", patient_id=f"BENCH-C{i}", n_instances=args.concurrent,
+                                             rows=args.size, columns=args.size) for i in range(3)}
+    print("starting the stack (as make run) ...", flush=True)
+    stack = start_stack(run_dir / "stack")
+    env = stack.env
+    stable = float(env.get("RELAY_STABLE_SECONDS") or 2)
+    af = stack.airflow.processes
+    classes = {f"airflow {n}": p.pid() for n, p in af.items()}
+    for service in stack.services:
+        proc = getattr(service, "process", None)
+        if proc is not None and proc.pid():
+            classes[proc.name] = proc.pid()
+    sampler = Sampler(classes)
+    sampler.start()
+    result: dict = {"machine": {"cores": CORES, "load_avg_at_start": os.getloadavg()},
+                    "stable_seconds": stable, "studies": [], "anchors": {}}
+    try:
+        # Warm-up: the first run of a fresh Airflow parses and caches; not measured.
+        warm = generate_ct_study(sources / "warm", patient_id="BENCH-WARM", n_instances=5, rows=64, columns=64)
+        drop_and_wait(stack, {"BENCH-WARM": warm.folder})
+
+        print(f"{args.small}-instance study ...", flush=True)
+        for name, got in drop_and_wait(stack, {"BENCH-500": small.folder}).items():
+            result["studies"].append(study_report(stack, sampler, name, args.small, got["renamed"], got["batch"]))
+
+        print("anchors on the same files ...", flush=True)
+        files = sorted(small.folder.rglob("*.dcm"))
+        orthanc_delete_all(env)
+        result["anchors"]["storescu"] = anchor_storescu(env, files, sampler)
+        orthanc_delete_all(env)
+        result["anchors"]["orthanc_rest"] = anchor_orthanc_rest(env, files, sampler)
+        orthanc_delete_all(env)
+        result["anchors"]["transfer_manager"] = anchor_transfer_manager(env, files, small.folder, sampler)
+
+        print(f"{args.large}-instance study ...", flush=True)
+        for name, got in drop_and_wait(stack, {"BENCH-2000": large.folder}).items():
+            result["studies"].append(study_report(stack, sampler, name, args.large, got["renamed"], got["batch"]))
+
+        print(f"three {args.concurrent}-instance studies at once ...", flush=True)
+        got = drop_and_wait(stack, {name: s.folder for name, s in trio.items()})
+        for name in trio:
+            result["studies"].append(study_report(stack, sampler, name, args.concurrent, got[name]["renamed"],
+                                                  got[name]["batch"]))
+    finally:
+        try:
+            sampler.stop()
+        finally:
+            stack.stop()
+
+    goals = evaluate(result, stable)
+    result["goals"] = goals
+    out = run_dir / "bench-e2e.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    chart = run_dir / "bench-e2e-timeline.png"
+    draw_timeline(result["studies"], chart)
+    print_report(result)
+    print(f"\nJSON: {out}\nchart: {chart}")
+    return 0
+
+
+def evaluate(result: dict, stable: float) -> list[dict]:
+    by = {r["study"]: r for r in result["studies"]}
+    small, large, anchors = by["BENCH-500"], by["BENCH-2000"], result["anchors"]
+    n = small["instances"]
+    orthanc_rate = n / small["tasks"]["send_orthanc"]["own_work_seconds"]
+    gcs_rate = n / small["tasks"]["send_gcs"]["own_work_seconds"]
+    best_orthanc = max(anchors["storescu"]["per_second"], anchors["orthanc_rest"]["per_second"])
+    goals = [
+        ("send_orthanc >= 0.9x best of storescu / Orthanc REST", orthanc_rate / best_orthanc, 0.9,
+         small["tasks"]["send_orthanc"]["saturated"],
+         f"{orthanc_rate:.1f} inst/s vs {best_orthanc:.1f}"),
+        ("send_gcs >= 0.9x transfer_manager", gcs_rate / anchors["transfer_manager"]["per_second"], 0.9,
+         small["tasks"]["send_gcs"]["saturated"],
+         f"{gcs_rate:.1f} obj/s vs {anchors['transfer_manager']['per_second']:.1f}"),
+    ]
+    worst_detection = max(r["detection_seconds"] for r in result["studies"])
+    checks = [
+        {"goal": g, "ratio": round(v, 2), "holds": v >= want, "measured": m, "saturated": s}
+        for g, v, want, s, m in goals
+    ]
+    checks.append({"goal": f"detection <= RELAY_STABLE_SECONDS + 1 = {stable + 1:.1f} s (every study)",
+                   "measured": f"worst {worst_detection:.2f} s", "holds": worst_detection <= stable + 1})
+    run_window = {"cpu": small["tasks"]}
+    checks.append({"goal": "Airflow's share of a 500-instance run <= 10%",
+                   "measured": f"{100 * small['airflow_share']:.0f}% ({small['run_seconds'] - small['own_work_seconds']:.1f} s of {small['run_seconds']:.1f} s)",
+                   "holds": small["airflow_share"] <= 0.10,
+                   "saturated": "; ".join(f"gap before {t}: {v['gap_before_seconds']} s, {t} outside its work: "
+                                          f"{v['airflow_seconds'] - (v['own_work_seconds'] or 0):.2f} s"
+                                          for t, v in run_window["cpu"].items() if v["gap_before_seconds"])})
+    checks.append({"goal": "end to end >= 50 instances/s for 500 instances",
+                   "measured": f"{small['e2e_instances_per_second']} inst/s", "holds": small["e2e_instances_per_second"] >= 50,
+                   "saturated": "; ".join(f"{t}: {v['saturated']}" for t, v in small["tasks"].items()
+                                          if t in ("replace_identifiers", "send_orthanc", "send_gcs"))})
+    mem = large["peak_rss_mib"] / small["peak_rss_mib"] if small["peak_rss_mib"] else float("nan")
+    checks.append({"goal": "peak memory for 2000 instances within 10% of 500", "ratio": round(mem, 2),
+                   "measured": f"{large['peak_rss_mib']} MiB vs {small['peak_rss_mib']} MiB", "holds": mem <= 1.10})
+    return checks
+
+
+def print_report(result: dict) -> None:
+    print("\nstudy            inst  detect  dispatch  run     own    airflow%  e2e s   inst/s  peak MiB")
+    for r in result["studies"]:
+        print(f"{r['study']:<16} {r['instances']:>4}  {r['detection_seconds']:>6.2f}  {r['dispatch_seconds']:>8.2f}  "
+              f"{r['run_seconds']:>6.2f}  {r['own_work_seconds']:>6.2f}  {100 * r['airflow_share']:>7.0f}%  "
+              f"{r['e2e_seconds']:>6.2f}  {r['e2e_instances_per_second']:>6.1f}  {r['peak_rss_mib']:>8.1f}")
+    for r in result["studies"]:
+        if r["study"] in ("BENCH-500", "BENCH-2000"):
+            print(f"\n{r['study']}: task  airflow s  own work s  gap before s  peak RSS MiB  saturated")
+            for task, t in r["tasks"].items():
+                print(f"  {task:<20} {t['airflow_seconds']:>7.2f}  {t['own_work_seconds'] or 0:>9.2f}  "
+                      f"{t['gap_before_seconds'] if t['gap_before_seconds'] is not None else '':>11}  "
+                      f"{t['peak_rss_mib']:>11.1f}  {t['saturated']}")
+    print("\nanchors (same 500 source files, same services):")
+    for name, a in result["anchors"].items():
+        print(f"  {name:<18} {a['per_second']:>7.1f} /s in {a['seconds']:.2f} s; saturated: {a['saturated']}")
+    print("\ngoals:")
+    for g in result["goals"]:
+        mark = "HOLDS " if g["holds"] else "MISSED"
+        ratio = f" ratio {g['ratio']}" if "ratio" in g else ""
+        print(f"  [{mark}] {g['goal']}: {g['measured']}{ratio}")
+        if not g["holds"] and g.get("saturated"):
+            print(f"           saturated: {g['saturated']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
