@@ -10,7 +10,9 @@ RELAY_REVIEW_TIMEOUT_SECONDS keeps the files held.
 Started by watch_inbox with the run id ``batch__<batch_id>``, or by hand:
     airflow dags trigger process_study --conf '{"batch_id": "..."}'
 The params deidentify / send_orthanc / send_gcs override DEIDENTIFY_RESTFUL / SEND_TO_ORTHANC / SEND_TO_GOOGLE;
-pixel_policy may make RELAY_PIXEL_POLICY stricter (never weaker).
+pixel_policy may make RELAY_PIXEL_POLICY stricter (never weaker); deidentify and deid_options
+may only make de-identification stricter unless RELAY_ALLOW_UNSAFE_OVERRIDES=true
+(dicom_relay.overrides): a weaker run fails at import and sends nothing.
 """
 
 from datetime import datetime, timedelta

@@ -17,6 +17,9 @@ command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# gcc + libc headers build the local stack's loopback_bind.so (Orthanc 1.10 cannot choose its listening address).
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+[ -e /usr/include/netinet/in.h ] || missing+=(libc6-dev)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # The browser test (tests/e2e/test_operator_view.py) drives headless Chromium over the DevTools protocol.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, is_placeholder
 from .errors import RelayError
 from .files import write_json_atomically
 
@@ -37,6 +37,13 @@ def cmd_status(args, settings: Settings) -> int:
     from .status import StatusStore, to_json
 
     store = StatusStore(settings.db_url)
+    if args.refused:
+        refusals = store.refusals()
+        if args.json:
+            print(json.dumps([r.public() for r in refusals], indent=2))
+        else:
+            _print_refusals(refusals, empty="no inbox entry is refused")
+        return 0
     if args.batch:
         batch = store.get_batch(args.batch)
         batches = [batch] if batch else []
@@ -48,6 +55,9 @@ def cmd_status(args, settings: Settings) -> int:
     if args.json:
         print(to_json(batches))
         return 0
+    if not args.batch:
+        # Shown above the batches: an entry waiting in the inbox that will never become a batch needs a person.
+        _print_refusals(store.refusals())
     if not batches:
         print("no batches yet")
         return 0
@@ -64,6 +74,18 @@ def cmd_status(args, settings: Settings) -> int:
             print(f"    last decision: {d.get('decision')} ({d.get('reason')})"
                   + (f" run {d['run_id']}" if d.get("run_id") else "") + f"; reruns used {b.rerun_count}")
     return 0
+
+
+def _print_refusals(refusals, empty: str | None = None) -> None:
+    if not refusals:
+        if empty:
+            print(empty)
+        return
+    print(f"INBOX ENTRIES NOT TAKEN ({len(refusals)}; names are not shown, they may identify a patient; "
+          "`ls -la $RELAY_INBOX` shows them to whoever may see them)")
+    for r in refusals:
+        print(f"  {r.refusal_id:<24} {r.kind:<11} since {r.first_seen:%Y-%m-%d %H:%M:%S}  {r.reason}")
+    print()
 
 
 def cmd_migrate(args, settings: Settings) -> int:
@@ -160,8 +182,9 @@ def cmd_deidentify(args, settings: Settings) -> int:
     from .dicom_import import index_folder
     from .folder_deid import deidentify_folder, file_outcomes, summary
 
-    if not settings.secret_key:
-        print("error: set RELAY_SECRET_KEY (the key of the local pseudonyms and of the UID hash)", file=sys.stderr)
+    if is_placeholder(settings.secret_key.get_secret_value()):
+        print("error: RELAY_SECRET_KEY is empty or a placeholder; set it to a long random value (it keys the local "
+              "pseudonyms and the UID hash)", file=sys.stderr)
         return 2
     if not args.in_dir.is_dir():
         print("error: IN_DIR is not a folder", file=sys.stderr)  # not its name: folder names may be PHI
@@ -231,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="only batches in this status (e.g. ERROR)")
     p.add_argument("--batch", help="one batch, with its errors")
     p.add_argument("--errors", action="store_true", help="print each batch's errors")
+    p.add_argument("--refused", action="store_true",
+                   help="only the inbox entries the relay will not take (symbolic links, plain files, unreadable "
+                        "folders), by refusal id; with --json as JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("migrate", help="create or update the status tables (once at start; safe to repeat)")

@@ -27,6 +27,23 @@ class ConfigError(ValueError):
     """A setting is missing or does not parse; the message names the setting, never its secret value."""
 
 
+#: Values shipped as placeholders (``.env``, docs, examples) or commonly left in: a secret equal to one of them,
+#: or starting with ``change-me``, protects nothing.
+PLACEHOLDERS = frozenset({
+    "change-me", "changeme", "change_me", "change-me-to-a-long-random-string", "secret", "password", "passwd",
+    "token", "placeholder", "example", "default", "todo", "xxx", "none", "null", "relay", "admin", "orthanc",
+    "airflow",
+})
+_PLACEHOLDER_HINT = ("empty or a placeholder; set a long random value, e.g. "
+                     "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+
+
+def is_placeholder(value: str) -> bool:
+    """Whether a secret is empty or a known placeholder (compared without case, spaces or angle brackets)."""
+    word = value.strip().strip("<>").strip().lower()
+    return not word or word in PLACEHOLDERS or word.replace("_", "-").startswith(("change-me", "changeme"))
+
+
 def _env(name: str, *default: Any, **kw: Any) -> Any:
     """A field read from the environment variable ``name``."""
     return Field(*default, validation_alias=name, **kw)
@@ -53,8 +70,9 @@ class Settings(BaseSettings):
     stable_seconds: float = _env("RELAY_STABLE_SECONDS", 2.0)
     poll_seconds: float = _env("RELAY_POLL_SECONDS", 0.5)
 
-    # The relay's own status tables (not Airflow's metadata database).
-    db_url: str = _env("RELAY_DB_URL", "postgresql://relay@127.0.0.1:5432/relay")
+    # The relay's own status tables (not Airflow's metadata database). The URL may hold the password: it is left
+    # out of ``repr`` and dumps like the SecretStr fields.
+    db_url: str = _env("RELAY_DB_URL", "postgresql://relay@127.0.0.1:5432/relay", repr=False, exclude=True)
 
     # Switches inherited from sendit.
     deidentify: bool = _env("DEIDENTIFY_RESTFUL", True)
@@ -68,8 +86,8 @@ class Settings(BaseSettings):
     # Attempts after the first for one lookup (connection refused, timeouts, 5xx, 429), inside one task attempt.
     identifier_retries: int = _env("RELAY_IDENTIFIER_RETRIES", 3)
     identifier_id_source: str = _env("RELAY_IDENTIFIER_ID_SOURCE", "MRN")
-    # Key of the local provider and of the UID hash (HMAC). Must be set for real use; the default is only
-    # good enough for a demo and the CLI warns about it.
+    # Key of the local provider and of the UID hash (HMAC). Required: every step refuses to start while it is
+    # empty or a placeholder (``require_secrets``).
     secret_key: SecretStr = _env("RELAY_SECRET_KEY", SecretStr(""))
 
     # Orthanc: DICOM for C-STORE, REST for verifying receipt.
@@ -85,10 +103,18 @@ class Settings(BaseSettings):
     gcs_bucket: str = _env("RELAY_GCS_BUCKET", "dicom-relay")
     gcs_project: str = _env("RELAY_GCS_PROJECT", "dicom-relay")
     gcs_prefix: str = _env("RELAY_GCS_PREFIX", "studies")
+    # An emulator's URL (fake-gcs-server in make run and the tests): anonymous access to it; or a service-account
+    # key file; neither: the machine's default credentials (google-auth's search).
+    gcs_emulator_host: str = _env("STORAGE_EMULATOR_HOST", "")
+    gcs_credentials_file: str = _env("GOOGLE_APPLICATION_CREDENTIALS", "")
 
     # PS3.15 profile options (dicom_relay.deid.DeidOptions fields) for every run, as a JSON object; a run's
     # ``deid_options`` param overrides them one by one.
     deid_options: dict = _env("RELAY_DEID_OPTIONS", default_factory=dict)
+    # Whether a run's params may make de-identification weaker than the two settings above (deidentify=false,
+    # a retain option, a weaker pixel policy...). Off: such a run fails at its first task and nothing is sent.
+    # Anyone who may trigger a DAG run sets params; only the deployment decides this (dicom_relay.overrides).
+    allow_unsafe_overrides: bool = _env("RELAY_ALLOW_UNSAFE_OVERRIDES", False)
     # Processes that de-identify a large study (0: one per core).
     deid_workers: int = _env("RELAY_DEID_WORKERS", 0)
     # Burned-in text in the pixels: clean | all-text | hold (dicom_relay.deid.pixels.policy). A run may make it
@@ -164,6 +190,44 @@ class Settings(BaseSettings):
     @property
     def batches_dir(self) -> Path:
         return self.work_dir / "batches"
+
+    def require_db_secret(self) -> None:
+        """Raise ConfigError when RELAY_DB_URL carries an empty or placeholder password.
+
+        A URL without a password is accepted: libpq then takes it from ``~/.pgpass`` or ``PGPASSWORD``, or the
+        server authenticates a local socket by peer; the server refuses a wrong one either way.
+        """
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            password = conninfo_to_dict(self.db_url).get("password")
+        except Exception:  # noqa: BLE001 - psycopg's message may quote the URL, password included
+            raise ConfigError("RELAY_DB_URL is not a PostgreSQL URL or connection string") from None
+        if password is not None and is_placeholder(str(password)):
+            raise ConfigError(f"RELAY_DB_URL: {_PLACEHOLDER_HINT}")
+
+    def require_secrets(self, *, deidentify: bool, send_orthanc: bool) -> None:
+        """Raise ConfigError naming every secret a run needs that is empty or a known placeholder (``change-me``).
+
+        Needed: RELAY_SECRET_KEY always (the UID hash and the embedded provider are keyed by it: without a real
+        key anyone can compute them); the password in RELAY_DB_URL if it holds one; ORTHANC_PASSWORD when the
+        run sends to Orthanc; RELAY_IDENTIFIER_TOKEN when RELAY_IDENTIFIER_URL is set. ``deidentify``
+        is accepted for symmetry with the run's options; the key is required either way.
+        """
+        problems = []
+        try:
+            self.require_db_secret()
+        except ConfigError as exc:
+            problems.append(str(exc))
+        needed = [("RELAY_SECRET_KEY", self.secret_key)]
+        if send_orthanc:
+            needed.append(("ORTHANC_PASSWORD", self.orthanc_password))
+        if self.identifier_url:
+            needed.append(("RELAY_IDENTIFIER_TOKEN", self.identifier_token))
+        problems += [f"{name}: {_PLACEHOLDER_HINT}" for name, secret in needed
+                     if is_placeholder(secret.get_secret_value())]
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 class _MappingEnvSource(EnvSettingsSource):

@@ -15,6 +15,12 @@ claimed once whatever restarts happen. The steps, each safe to repeat after a cr
 
 ``recover_claims`` finishes step 2 for claims a crash interrupted; ``undispatched`` lists batches whose run was
 not yet requested, so the next cycle requests it (a deterministic run id makes a second request harmless).
+
+What the relay will not take is never ignored in silence: ``refused_entries`` names every top-level entry that is
+not a claimable folder (a symbolic link, a plain file, a folder the relay cannot read entirely, a socket...), the
+dispatcher records each once in the status table and ``dicom-relay status`` shows it (by id, never by name).
+Entries whose name says they are still being written (``NAME.tmpXXXX``, hidden names) are not refused: the
+sender's protocol says they will change.
 """
 
 from __future__ import annotations
@@ -30,11 +36,83 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PermanentError
-from .files import write_json_atomically
+from .files import make_private_dir, write_json_atomically
 
 CLAIM_FILE = "claim.json"
 INCOMING = "incoming"
 DISPATCHED = "dispatched"
+#: In the work area, next to ``batches/``: the refused inbox entries last recorded (names: private, 0600).
+REFUSED_FILE = "refused_entries.json"
+
+
+@dataclass(frozen=True)
+class RefusedEntry:
+    """A top-level inbox entry the relay will not take. ``name`` may be PHI: it is stored, never shown."""
+
+    name: str
+    kind: str  # one of REFUSAL_KINDS
+    reason: str  # holds no part of the name
+
+
+REFUSAL_KINDS = ("symlink", "file", "unreadable", "special")
+
+
+def _unreadable(folder: str) -> bool:
+    """Whether some folder at or below ``folder`` cannot be listed or entered (os.walk would skip it silently)."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        return True
+    failed = []
+    for _root, _dirs, _files in os.walk(folder, onerror=failed.append):
+        if failed:
+            return True
+    return bool(failed)
+
+
+def refused_entries(inbox: Path) -> list[RefusedEntry]:
+    """Every top-level entry of ``inbox`` the relay will not take, by name order. Cheap enough for each poll
+    (a walk per finished folder, the same as ``latest_change``)."""
+    found = []
+    try:
+        entries = sorted(os.scandir(inbox), key=lambda e: e.name)
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        if not is_finished(entry.name):
+            continue  # being written, by the sender's protocol
+        try:
+            if entry.is_symlink():
+                found.append(RefusedEntry(entry.name, "symlink", "a symbolic link: the relay takes real folders only "
+                                          "(a link could point anywhere, and moving it moves no data)"))
+            elif entry.is_file(follow_symlinks=False):
+                found.append(RefusedEntry(entry.name, "file", "a plain file at the top of the inbox: a study must "
+                                          "come as a folder"))
+            elif not entry.is_dir(follow_symlinks=False):
+                found.append(RefusedEntry(entry.name, "special", "neither a folder nor a file (socket, pipe, "
+                                          "device)"))
+            elif _unreadable(entry.path):
+                found.append(RefusedEntry(entry.name, "unreadable", "a folder the relay cannot read entirely: fix "
+                                          "its permissions and it is taken"))
+        except FileNotFoundError:
+            continue  # gone while we looked
+    return found
+
+
+def unreported_refusals(inbox: Path, batches_dir: Path) -> list[RefusedEntry]:
+    """Refused entries not in the set last recorded by ``remember_refusals`` (new ones, or changed kinds), and
+    recorded ones that are gone: either way the dispatcher has something to write to the status table."""
+    current = {(r.name, r.kind) for r in refused_entries(inbox)}
+    return [RefusedEntry(n, k, "") for n, k in sorted(current ^ _remembered(batches_dir))]
+
+
+def remember_refusals(batches_dir: Path, refused: list[RefusedEntry]) -> None:
+    write_json_atomically(batches_dir.parent / REFUSED_FILE, sorted([r.name, r.kind] for r in refused), mode=0o600)
+
+
+def _remembered(batches_dir: Path) -> set[tuple[str, str]]:
+    try:
+        return {(n, k) for n, k in json.loads((batches_dir.parent / REFUSED_FILE).read_text())}
+    except (FileNotFoundError, json.JSONDecodeError, ValueError, TypeError):
+        return set()
 
 
 def is_finished(name: str) -> bool:
@@ -67,8 +145,8 @@ def finished_folders(inbox: Path, stable_seconds: float = 0.0, now: float | None
     except FileNotFoundError:
         return []
     for entry in entries:
-        if not entry.is_dir(follow_symlinks=False) or not is_finished(entry.name):
-            continue
+        if not entry.is_dir(follow_symlinks=False) or not is_finished(entry.name) or _unreadable(entry.path):
+            continue  # refused_entries reports what is not taken
         changed = latest_change(Path(entry.path))
         if now - changed >= stable_seconds:
             found.append((changed, entry.name))
@@ -115,13 +193,15 @@ class Claim:
 
 def claim(inbox: Path, batches_dir: Path, name: str) -> Claim | None:
     """Claim the inbox folder ``name``; return None if it is gone (another claimer or the sender took it)."""
-    batches_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(batches_dir)
     batch_id = new_batch_id()
     path = batches_dir / batch_id
-    path.mkdir()
+    path.mkdir(mode=0o700)
+    # claim.json names the folder (PHI): owner only from its creation.
     write_json_atomically(
         path / CLAIM_FILE,
         {"batch_id": batch_id, "folder": name, "claimed_at": dt.datetime.now(dt.timezone.utc).isoformat()},
+        mode=0o600,
     )
     try:
         os.rename(inbox / name, path / INCOMING)
@@ -194,10 +274,10 @@ def mark_dispatched(batches_dir: Path, batch_id: str) -> None:
 
 
 def waiting_work(inbox: Path, batches_dir: Path, stable_seconds: float) -> int:
-    """How much is waiting for the dispatcher: finished quiet folders, claims awaiting their run, and claims a
-    crash interrupted before the rename. Cheap: used by the trigger's poll."""
+    """How much is waiting for the dispatcher: finished quiet folders, claims awaiting their run, claims a crash
+    interrupted before the rename, and refused entries not yet recorded. Cheap: used by the trigger's poll."""
     return (len(finished_folders(inbox, stable_seconds)) + len(undispatched(batches_dir))
-            + len(interrupted_claims(batches_dir)))
+            + len(interrupted_claims(batches_dir)) + len(unreported_refusals(inbox, batches_dir)))
 
 
 def has_work(inbox: Path, batches_dir: Path, stable_seconds: float) -> bool:

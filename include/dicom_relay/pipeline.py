@@ -16,18 +16,17 @@ import functools
 from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import inbox, quarantine, retrying
+from . import inbox, overrides, quarantine, retrying
 from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
-from .files import remove_empty_dirs, write_json_atomically
+from .files import make_private_dir, remove_empty_dirs, write_json_atomically
 from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
 from .progress import Progress
 from .status import Instance, StatusStore
@@ -58,9 +57,11 @@ class RunOptions:
     def resolve(cls, settings: Settings, params: dict | None = None) -> "RunOptions":
         """The run's options: the settings, overridden by the run's params.
 
-        The pixel policy (``pixel_policy`` param, or ``pixels`` in the ``deid_options`` param) may only be made
-        stricter than the deployment's (RELAY_PIXEL_POLICY, or ``pixels`` in RELAY_DEID_OPTIONS, the stricter of
-        the two): a weaker one is a ConfigError, which fails the run at its first task.
+        A param may make de-identification stricter, never weaker, unless the deployment sets
+        RELAY_ALLOW_UNSAFE_OVERRIDES=true (:mod:`dicom_relay.overrides`); a weaker one is a ConfigError naming
+        each weakening, which fails the run at its first task before anything is read or sent. That includes
+        the pixel policy: the deployment's is the stricter of RELAY_PIXEL_POLICY and ``pixels`` in
+        RELAY_DEID_OPTIONS; a run asks through the ``pixel_policy`` param or ``pixels`` in ``deid_options``.
         """
         from .deid.errors import DeidError
         from .deid.pixels import policy as pixel_policy
@@ -71,19 +72,29 @@ class RunOptions:
             value = params.get(name)
             return default if value is None else bool(value)
 
-        run_deid = dict(params.get("deid_options") or {})
+        run_deid = params.get("deid_options") or {}
+        if not isinstance(run_deid, dict):
+            raise ConfigError("the deid_options param must be an object of de-identification options")
+        run_deid = dict(run_deid)
         try:
             deployed = pixel_policy.at_least(settings.pixel_policy, settings.deid_options.get("pixels"))
-            pixels = pixel_policy.at_least(deployed, run_deid.pop("pixels", None))
-            pixels = pixel_policy.at_least(pixels, params.get("pixel_policy"))
+            asked = [pixel_policy.check(p) for p in (run_deid.pop("pixels", None), params.get("pixel_policy"))
+                     if p is not None and str(p).strip()]
         except DeidError as exc:
             raise ConfigError(str(exc)) from None
-        return cls(
+        pixels = max(asked, key=pixel_policy.strictness) if asked else deployed
+        options = cls(
             deidentify=pick("deidentify", settings.deidentify),
             send_orthanc=pick("send_orthanc", settings.send_orthanc),
             send_gcs=pick("send_gcs", settings.send_gcs),
             deid={**settings.deid_options, **run_deid, "pixels": pixels},
         )
+        try:
+            overrides.refuse_weaker(settings.allow_unsafe_overrides, settings.deidentify,
+                                    {**settings.deid_options, "pixels": deployed}, options.deidentify, options.deid)
+        except overrides.UnsafeOverride as exc:
+            raise ConfigError(str(exc)) from None
+        return options
 
     def destinations(self) -> list[str]:
         return [name for name, on in (("orthanc", self.send_orthanc), ("gcs", self.send_gcs)) if on]
@@ -107,6 +118,8 @@ def step(name: str) -> Callable:
         @functools.wraps(fn)
         def run(batch_id: str, settings: Settings, options: RunOptions | None = None, *,
                 params: dict | None = None, attempt: int | None = None, **kw) -> dict:
+            # A placeholder database password is refused before it is sent to the server.
+            settings.require_db_secret()
             store = StatusStore(settings.db_url)
             started = time.monotonic()
             batch = store.get_batch(batch_id)
@@ -121,6 +134,12 @@ def step(name: str) -> Callable:
                     options = options or RunOptions.resolve(settings, params)
                 except ConfigError as exc:
                     raise PermanentError(f"the run's options are not valid: {exc}") from None
+                try:
+                    # Every step refuses to start without the secrets the run needs: a task that starts with an
+                    # empty key would produce pseudonyms and UIDs anyone can recompute.
+                    settings.require_secrets(deidentify=options.deidentify, send_orthanc=options.send_orthanc)
+                except ConfigError as exc:
+                    raise PermanentError(f"the deployment's secrets are not set: {exc}") from None
                 summary = fn(batch_id, settings, options, store, **kw)
             except RelayError as exc:
                 store.add_error(batch_id, name, str(exc), transient=exc.transient, status=exc.batch_status,
@@ -154,8 +173,12 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     Returns ``[{"trigger_run_id": ..., "conf": {"batch_id": ...}}]`` for every claimed batch whose run was not yet
     requested, including ones claimed by an earlier cycle that crashed before requesting.
     """
+    settings.require_db_secret()
     store = StatusStore(settings.db_url)
-    settings.batches_dir.mkdir(parents=True, exist_ok=True)
+    # The work area holds folder names, mappings and originals: owner only.
+    make_private_dir(settings.work_dir)
+    make_private_dir(settings.batches_dir)
+    record_refused_entries(settings, store)
     inbox.recover_claims(settings.inbox, settings.batches_dir)
     for name in inbox.finished_folders(settings.inbox, settings.stable_seconds):
         inbox.claim(settings.inbox, settings.batches_dir, name)
@@ -165,6 +188,17 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
         runs.append({"trigger_run_id": inbox.run_id_for(c.batch_id), "conf": {"batch_id": c.batch_id}})
     log.info("claimed batches waiting for a run: %d", len(runs))
     return runs
+
+
+def record_refused_entries(settings: Settings, store: StatusStore) -> list[str]:
+    """Record each inbox entry the relay will not take once in the status table (and close the records of those
+    gone); log each new one by its refusal id and kind, never its name. Returns the new refusal ids."""
+    refused = inbox.refused_entries(settings.inbox)
+    new = store.record_refusals([(r.name, r.kind, r.reason) for r in refused])
+    for refusal_id, kind, reason in new:
+        log.warning("inbox entry %s not taken (%s): %s; see dicom-relay status", refusal_id, kind, reason)
+    inbox.remember_refusals(settings.batches_dir, refused)
+    return [n[0] for n in new]
 
 
 def mark_dispatched(settings: Settings, batch_ids: list[str]) -> int:

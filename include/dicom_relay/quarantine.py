@@ -27,7 +27,8 @@ def read_index(qdir: Path) -> dict[str, dict]:
 def write_index(qdir: Path, entries: dict[str, dict]) -> None:
     """Replace the index atomically: a crash leaves the old index or the new one, never half of one."""
     qdir.mkdir(parents=True, exist_ok=True)
-    write_json_atomically(qdir / INDEX_FILE, entries, indent=2)
+    # It names the original files (PHI): owner only from its creation.
+    write_json_atomically(qdir / INDEX_FILE, entries, indent=2, mode=0o600)
 
 
 def next_number(qdir: Path) -> int:

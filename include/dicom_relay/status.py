@@ -99,6 +99,21 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE relay_batch DROP CONSTRAINT relay_batch_status_check;
     ALTER TABLE relay_batch ADD CONSTRAINT relay_batch_status_check CHECK (status IN {BATCH_STATES!r});
     """,
+    # 5: inbox entries the relay will not take (dicom_relay.inbox.refused_entries): one open row per entry and
+    # kind, recorded once; ``resolved_at`` is set when the entry is gone or became claimable. ``entry`` is the
+    # entry's name, internal like relay_batch.folder (names may be PHI): shown by ``refusal_id`` only.
+    """
+    CREATE TABLE IF NOT EXISTS relay_inbox_refusal (
+        refusal_id  text PRIMARY KEY,
+        entry       text NOT NULL,
+        kind        text NOT NULL,
+        reason      text NOT NULL,
+        first_seen  timestamptz NOT NULL DEFAULT now(),
+        resolved_at timestamptz
+    );
+    CREATE UNIQUE INDEX IF NOT EXISTS relay_inbox_refusal_open ON relay_inbox_refusal (entry, kind)
+        WHERE resolved_at IS NULL;
+    """,
 )
 
 
@@ -168,6 +183,24 @@ class Instance:
 INSTANCE_FIELDS = tuple(Instance.__dataclass_fields__)
 
 
+@dataclass
+class Refusal:
+    """An inbox entry the relay will not take (migration 3). ``entry`` is its name: internal, never shown."""
+
+    refusal_id: str
+    entry: str
+    kind: str
+    reason: str
+    first_seen: dt.datetime
+    resolved_at: dt.datetime | None = None
+
+    def public(self) -> dict[str, Any]:
+        """As ``dicom-relay status`` shows it: no name."""
+        return {"refusal_id": self.refusal_id, "kind": self.kind, "reason": self.reason,
+                "first_seen": self.first_seen.isoformat(),
+                "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None}
+
+
 class StatusTablesMissing(PermanentError):
     """The status database has no relay tables yet: the start-up migration has not run against it."""
 
@@ -205,6 +238,40 @@ class StatusStore:
                     conn.execute(sql)
                     conn.execute("INSERT INTO relay_schema_version (version) VALUES (%s)", (version,))
             return len(MIGRATIONS)
+
+    # -- inbox entries not taken (migration 3) --------------------------------------------------------------
+    def record_refusals(self, refused: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+        """Make the open refusals exactly ``refused`` ((name, kind, reason) of every entry refused now): add the
+        new ones, resolve the ones no longer refused. Returns (refusal_id, kind, reason) of each added one, so
+        that each is announced once however often the inbox is scanned."""
+        import secrets
+
+        added = []
+        with self._connect() as conn, conn.transaction():
+            for name, kind, reason in refused:
+                refusal_id = f"{_now():%Y%m%dT%H%M%S}-r{secrets.token_hex(3)}"
+                cur = conn.execute(
+                    "INSERT INTO relay_inbox_refusal (refusal_id, entry, kind, reason) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (entry, kind) WHERE resolved_at IS NULL DO NOTHING",
+                    (refusal_id, name, kind, reason),
+                )
+                if cur.rowcount == 1:
+                    added.append((refusal_id, kind, reason))
+            # "/" cannot occur in a file name: kind/name is unambiguous.
+            keep = [f"{kind}/{name}" for name, kind, _ in refused]
+            conn.execute(
+                "UPDATE relay_inbox_refusal SET resolved_at = now()"
+                " WHERE resolved_at IS NULL AND NOT (kind || '/' || entry = ANY(%s))",
+                (keep,),
+            )
+        return added
+
+    def refusals(self, include_resolved: bool = False, limit: int = 100) -> list[Refusal]:
+        where = "" if include_resolved else "WHERE resolved_at IS NULL"
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT * FROM relay_inbox_refusal {where} ORDER BY first_seen DESC LIMIT %s",
+                                (limit,)).fetchall()
+        return [Refusal(**r) for r in rows]
 
     # -- batches ------------------------------------------------------------------------------------------
     def create_batch(self, batch_id: str, folder: str) -> bool:

@@ -235,3 +235,20 @@ def test_no_identifier_or_secret_in_any_log(stack, dropped):
     secrets = [stack.env[k] for k in ("RELAY_SECRET_KEY", "ORTHANC_PASSWORD", "RELAY_IDENTIFIER_TOKEN")]
     leaks = scan_files(paths, planted(dropped) + list(dropped["studies"]) + ["MRN-E2E-PENDING"] + secrets)
     assert leaks == [], [str(leak) for leak in leaks[:5]]
+
+
+def test_every_process_of_the_stack_listens_on_loopback_only(stack):
+    """Airflow's components (with every process they fork: task runners, workers) and the services: psutil lists
+    the listening sockets of each process tree. Airflow's log servers would listen on every interface: they are
+    not started (the api-server reads the shared log folder)."""
+    from tests.support.stack.process import is_loopback, listening_addresses
+
+    trees = {name: proc.pid() for name, proc in stack.airflow.processes.items()}
+    trees.update({type(s).__name__: s.process.pid() for s in stack.services})
+    found = {name: listening_addresses(pid) for name, pid in trees.items()}
+    assert found["api-server"] and all(found[type(s).__name__] for s in stack.services), found
+    exposed = {name: sorted(a for a in addresses if not is_loopback(a[0])) for name, addresses in found.items()}
+    assert not any(exposed.values()), f"listening beyond loopback: {exposed}"
+    log_ports = {int(stack.env[k]) for k in ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+                                            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")}
+    assert not log_ports & {port for addresses in found.values() for _, port in addresses}

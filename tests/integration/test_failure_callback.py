@@ -13,7 +13,7 @@ class TaskInstance:
 
 
 def test_unrecorded_failure_marks_batch_error_once(relay_db_url, monkeypatch):
-    monkeypatch.setenv("RELAY_DB_URL", relay_db_url)
+    monkeypatch.setenv("AIRFLOW_CONN_RELAY_DB", relay_db_url)  # inside Airflow the status database is a Connection
     store = StatusStore(relay_db_url)
     store.create_batch("b-killed", "folder")
     store.set_status("b-killed", "PROCESSING")

@@ -120,3 +120,12 @@ def test_stopped_emulator_is_unavailable_within_the_retry_deadline(tmp_path, mon
     assert time.monotonic() - started < 10
     assert caught.value.transient
     assert dest.ping() is False
+
+
+def test_emulator_given_as_a_plain_value_not_the_environment(gcs_bucket, gcs_emulator, instance, monkeypatch):
+    """Inside Airflow the emulator comes from the relay_gcs Connection, not from STORAGE_EMULATOR_HOST."""
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+    dest = GcsDestination(gcs_bucket, project="relay-test", emulator_host=gcs_emulator.host)
+    name = "studies/P/1.2/1.2.3/plain-value.dcm"
+    result = dest.upload(instance[0], name, METADATA)
+    assert dest.verify(name, result.md5_b64)

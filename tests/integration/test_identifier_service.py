@@ -273,3 +273,22 @@ def test_bad_answers_fail_closed_at_once(status, body, expected):
     assert expected in str(info.value)
     assert "IT-MRN" not in str(info.value) and "IT-ACC" not in str(info.value)
     assert isinstance(info.value, PermanentError) and not isinstance(info.value, TransientError)
+
+
+def test_refused_request_leaves_nothing_of_itself_in_the_log(identifier_service):
+    study = "20260101T000009-dddddd"
+    for headers in ({}, {"Authorization": "Bearer guess-of-the-token-7f3a"}):
+        answer = requests.post(f"{identifier_service.url}/uid/{study}", headers=headers, timeout=5,
+                               json={"identifiers": [{"id": "IT-MRN-REFUSED", "id_source": "MRN"}]})
+        assert answer.status_code == 401
+    log = identifier_service.process.log_file.read_text()
+    assert "refused a request without the right token" in log
+    assert study not in log and "guess-of-the-token" not in log and "IT-MRN-REFUSED" not in log
+
+
+@pytest.mark.parametrize("token", ["", "change-me"])
+def test_service_does_not_start_without_a_real_token(tmp_path, token):
+    from tests.support.stack.process import ServiceError
+
+    with pytest.raises(ServiceError, match="RELAY_IDENTIFIER_TOKEN .* empty or a placeholder"):
+        start_identifier_service(tmp_path, token=token, timeout=20)

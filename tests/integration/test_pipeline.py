@@ -163,3 +163,35 @@ def test_large_study_uses_a_process_pool_with_identical_output(settings, tmp_pat
     for data in first.values():
         for value in study.identifiers():
             assert value.encode() not in data
+
+
+@pytest.mark.parametrize("params", [
+    {"deidentify": False},
+    {"deid_options": {"retain_uids": True}},
+    {"deid_options": {"dates": "full"}},
+], ids=["deidentify-false", "retain-uids", "full-dates"])
+def test_a_weaker_run_fails_at_import_and_sends_nothing(settings, tmp_path, orthanc, params):
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-PIPE-WEAK", n_instances=2, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-WEAKER")
+    for step in STEPS:
+        with pytest.raises(PermanentError, match="weaken de-identification.*RELAY_ALLOW_UNSAFE_OVERRIDES"):
+            step(batch_id, settings, params=params)
+    store = StatusStore(settings.db_url)
+    batch = store.get_batch(batch_id)
+    assert batch.status == "ERROR" and batch.errors[0]["task"] == "import"
+    assert batch.errors[0]["transient"] is False  # rerun_errors leaves it for a person
+    assert store.instances(batch_id) == []  # refused before the folder was even read
+    assert not (settings.batches_dir / batch_id / "deid").exists()
+    auth = (orthanc.user, orthanc.password)
+    found = requests.post(f"{orthanc.url}/tools/find", auth=auth, timeout=30,
+                          json={"Level": "Instance", "Query": {"PatientID": "MRN-PIPE-WEAK"}}).json()
+    assert found == []
+    assert len(list((settings.batches_dir / batch_id / "incoming").iterdir())) == 2  # nothing lost
+
+
+def test_a_deployment_allowing_unsafe_overrides_accepts_a_weaker_run(make_relay_env, tmp_path):
+    settings = Settings.from_env(make_relay_env(RELAY_ALLOW_UNSAFE_OVERRIDES="true"))
+    study = generate_ct_study(tmp_path / "src", n_instances=2, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-UNSAFE-OK")
+    summary = pipeline.import_batch(batch_id, settings, params={"deid_options": {"retain_uids": True}})
+    assert summary["instances"] == 2

@@ -155,7 +155,25 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def env_file() -> dict[str, str]:
+    """The .env as shipped (every secret empty)."""
     return parse_env_file(ENV_FILE)
+
+
+@pytest.fixture(scope="module")
+def filled_env(env_file) -> dict[str, str]:
+    """The .env as an operator fills it in: a distinct real-looking value for each secret."""
+    return {k: (f"{k.lower().strip('_')}-3f9a1c7e5b" if SECRET_NAME.search(k) else v) for k, v in env_file.items()}
+
+
+def refusals(compose: dict, env: dict[str, str]) -> dict[str, str]:
+    """What ``docker compose up`` refuses with ``env``: {variable: message} for each ``${VAR:?message}`` whose
+    variable is empty or unset (``:?``) or unset (``?``)."""
+    found = {}
+    for text in strings_in(compose):
+        for name, op, word in interpolations(text):
+            if (op == ":?" and not env.get(name)) or (op == "?" and name not in env):
+                found[name] = word or ""
+    return found
 
 
 # ---------------------------------------------------------------------------------------- the compose file
@@ -227,7 +245,8 @@ def test_inbox_and_work_dir_share_one_mount_so_claims_are_renames(compose):
     assert mount_of(env["RELAY_INBOX"]) == mount_of(env["RELAY_WORK_DIR"]) == PurePosixPath("/data")
 
 
-def test_safety_switches_default_on_when_blank(compose, env_file):
+def test_safety_switches_default_on_when_blank(compose, filled_env):
+    env_file = filled_env
     env = environment(compose["services"]["airflow-worker"])
     blank = {**env_file, "DEIDENTIFY_RESTFUL": "", "SEND_TO_ORTHANC": "", "SEND_TO_GOOGLE": ""}
     settings = Settings.from_env({k: resolve(v, blank) for k, v in env.items()})
@@ -237,7 +256,8 @@ def test_safety_switches_default_on_when_blank(compose, env_file):
     assert settings.identifier_url == ""
 
 
-def test_settings_resolve_to_the_compose_services(compose, env_file):
+def test_settings_resolve_to_the_compose_services(compose, filled_env):
+    env_file = filled_env
     services = compose["services"]
     env = {k: resolve(v, env_file) for k, v in environment(services["airflow-worker"]).items()}
     settings = Settings.from_env(env)
@@ -254,6 +274,28 @@ def test_settings_resolve_to_the_compose_services(compose, env_file):
     # One token configures both ends of the identifier service.
     id_env = {k: resolve(v, env_file) for k, v in environment(services["identifier-service"]).items()}
     assert id_env["RELAY_IDENTIFIER_TOKEN"] == settings.identifier_token.get_secret_value() != ""
+    settings.require_secrets(deidentify=True, send_orthanc=True)  # what the tasks check before they start
+
+
+def test_airflow_reads_endpoints_from_connections_matching_the_services(compose, filled_env, monkeypatch):
+    """The Connections compose gives Airflow (environment secrets backend) resolve, through the relay's own hooks,
+    to the same endpoints and secrets as the plain settings the CLI reads in the containers."""
+    from dicom_relay.airflow import connections
+
+    env = {k: resolve(v, filled_env) for k, v in environment(compose["services"]["airflow-worker"]).items()}
+    for name in list(Settings.variables()) + [n for n in env if n.startswith("AIRFLOW_CONN_")]:
+        monkeypatch.delenv(name, raising=False)
+    plain = Settings.from_env(env)
+    for name, value in env.items():
+        if name.startswith("AIRFLOW_CONN_"):
+            json.loads(value)  # valid JSON once interpolated
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RELAY_INBOX", "/data/inbox")
+    via_connections = connections.task_settings()
+    for field in ("db_url", "orthanc_url", "orthanc_host", "orthanc_dicom_port", "orthanc_ae_title", "orthanc_user",
+                  "orthanc_password", "gcs_bucket", "gcs_project", "gcs_prefix", "gcs_emulator_host",
+                  "identifier_url", "identifier_token"):
+        assert getattr(via_connections, field) == getattr(plain, field), field
 
 
 def test_identifier_service_keeps_its_mapping_on_a_volume(compose):
@@ -280,8 +322,14 @@ def test_orthanc_requires_authentication_with_credentials_from_env(compose):
     used = {name for name, _, _ in interpolations(config_path.read_text())}
     missing = used - set(environment(service))
     assert not missing, f"docker/orthanc.json uses {sorted(missing)} that the orthanc service does not set"
-    for port in service.get("ports", []):
-        assert str(port).startswith("127.0.0.1:"), f"orthanc port {port} is published beyond loopback"
+
+
+
+def test_only_the_api_server_is_published_and_on_loopback_by_default(compose, env_file):
+    published = {name: service["ports"] for name, service in compose["services"].items() if service.get("ports")}
+    assert set(published) == {"airflow-apiserver"}, f"published ports beyond the api-server: {published}"
+    (port,) = published["airflow-apiserver"]
+    assert resolve(str(port), env_file) == "127.0.0.1:8080:8080"
 
 
 def test_postgres_creates_the_relay_database(compose):
@@ -330,9 +378,16 @@ def test_every_variable_without_a_default_is_defined_in_env(compose, env_file):
     }
     missing = needed - set(env_file)
     assert not missing, f".env lacks {sorted(missing)}"
-    # ":?" also refuses an empty value.
-    required = {name for text in strings_in(compose) for name, op, _ in interpolations(text) if op == ":?"}
-    assert not {n for n in required if not env_file[n]}, "a required variable is empty in .env"
+
+
+def test_compose_refuses_the_shipped_env_naming_each_secret(compose, env_file, filled_env):
+    """``docker compose up`` with .env as shipped stops before anything starts, and says which secret to set."""
+    refused = refusals(compose, env_file)
+    secrets_in_env = {k for k in env_file if SECRET_NAME.search(k)}
+    assert set(refused) == secrets_in_env, "every secret of .env (and nothing else) must stop compose until set"
+    for name, message in refused.items():
+        assert message.startswith(f"{name} is empty") and "set it in .env" in message, message
+    assert refusals(compose, filled_env) == {}, "once every secret is set, compose starts"
 
 
 def test_every_env_entry_is_used_by_compose(compose, env_file):
@@ -344,14 +399,15 @@ def test_every_env_entry_is_used_by_compose(compose, env_file):
 def test_secrets_are_required_and_never_defaulted(compose):
     for text in strings_in(compose):
         for name, op, word in interpolations(text):
-            if SECRET_NAME.search(name) and name != "AIRFLOW_FERNET_KEY":
+            if SECRET_NAME.search(name):
                 assert op == ":?", f"${{{name}}} must be required (:?) so compose refuses to start without it"
 
 
 def test_env_holds_placeholders_not_secrets(env_file):
     for key, value in env_file.items():
         if SECRET_NAME.search(key):
-            assert value == "" or value.startswith("change-me"), f".env {key} must be a change-me placeholder"
+            # Empty, not a placeholder: compose can refuse an empty value (:?) but would accept "change-me".
+            assert value == "", f".env {key} must be empty (compose then refuses to start until it is set)"
         else:
             assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", value), f".env {key} embeds credentials in a URL"
             assert not re.fullmatch(r"[A-Za-z0-9+/_=-]{32,}", value), f".env {key} looks like a key or token"

@@ -1,4 +1,6 @@
-"""Run a pipeline step inside an Airflow task: settings from the environment, options from the run's params.
+"""Run a pipeline step inside an Airflow task: endpoints and secrets from the Airflow Connections
+(:mod:`dicom_relay.airflow.connections`), the rest of the settings from the environment, options from the run's
+params.
 
 Transient failures (a destination down) are raised as they are, so Airflow's retries (with exponential backoff)
 apply. Permanent failures raise ``AirflowFailException``: retrying cannot help, and a person is told why through
@@ -14,7 +16,8 @@ import requests
 from airflow.sdk.exceptions import AirflowFailException
 
 from dicom_relay import operations, pipeline, review
-from dicom_relay.config import Settings
+from dicom_relay.airflow import connections
+from dicom_relay.config import ConfigError, Settings
 from dicom_relay.errors import PermanentError
 from dicom_relay.status import StatusStore
 
@@ -27,14 +30,16 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
     batch_id = params.get("batch_id")
     if not batch_id:
         raise AirflowFailException("the run has no batch_id param; trigger with --conf '{\"batch_id\": ...}'")
-    settings = Settings.from_env()
     kwargs = {"run_id": context["run_id"]} if name == "import" else {}
     ti = context.get("ti") or context.get("task_instance")
     if getattr(ti, "try_number", None) is not None:
         kwargs["attempt"] = int(ti.try_number)
     try:
+        settings = connections.task_settings()
         return STEPS[name](batch_id, settings, params=params, **kwargs)
-    except PermanentError as exc:
+    except (PermanentError, ConfigError) as exc:
+        # A setting or secret that is wrong stays wrong on retry: fail at once with the reason (it names the
+        # setting, never its value).
         raise AirflowFailException(str(exc)) from None
 
 
@@ -77,7 +82,7 @@ def held_back_in_task() -> dict | None:
     from airflow.sdk import get_current_context
 
     context = get_current_context()
-    settings = Settings.from_env()
+    settings = connections.task_settings()
     found = review.held_back(settings, StatusStore(settings.db_url), context["params"]["batch_id"])
     if found is None:
         return None
@@ -93,7 +98,7 @@ def apply_review_in_task(answer: dict | None) -> list[dict[str, Any]]:
     from airflow.sdk import get_current_context
 
     context = get_current_context()
-    settings = Settings.from_env()
+    settings = connections.task_settings()
     store = StatusStore(settings.db_url)
     batch_id = context["params"]["batch_id"]
     chosen = (answer or {}).get("chosen_options") or [review.KEEP_HELD]
@@ -120,7 +125,7 @@ def record_task_failure(context: dict[str, Any]) -> None:
     batch_id = (context.get("params") or {}).get("batch_id")
     if not batch_id:
         return
-    store = StatusStore(Settings.from_env().db_url)
+    store = StatusStore(connections.status_db_url())
     batch = store.get_batch(batch_id)
     if batch is None or batch.status in ("ERROR", "EMPTY", "DONE", "HELD_BACK"):
         return
@@ -131,7 +136,7 @@ def record_task_failure(context: dict[str, Any]) -> None:
 
 
 def claim_folders() -> list[dict[str, Any]]:
-    return pipeline.claim_finished_folders(Settings.from_env())
+    return pipeline.claim_finished_folders(connections.task_settings())
 
 
 def mark_dispatched(runs: list[dict[str, Any]]) -> int:
@@ -153,7 +158,7 @@ def _process_study_run_state(run_id: str) -> str | None:
 
 def decide_reruns() -> list[dict[str, Any]]:
     """The decide task of rerun_errors: one {batch_id, decision, reason[, run_id]} per batch in ERROR."""
-    settings = Settings.from_env()
+    settings = connections.task_settings()
     decisions = operations.decide_reruns(StatusStore(settings.db_url), run_state=_process_study_run_state)
     return [d.public() for d in decisions]
 

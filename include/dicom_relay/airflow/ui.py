@@ -24,11 +24,18 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from dicom_relay import operations, quarantine
+from dicom_relay.airflow import connections
 from dicom_relay.config import Settings
 from dicom_relay.status import BATCH_STATES, StatusStore, StatusTablesMissing
 
 STATUS_COLOURS = {"DONE": "#1e8449", "ERROR": "#c0392b", "EMPTY": "#7f8c8d", "HELD_BACK": "#b9770e"}
 DAG = operations.PROCESS_DAG
+
+
+def _settings() -> Settings:
+    """Folders from the environment; the status database from the relay_db Connection (the api-server is given
+    no endpoint variable)."""
+    return Settings.from_env().with_overrides(db_url=connections.status_db_url())
 
 
 def _held(settings: Settings, batch_id: str) -> dict[str, list[str]]:
@@ -45,7 +52,7 @@ def _resolved(error: dict, summary: dict) -> bool:
 
 
 def _batches(limit: int, status: str | None) -> list[dict]:
-    settings = Settings.from_env()
+    settings = _settings()
     store = StatusStore(settings.db_url)
     out = []
     for b in store.list_batches(limit=limit, status=status):
@@ -204,8 +211,7 @@ async def requeue(batch_id: str, user=Depends(get_user)) -> dict:
     from dicom_relay.airflow_client import AirflowClient
 
     def go() -> str:
-        settings = Settings.from_env()
-        return operations.requeue(StatusStore(settings.db_url), AirflowClient.from_env(), batch_id)
+        return operations.requeue(StatusStore(connections.status_db_url()), AirflowClient.from_env(), batch_id)
 
     try:
         run_id = await asyncio.to_thread(go)

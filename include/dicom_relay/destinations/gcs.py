@@ -107,8 +107,12 @@ class GcsDestination:
         client=None,
         retry_deadline: float = 60.0,
         request_timeout: float = 60.0,
+        emulator_host: str = "",
+        credentials_file: str = "",
     ):
         self.bucket_name = bucket
+        self.emulator_host = emulator_host
+        self.credentials_file = credentials_file
         self.project = project
         self.prefix = prefix.strip("/")
         self._client = client
@@ -125,7 +129,8 @@ class GcsDestination:
         # How long the client library keeps retrying one request (5xx, dropped connections): RELAY_GCS_RETRY_SECONDS.
         # This is the only retry layer inside the task for GCS; Airflow's task retries come after it.
         kwargs.setdefault("retry_deadline", settings.gcs_retry_seconds)
-        return cls(bucket=settings.gcs_bucket, project=settings.gcs_project, prefix=settings.gcs_prefix, **kwargs)
+        return cls(bucket=settings.gcs_bucket, project=settings.gcs_project, prefix=settings.gcs_prefix,
+                   emulator_host=settings.gcs_emulator_host, credentials_file=settings.gcs_credentials_file, **kwargs)
 
     # ---- client ------------------------------------------------------------------------------------------------
 
@@ -134,10 +139,14 @@ class GcsDestination:
         if self._client is None:
             from google.cloud import storage
 
-            if os.environ.get("STORAGE_EMULATOR_HOST"):
+            emulator = self.emulator_host or os.environ.get("STORAGE_EMULATOR_HOST", "")
+            if emulator:
                 from google.auth.credentials import AnonymousCredentials
 
-                self._client = storage.Client(project=self.project, credentials=AnonymousCredentials())
+                self._client = storage.Client(project=self.project, credentials=AnonymousCredentials(),
+                                              client_options={"api_endpoint": emulator})
+            elif self.credentials_file:
+                self._client = storage.Client.from_service_account_json(self.credentials_file, project=self.project)
             else:
                 self._client = storage.Client(project=self.project)
         return self._client

@@ -43,9 +43,8 @@ class LocalProvider:
 
     def __init__(self, secret_key: str):
         if not secret_key:
-            log.warning(
-                "RELAY_SECRET_KEY is empty: local pseudonyms can be recomputed by anyone; set it for real use"
-            )
+            # Without a key anyone can recompute every pseudonym and jitter from the identifiers.
+            raise ValueError("the local provider needs a secret key (RELAY_SECRET_KEY)")
         self._key = secret_key.encode("utf-8")
 
     def __repr__(self) -> str:  # never show the key

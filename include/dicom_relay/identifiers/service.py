@@ -2,9 +2,10 @@
 
 Run it with::
 
-    python -m dicom_relay.identifiers.service --host 127.0.0.1 --port 8000 --db identifiers.sqlite [--token T]
+    python -m dicom_relay.identifiers.service --host 127.0.0.1 --port 8000 --db identifiers.sqlite
 
-(the token may also come from ``RELAY_IDENTIFIER_TOKEN``, which keeps it out of ``ps``).
+with the token in ``RELAY_IDENTIFIER_TOKEN`` (``--token T`` also works, but ``ps`` shows it). The service does
+not start without a token, or with a placeholder one (``change-me``...).
 
 - ``POST /uid/{study_name}`` answers one pseudonym and one jitter per patient and one pseudonym per item.
   A patient (``(id_source, id)``, surrounding spaces ignored) seen for the first time gets a random pseudonym
@@ -12,11 +13,12 @@ Run it with::
   ``"A-"`` + 14 hex digits (16 characters, an AccessionNumber's maximum). Both are stored, so the same
   identifier gets the same answer on every later call and after a restart. Items take their patient's jitter.
 - ``GET /health`` answers ``{"status": "ok"}`` when the database answers; it needs no token.
-- With a token configured every other request needs ``Authorization: Bearer <token>`` (HTTP 401 otherwise).
+- Every other request needs ``Authorization: Bearer <token>`` (HTTP 401 otherwise).
 
 The database holds the identifiers themselves (it is the lineage: it is what lets an honest broker go back),
-so it is created readable by its owner only. The service logs counts and the study name (a batch id), never an
-identifier, a date or a request body; uvicorn's access log is off.
+so it is created readable by its owner only. The service logs counts and the study name (a batch id) of an
+authorised request, never an identifier, a date or a request body; of a refused request it logs nothing but that
+one was refused (a running count); uvicorn's access log is off.
 """
 
 import argparse
@@ -30,6 +32,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from dicom_relay.config import is_placeholder
 from dicom_relay.identifiers.models import (
     JITTER_MAX_DAYS,
     Entity,
@@ -82,7 +85,7 @@ class PseudonymStore:
 
     def __init__(self, db_path: Path):
         self.db_path = Path(db_path)
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Create the file owner-only before SQLite opens it; SQLite gives its journal the same mode.
         os.close(os.open(self.db_path, os.O_CREAT | os.O_RDWR, 0o600))
         self._conn = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -151,8 +154,13 @@ class PseudonymStore:
         return results, counts
 
 
-def create_app(store: PseudonymStore, token: str = ""):
-    """The FastAPI application over ``store``; requests need ``Bearer <token>`` when ``token`` is set."""
+def create_app(store: PseudonymStore, token: str):
+    """The FastAPI application over ``store``; every request but ``/health`` needs ``Bearer <token>``.
+
+    The token is required: a service without one would hand out the mapping to anyone who reaches it.
+    """
+    if is_placeholder(token):
+        raise ValueError(f"the identifier service needs a token ({TOKEN_ENV}) that is not empty or a placeholder")
     # Imported here so that the library (and the stack launcher) can name this module without FastAPI.
     # No ``from __future__ import annotations`` in this module: FastAPI must see ``Request`` itself.
     from fastapi import FastAPI, Request
@@ -160,17 +168,17 @@ def create_app(store: PseudonymStore, token: str = ""):
     from fastapi.responses import JSONResponse
 
     app = FastAPI(title="dicom-relay identifier service", docs_url=None, redoc_url=None, openapi_url=None)
-    expected = f"Bearer {token}".encode() if token else b""
+    expected = f"Bearer {token}".encode()
 
     def authorized(request: Request) -> bool:
-        if not token:
-            return True
         return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
 
     def refuse() -> JSONResponse:
         return JSONResponse(
             {"detail": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
         )
+
+    refused = [0]
 
     @app.get("/health")
     async def health():
@@ -180,7 +188,10 @@ def create_app(store: PseudonymStore, token: str = ""):
     @app.post("/uid/{study_name}")
     async def uid(study_name: str, request: Request):
         if not authorized(request):
-            log.warning("study %s: refused a request without the right token", study_name)
+            # Nothing of the request is logged (its path names a study, its header holds a guess of the token);
+            # the count of refusals is all an operator needs to notice probing.
+            refused[0] += 1
+            log.warning("refused a request without the right token (%d so far)", refused[0])
             return refuse()
         try:
             body = await request.json()
@@ -211,8 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
-    if not token:
-        log.warning("no token configured: any client that reaches %s:%d gets pseudonyms", args.host, args.port)
+    if is_placeholder(token):
+        # Refuse to start: without a token any client that reaches the port gets the mapping.
+        parser.error(f"{TOKEN_ENV} (or --token) is empty or a placeholder; set a long random token")
 
     import uvicorn
 

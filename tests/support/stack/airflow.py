@@ -24,10 +24,16 @@ import requests
 
 from dicom_relay.airflow_client import AirflowClient
 
+from dicom_relay.files import write_private_text
+
 from .. import REPO
 from .process import ManagedProcess, free_port, wait_until
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+#: Extra arguments per component. Airflow's log servers (the scheduler's for LocalExecutor tasks, the triggerer's)
+#: listen on every interface and have no setting for the address (airflow.utils.serve_logs binds host ""); on one
+#: machine the api-server reads the task and trigger logs from the shared log folder, so they are not started.
+COMPONENT_ARGS = {"scheduler": ("--skip-serve-logs",), "triggerer": ("--skip-serve-logs",)}
 
 
 def worker_name(i: int) -> str:
@@ -91,10 +97,11 @@ USERS = {"admin": "admin", "op": "op", "viewer": "viewer", "relay": "user"}
 def _passwords(home: Path, admin_password: str) -> dict[str, str]:
     secrets_file = home / "secrets.json"
     keys = json.loads(secrets_file.read_text()) if secrets_file.exists() else {}
-    for name in ("jwt", "api", *(f"password_{u}" for u in USERS if u != "admin")):
-        keys.setdefault(name, secrets.token_urlsafe(32 if name in ("jwt", "api") else 12))
-    secrets_file.write_text(json.dumps(keys))
-    os.chmod(secrets_file, 0o600)
+    wanted = ("jwt", "api", *(f"password_{u}" for u in USERS if u != "admin"))
+    missing = {name: secrets.token_urlsafe(32 if name in ("jwt", "api") else 12) for name in wanted if name not in keys}
+    if missing or not secrets_file.exists():
+        keys.update(missing)
+        write_private_text(secrets_file, json.dumps(keys))
     return {"_jwt": keys["jwt"], "_api": keys["api"], "admin": admin_password,
             **{u: keys[f"password_{u}"] for u in USERS if u != "admin"}}
 
@@ -112,8 +119,7 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
     passwords = _passwords(home, password)
     keys = {"jwt": passwords.pop("_jwt"), "api": passwords.pop("_api")}
     passwords_file = home / "simple_auth_manager_passwords.json"
-    passwords_file.write_text(json.dumps(passwords))
-    os.chmod(passwords_file, 0o600)
+    write_private_text(passwords_file, json.dumps(passwords))
     extra = {"AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": bundle_config(extra_dag_folders)} if extra_dag_folders else {}
     return {
         **extra,
@@ -153,6 +159,32 @@ def airflow_env(home: Path, metadata_db_url: str, port: int, relay_env: Mapping[
     }
 
 
+#: The relay settings that name an endpoint or carry its secret: inside Airflow they come from the Connections
+#: (dicom_relay.airflow.connections), so the components get them blank (a value inherited from the shell that
+#: starts the stack must not sneak in either).
+ENDPOINT_VARIABLES = (
+    "RELAY_DB_URL", "ORTHANC_HOST", "ORTHANC_DICOM_PORT", "ORTHANC_AE_TITLE", "ORTHANC_URL", "ORTHANC_USER",
+    "ORTHANC_PASSWORD", "RELAY_GCS_BUCKET", "RELAY_GCS_PROJECT", "RELAY_GCS_PREFIX", "STORAGE_EMULATOR_HOST",
+    "GOOGLE_APPLICATION_CREDENTIALS", "RELAY_IDENTIFIER_URL", "RELAY_IDENTIFIER_TOKEN",
+)
+
+
+def import_connections(env: Mapping[str, str], connections: Mapping[str, Mapping]) -> None:
+    """Create (or replace) Airflow Connections in the metadata database with one ``airflow connections import``
+    (the same as one ``airflow connections add`` per Connection, in one process start). The file holds
+    passwords: created 0600 and removed at once."""
+    path = Path(env["AIRFLOW_HOME"]) / "connections.import.json"
+    write_private_text(path, json.dumps(
+        {cid: {**c, "extra": json.dumps(c.get("extra") or {})} for cid, c in connections.items()}))
+    try:
+        done = subprocess.run([airflow_bin(), "connections", "import", "--overwrite", str(path)],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    finally:
+        path.unlink(missing_ok=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"airflow connections import failed:\n{done.stderr[-3000:]}")
+
+
 def celery_worker(run_dir: Path, home: Path, env: Mapping[str, str], i: int, concurrency: int) -> ManagedProcess:
     """The i-th ``airflow celery worker``: its own Celery node name (``worker-<i>@host``) and pid file, so that two
     run side by side on one host; no log server (both would bind the same port; task logs are files under
@@ -172,36 +204,58 @@ def worker_ready(proc: ManagedProcess) -> bool:
 
 def start_airflow(
     run_dir: Path, metadata_db_url: str, relay_env: Mapping[str, str], port: int | None = None,
-    password: str | None = None, timeout: float = 240, celery: CeleryConfig | None = None,
-    extra_dag_folders: Sequence[Path] = (),
+    password: str | None = None, timeout: float = 240, connections: Mapping[str, Mapping] | None = None,
+    reuse: bool = False, celery: CeleryConfig | None = None, extra_dag_folders: Sequence[Path] = (),
 ) -> AirflowHandle:
-    """Migrate the metadata database, start the four components (and the Celery workers), and wait until both DAGs
-    are parsed (and every worker consumes)."""
+    """Migrate the metadata database, create the relay's Connections, start the four components (and the Celery
+    workers), and wait until both DAGs are parsed (and every worker consumes). With ``connections`` the components
+    get no endpoint variable (ENDPOINT_VARIABLES). With ``reuse`` the components (and workers) that run already
+    are left alone, with their tasks."""
+    if connections is not None:
+        relay_env = {**relay_env, **{name: "" for name in ENDPOINT_VARIABLES}}
     home = Path(run_dir) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     password = password or secrets.token_urlsafe(12)
     env = airflow_env(home, metadata_db_url, port, relay_env, password, celery, extra_dag_folders)
     full_env = {**os.environ, **env}
-    migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
-    if migrate.returncode != 0:
-        raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
     handle = AirflowHandle(home, f"http://127.0.0.1:{port}", "admin", password, env,
                            passwords=json.loads((home / "simple_auth_manager_passwords.json").read_text()))
     for component in COMPONENTS:
         handle.processes[component] = ManagedProcess(
-            f"airflow-{component}", [airflow_bin(), component], Path(run_dir), env=env
-        ).start()
+            f"airflow-{component}", [airflow_bin(), component, *COMPONENT_ARGS.get(component, ())], Path(run_dir),
+            env=env,
+        )
+    for i in range(1, (celery.workers if celery else 0) + 1):
+        proc = celery_worker(run_dir, home, env, i, celery.concurrency)
+        handle.processes[proc.name] = proc
+    running = {c for c, p in handle.processes.items() if reuse and p.is_running()}
+    if not running:
+        # A fresh start: the metadata database and the Connections first (both idempotent).
+        migrate = subprocess.run([airflow_bin(), "db", "migrate"], env=full_env, capture_output=True, text=True)
+        if migrate.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{migrate.stderr[-3000:]}")
+        if connections:
+            import_connections(env, connections)
+    for component in COMPONENTS:
+        if component not in running:  # ``make run`` again: running components (and their tasks) are left alone
+            handle.processes[component].start()
     handle.processes["api-server"].wait_ready(
         lambda: requests.get(f"{handle.url}/api/v2/monitor/health", timeout=2).status_code == 200, timeout
     )
-    for i in range(1, (celery.workers if celery else 0) + 1):
-        proc = celery_worker(run_dir, home, env, i, celery.concurrency)
-        proc.log_file.unlink(missing_ok=True)  # "ready." must be this start's
-        handle.processes[proc.name] = proc.start()
     for name, proc in handle.processes.items():
-        if name.startswith("airflow-celery-worker-"):
+        if name.startswith("airflow-celery-worker-") and name not in running:
+            proc.log_file.unlink(missing_ok=True)  # "ready." must be this start's
+            proc.start()
+    for name, proc in handle.processes.items():
+        if name.startswith("airflow-celery-worker-") and name not in running:
             proc.wait_ready(lambda p=proc: worker_ready(p), timeout)
     client = handle.client()
-    wait_until(lambda: {"watch_inbox", "process_study"} <= client.dag_ids(), timeout, "airflow DAG parsing")
+
+    def parsed() -> bool:
+        for proc in handle.processes.values():
+            proc.check_alive()  # a component that exited early is reported at once, with the end of its log
+        return {"watch_inbox", "process_study"} <= client.dag_ids()
+
+    wait_until(parsed, timeout, "airflow DAG parsing")
     return handle

@@ -77,6 +77,7 @@ def start_gcs_emulator(
     bucket: str | None = None,
     project: str = "dicom-relay",
     timeout: float = 30.0,
+    reuse: bool = False,
 ) -> GcsEmulatorHandle:
     """Start fake-gcs-server on loopback, objects under ``run_dir/objects``; create ``bucket`` if given.
 
@@ -103,8 +104,11 @@ def start_gcs_emulator(
             "-log-level", "warn",
         ],
         run_dir,
-    ).start()
+    )
     handle = GcsEmulatorHandle(process=process, host=host, port=port, project=project)
+    if reuse and process.is_running():
+        return handle  # ``make run`` again: a running emulator is left alone
+    process.start()
     try:
         process.wait_ready(lambda: requests.get(f"{host}/storage/v1/b", timeout=2).status_code == 200, timeout)
         if bucket:

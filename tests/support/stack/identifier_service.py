@@ -40,6 +40,7 @@ def start_identifier_service(
     token: str = "",
     db_path: Path | None = None,
     timeout: float = 30.0,
+    reuse: bool = False,
 ) -> IdentifierServiceHandle:
     """Start the service on loopback (a free port unless ``port`` is given) and wait until ``/health`` answers."""
     run_dir = Path(run_dir)
@@ -53,6 +54,9 @@ def start_identifier_service(
         # Always set, even empty: a token inherited from the caller's environment must not sneak in.
         env={TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"},
     )
+    handle = IdentifierServiceHandle(process=process, url=url, port=port, db_path=db_path, token=token)
+    if reuse and process.is_running():
+        return handle  # ``make run`` again: a running service is left alone
     if process.is_running():
         raise ServiceError(f"{NAME} is already running (pid {process.pid()}); stop it first")
     process.start()
@@ -61,4 +65,4 @@ def start_identifier_service(
     except BaseException:
         process.stop()
         raise
-    return IdentifierServiceHandle(process=process, url=url, port=port, db_path=db_path, token=token)
+    return handle

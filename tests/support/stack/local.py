@@ -26,10 +26,11 @@ from typing import Sequence
 from dotenv import dotenv_values
 
 from dicom_relay.airflow_client import AirflowClient
+from dicom_relay.files import write_private_text
 from dicom_relay.status import StatusStore
 
 from .. import REPO
-from .airflow import COMPONENTS, AirflowHandle, CeleryConfig, start_airflow, worker_name
+from .airflow import COMPONENTS, ENDPOINT_VARIABLES, AirflowHandle, CeleryConfig, start_airflow, worker_name
 from .gcs import start_gcs_emulator
 from .identifier_service import start_identifier_service
 from .orthanc import start_orthanc
@@ -39,6 +40,7 @@ from .redis import start_redis
 
 EXECUTORS = ("local", "celery")
 CELERY_WORKERS = 2
+
 SERVICE_NAMES = ("postgres", "orthanc", "gcs", "identifier-service", *(f"airflow-{c}" for c in COMPONENTS))
 CELERY_NAMES = ("redis", *(worker_name(i) for i in range(1, CELERY_WORKERS + 1)))
 # Ports a person would expect; a free one is taken instead when something else listens there.
@@ -59,8 +61,25 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
-    path.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
-    os.chmod(path, 0o600)
+    write_private_text(path, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items())))
+
+
+def relay_connections(db_url: str, orthanc, bucket: str, project: str, emulator_host: str, identifier_url: str,
+                      identifier_token: str) -> dict[str, dict]:
+    """The relay's Airflow Connections (dicom_relay.airflow.connections) for services started here."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    db = conninfo_to_dict(db_url)
+    return {
+        "relay_db": {"conn_type": "postgres", "host": db["host"], "port": int(db["port"]), "schema": db["dbname"],
+                     "login": db["user"], "password": db["password"]},
+        "orthanc_default": {"conn_type": "http", "host": orthanc.host, "port": orthanc.http_port,
+                            "login": orthanc.user, "password": orthanc.password,
+                            "extra": {"ae_title": orthanc.ae_title, "dicom_port": orthanc.dicom_port}},
+        "relay_gcs": {"conn_type": "google_cloud_platform",
+                      "extra": {"bucket": bucket, "project": project, "emulator_host": emulator_host}},
+        "relay_identifier_service": {"conn_type": "http", "host": identifier_url, "password": identifier_token},
+    }
 
 
 def relay_env(inbox: Path, work_dir: Path, db_url: str, orthanc, gcs_bucket: str, identifier_url: str,
@@ -89,6 +108,7 @@ class Stack:
     env: dict[str, str]
     airflow: AirflowHandle | None = None
     services: list = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
         if self.airflow:
@@ -106,42 +126,107 @@ def _secrets(run_dir: Path) -> dict[str, str]:
     missing = {k: secrets.token_urlsafe(n) for k, n in wanted.items() if k not in values}
     if missing:
         values.update(missing)
-        path.write_text(json.dumps(values))
-        os.chmod(path, 0o600)
+        write_private_text(path, json.dumps(values))
     return values
 
 
+def _ports(run_dir: Path, fixed_ports: bool) -> dict[str, int]:
+    """The stack's ports, chosen at its first start and kept (``ports.json``) so that a service started again
+    after it died answers where the others and ``stack.env`` expect it."""
+    path = run_dir / "ports.json"
+    ports = json.loads(path.read_text()) if path.exists() else {}
+    wanted = [*PREFERRED_PORTS, "postgres", "redis"]
+    missing = [name for name in wanted if name not in ports]
+    if missing:  # a port a newer stack needs is added, none replaced
+        for name in missing:
+            ports[name] = _port(name) if fixed_ports and name in PREFERRED_PORTS else free_port()
+        write_private_text(path, json.dumps(ports))
+    return ports
+
+
+#: After PostgreSQL was started again under running services, how long they are watched: Airflow's scheduler
+#: exits after its metadata database went away under it, once its running tasks finish (measured: 15-20 s later).
+SETTLE_SECONDS = 30.0
+
+
 def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airflow: bool = True,
-                fixed_ports: bool = False, executor: str = "local", celery_workers: int = CELERY_WORKERS,
-                extra_dag_folders: Sequence[Path] = ()) -> Stack:
-    """Start every service under ``run_dir``; return the stack and the environment that reaches it.
+                fixed_ports: bool = False, rounds: int = 3, durable: bool | None = None, executor: str = "local",
+                celery_workers: int = CELERY_WORKERS, extra_dag_folders: Sequence[Path] = ()) -> Stack:
+    """Start every service under ``run_dir`` that is not running (those running, and their tasks, are left
+    alone); return the stack and the environment that reaches it. ``stack.started`` names what was started.
+
+    When PostgreSQL was started again under running services, those are watched for ``SETTLE_SECONDS``: one that
+    exits (it lost its database) is reported with the end of its log and started too, up to ``rounds`` times.
+    ``durable`` (default: ``fixed_ports``, i.e. ``make run``) keeps PostgreSQL's fsync and synchronous commit on:
+    without them a killed server loses its last commits.
 
     ``executor="celery"``: Redis (broker) and ``celery_workers`` Celery workers too, result backend in Airflow's
-    metadata database, as in docker-compose.yaml."""
+    metadata database, as in docker-compose.yaml.
+    """
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, not {executor!r}")
+    durable = fixed_ports if durable is None else durable
+    names = service_names(executor, celery_workers)
+
+    def start() -> Stack:
+        return _start_missing(run_dir, base_env, with_airflow, fixed_ports, durable, executor, celery_workers,
+                              extra_dag_folders)
+
+    stack = start()
+    for _ in range(rounds - 1):
+        reused = [n for n in names if n not in stack.started and (with_airflow or "airflow" not in n)]
+        if "postgres" not in stack.started or not reused:
+            break  # only a database restart takes others down with it
+        deadline = time.monotonic() + SETTLE_SECONDS
+        died: list[str] = []
+        while time.monotonic() < deadline and not died:
+            died = [n for n in reused if not _service(run_dir, n).is_running()]
+            time.sleep(0.5)
+        if not died:
+            break
+        for name in died:
+            print(f"{name} exited after the restart; last lines of its log:\n{_service(run_dir, name).log_tail(10)}",
+                  file=sys.stderr, flush=True)
+        again = start()
+        again.started = stack.started + again.started
+        stack = again
+    return stack
+
+
+def service_names(executor: str = "local", celery_workers: int = CELERY_WORKERS) -> tuple[str, ...]:
+    """Every managed process of a stack with this executor (Redis and the workers only under Celery)."""
+    if executor != "celery":
+        return SERVICE_NAMES
+    return (*SERVICE_NAMES, "redis", *(worker_name(i) for i in range(1, celery_workers + 1)))
+
+
+def _start_missing(run_dir: Path, base_env: dict[str, str] | None, with_airflow: bool, fixed_ports: bool,
+                   durable: bool, executor: str, celery_workers: int, extra_dag_folders: Sequence[Path]) -> Stack:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     keys = _secrets(run_dir)
+    ports = _ports(run_dir, fixed_ports)
     stack = Stack(run_dir, {})
+    # What was started is what runs under another pid afterwards (a service may die while the others start).
+    names = service_names(executor, celery_workers)
+    pids_before = {name: _service(run_dir, name).pid() if _service(run_dir, name).is_running() else None
+                   for name in names}
     try:
-        pg = start_postgres(run_dir / "postgres", databases=("relay", "airflow"), durable=fixed_ports)
+        pg = start_postgres(run_dir / "postgres", port=ports["postgres"], databases=("relay", "airflow"),
+                            durable=durable, reuse=True)
         stack.services.append(pg)
-        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does
+        StatusStore(pg.url("relay")).migrate()  # once at start, as the compose init service does (idempotent)
         orthanc = start_orthanc(
-            run_dir / "orthanc",
-            http_port=_port("orthanc_http") if fixed_ports else None,
-            dicom_port=_port("orthanc_dicom") if fixed_ports else None,
-            password=keys["orthanc_password"],
+            run_dir / "orthanc", http_port=ports["orthanc_http"], dicom_port=ports["orthanc_dicom"],
+            password=keys["orthanc_password"], reuse=True,
         )
         stack.services.append(orthanc)
         base = {**read_env_file(REPO / ".env"), **(base_env or {})}
         bucket = base.get("RELAY_GCS_BUCKET", "dicom-relay")
-        gcs = start_gcs_emulator(run_dir / "gcs", port=_port("gcs") if fixed_ports else None, bucket=bucket)
+        gcs = start_gcs_emulator(run_dir / "gcs", port=ports["gcs"], bucket=bucket, reuse=True)
         stack.services.append(gcs)
         ids = start_identifier_service(
-            run_dir / "identifier-service", port=_port("identifier") if fixed_ports else None,
-            token=keys["identifier_token"],
+            run_dir / "identifier-service", port=ports["identifier"], token=keys["identifier_token"], reuse=True,
         )
         stack.services.append(ids)
         inbox = run_dir / "inbox"
@@ -157,18 +242,22 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
         }
         celery = None
         if with_airflow and executor == "celery":
-            redis = start_redis(run_dir / "redis", password=keys["redis_password"])
+            redis = start_redis(run_dir / "redis", port=ports["redis"], password=keys["redis_password"], reuse=True)
             stack.services.append(redis)
             celery = CeleryConfig(broker_url=redis.url(), result_backend="db+" + pg.url("airflow"),
                                   workers=celery_workers)
         if with_airflow:
+            # Inside Airflow every endpoint and secret comes from a Connection, none from the environment.
+            conns = relay_connections(pg.url("relay"), orthanc, bucket, base.get("RELAY_GCS_PROJECT") or "dicom-relay",
+                                      gcs.host, ids.url, keys["identifier_token"])
             af = start_airflow(
                 run_dir, pg.url("airflow", driver="postgresql+psycopg"), stack.env,
-                port=_port("airflow") if fixed_ports else None, password=keys["airflow_password"], celery=celery,
-                extra_dag_folders=extra_dag_folders,
+                port=ports["airflow"], password=keys["airflow_password"], connections=conns, reuse=True,
+                celery=celery, extra_dag_folders=extra_dag_folders,
             )
             stack.airflow = af
-            stack.env.update(af.env)
+            # The CLI and the tests read the endpoints from stack.env; only Airflow's components go without them.
+            stack.env.update({k: v for k, v in af.env.items() if k not in ENDPOINT_VARIABLES})
             stack.env.update({"AIRFLOW_URL": af.url, "AIRFLOW_USER": af.user, "AIRFLOW_PASSWORD": af.password,
                               "AIRFLOW_OP_PASSWORD": af.passwords["op"],
                               "AIRFLOW_VIEWER_PASSWORD": af.passwords["viewer"]})
@@ -178,12 +267,18 @@ def start_stack(run_dir: Path, base_env: dict[str, str] | None = None, with_airf
     except BaseException:
         stack.stop()
         raise
+    stack.started = [name for name in names
+                     if _service(run_dir, name).pid() != pids_before[name] or pids_before[name] is None
+                     if with_airflow or not (name.startswith("airflow-") or name == "redis")]
     return stack
 
 
+def _service(run_dir: Path, name: str) -> ManagedProcess:
+    return ManagedProcess(name, [], run_dir_for(run_dir, name))
+
+
 def running(run_dir: Path, executor: str = "local") -> bool:
-    names = SERVICE_NAMES + (CELERY_NAMES if executor == "celery" else ())
-    return all(ManagedProcess(name, [], run_dir_for(run_dir, name)).is_running() for name in names)
+    return all(_service(run_dir, name).is_running() for name in service_names(executor))
 
 
 def run_dir_for(run_dir: Path, name: str) -> Path:
@@ -251,9 +346,12 @@ def up(run_dir: Path, sample: bool = True, executor: str = "local") -> int:
         env = previous
         print(f"dicom-relay stack already running (from {env_file}); reusing it.")
     else:
-        stop_all(run_dir)  # leftovers of a stack that half-died, or one with the other executor
-        extra = f" with the CeleryExecutor (Redis, {CELERY_WORKERS} workers)" if executor == "celery" else ""
-        print(f"starting PostgreSQL, Orthanc, GCS emulator, identifier service and Airflow 3{extra} ...", flush=True)
+        if previous and stack_executor(previous) != executor:
+            stop_all(run_dir)  # a stack with the other executor: its Airflow runs with the wrong settings
+        # Only what is not running is started; what runs (and the tasks it runs) is left alone.
+        missing = [name for name in service_names(executor) if not _service(run_dir, name).is_running()]
+        extra = f" (CeleryExecutor: Redis, {CELERY_WORKERS} workers)" if executor == "celery" else ""
+        print(f"starting {', '.join(missing)}{extra} ...", flush=True)
         stack = start_stack(run_dir, fixed_ports=True, executor=executor)
         env = stack.env
         write_env_file(env_file, env)

@@ -5,24 +5,40 @@ it gets its own configuration file, storage and index under ``run_dir``, its own
 given), and loads no plugins (Debian's ``/usr/share/orthanc/plugins`` would otherwise be picked up through
 the packaged configuration).
 
-Exposure: the REST API refuses non-loopback clients (``RemoteAccessAllowed`` false) and requires basic
-authentication. Orthanc 1.10.1 has no option to bind its DICOM server to one address, so the DICOM port
-listens on all interfaces; it only accepts C-STORE (and C-ECHO) from any calling AE title, which is what a
-development stack needs.
+Exposure: both ports listen on loopback only. Orthanc 1.10.1 has no option for the address its servers listen
+on (``RemoteAccessAllowed`` false only refuses remote HTTP clients once connected; the DICOM port has nothing),
+so Orthanc runs with ``loopback_bind.so`` preloaded: a 30-line shim (``loopback_bind.c``, built here with the
+system C compiler) that turns a bind to the wildcard address into a bind to loopback. The REST API also refuses
+non-loopback clients and requires basic authentication.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
+from dicom_relay.files import write_private_text
 from tests.support.stack.process import ManagedProcess, free_port, port_open
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 LOOPBACK = "127.0.0.1"
+SHIM_SOURCE = Path(__file__).with_name("loopback_bind.c")
+
+
+def loopback_shim(build_dir: Path) -> Path:
+    """``loopback_bind.so`` built from ``loopback_bind.c`` into ``build_dir`` (again when the source is newer)."""
+    shim = Path(build_dir) / "loopback_bind.so"
+    if not shim.exists() or shim.stat().st_mtime < SHIM_SOURCE.stat().st_mtime:
+        shim.parent.mkdir(parents=True, exist_ok=True)
+        built = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(SHIM_SOURCE), "-ldl"],
+                               capture_output=True, text=True)
+        if built.returncode != 0:
+            raise RuntimeError(f"could not build {shim.name} (gcc and libc6-dev: scripts/setup.sh):\n{built.stderr}")
+    return shim
 
 
 @dataclass
@@ -100,6 +116,7 @@ def start_orthanc(
     password: str | None = None,
     ae_title: str = "ORTHANC",
     timeout: float = 60.0,
+    reuse: bool = False,
 ) -> OrthancHandle:
     """Start Orthanc with its configuration, storage and index under ``run_dir``; wait until REST answers.
 
@@ -120,8 +137,7 @@ def start_orthanc(
 
     config_path = run_dir / "orthanc.json"
     config = orthanc_config(run_dir, http_port, dicom_port, user, password, ae_title)
-    config_path.write_text(json.dumps(config, indent=2))
-    config_path.chmod(0o600)  # it holds the REST password
+    write_private_text(config_path, json.dumps(config, indent=2))  # it holds the REST password
 
     process = ManagedProcess(
         "orthanc",
@@ -129,20 +145,15 @@ def start_orthanc(
         run_dir,
         # DCMTK (Orthanc's DICOM layer) leaves Nagle's algorithm on unless TCP_NODELAY is set: every C-STORE
         # response then waits for the peer's delayed ACK, 40-90 ms per instance on loopback.
-        env={"TCP_NODELAY": "1"},
+        env={"TCP_NODELAY": "1", "LD_PRELOAD": str(loopback_shim(run_dir))},
         cwd=run_dir,
-    ).start()
-    url = f"http://{LOOPBACK}:{http_port}"
-    handle = OrthancHandle(
-        process=process,
-        url=url,
-        host=LOOPBACK,
-        dicom_port=dicom_port,
-        http_port=http_port,
-        ae_title=ae_title,
-        user=user,
-        password=password,
     )
+    url = f"http://{LOOPBACK}:{http_port}"
+    handle = OrthancHandle(process=process, url=url, host=LOOPBACK, dicom_port=dicom_port, http_port=http_port,
+                           ae_title=ae_title, user=user, password=password)
+    if reuse and process.is_running():
+        return handle  # ``make run`` again: a running Orthanc is left alone
+    process.start()
     try:
         process.wait_ready(
             lambda: requests.get(f"{url}/system", auth=(user, password), timeout=2).status_code == 200

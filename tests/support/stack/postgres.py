@@ -18,6 +18,8 @@ from pathlib import Path
 
 import psycopg
 
+from dicom_relay.files import write_private_text
+
 from .process import ManagedProcess, ServiceError, free_port, wait_until
 
 SUPERUSER = "relay"
@@ -63,7 +65,8 @@ class PostgresHandle:
 
 
 def start_postgres(
-    base_dir: Path, port: int | None = None, databases: tuple[str, ...] = ("relay",), durable: bool = True
+    base_dir: Path, port: int | None = None, databases: tuple[str, ...] = ("relay",), durable: bool = True,
+    reuse: bool = False,
 ) -> PostgresHandle:
     """Initialise (first time) and start a cluster in ``base_dir``; return once it accepts connections.
 
@@ -84,10 +87,9 @@ def start_postgres(
     bindir = pg_bin_dir()
     if not (data_dir / "PG_VERSION").exists():
         password = secrets.token_urlsafe(18)
-        password_file.write_text(password)
-        os.chmod(password_file, 0o600)
+        write_private_text(password_file, password)
         pwfile = base_dir / ".initdb-pw"
-        pwfile.write_text(password)
+        write_private_text(pwfile, password)
         _chown_to_owner(base_dir)
         _chown_to_owner(pwfile)
         subprocess.run(
@@ -110,9 +112,11 @@ def start_postgres(
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     proc = ManagedProcess("postgres", argv, base_dir)
+    handle = PostgresHandle(proc, "127.0.0.1", port, password)
+    if reuse and proc.is_running():
+        return handle  # ``make run`` again: a running server is left alone
     (base_dir / "logs").mkdir(exist_ok=True)
     proc.start()
-    handle = PostgresHandle(proc, "127.0.0.1", port, password)
 
     def accepts() -> bool:
         with psycopg.connect(handle.url("postgres"), connect_timeout=2):

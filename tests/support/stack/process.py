@@ -4,6 +4,12 @@ One small mechanism serves both ``make run`` (a stack that outlives the command,
 and the test harness (a stack that lives as long as a pytest session). Every process runs in its own session
 (process group) so that stopping it also stops the children it forked (Airflow's api-server workers, say),
 and writes its output to ``<run_dir>/logs/<name>.log``.
+
+Some descendants leave the group: Airflow runs each task in a process group of its own, and a PostgreSQL
+backend outlives a SIGKILLed postmaster. So every process is also marked through its environment
+(``RELAY_STACK_PROCESS=<pid file>``, which every descendant inherits): ``stop`` ends the group and then every
+marked process, and waits until none is left, so that a restart never meets the previous instance (PostgreSQL
+refuses to start while an old backend holds its shared memory).
 """
 
 from __future__ import annotations
@@ -36,6 +42,24 @@ def port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket listening, and every UDP socket bound, in the process tree of ``pid``
+    (the process and all its descendants: the log servers and workers a service forks count)."""
+    try:
+        root = psutil.Process(pid)
+        pids = {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+    return {
+        (c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+        if c.pid in pids and (c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM)
+    }
+
+
+def is_loopback(address: str) -> bool:
+    return address == "::1" or address.startswith("127.") or address == "::ffff:127.0.0.1"
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
     """Poll ``predicate`` until it is true; raise ``ServiceError`` naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -43,6 +67,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         try:
             if predicate():
                 return
+        except ServiceError:
+            raise  # a service that exited: say so at once, with its log, not after the whole timeout
         except Exception:  # noqa: BLE001 - a service that is starting may refuse, reset or time out
             pass
         if time.monotonic() > deadline:
@@ -58,6 +84,22 @@ def pid_alive(pid: int) -> bool:
         return False
     except psutil.AccessDenied:  # someone else's live process
         return True
+
+
+MARKER = "RELAY_STACK_PROCESS"
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    """Every live process whose environment carries ``RELAY_STACK_PROCESS=marker`` (a service and everything it
+    started, whatever process group or session they moved to)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARKER) == marker and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
 
 
 class ManagedProcess:
@@ -103,9 +145,10 @@ class ManagedProcess:
     def start(self) -> "ManagedProcess":
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        env = None
-        if self.env is not None:
-            env = {**os.environ, **self.env}
+        # What a previous instance left behind (a backend of a killed postmaster, a task of a killed scheduler)
+        # must be gone before this one starts.
+        self.kill_leftovers()
+        env = {**os.environ, **(self.env or {}), MARKER: self.marker}
         log = open(self.log_file, "ab")
         try:
             self.popen = subprocess.Popen(
@@ -121,6 +164,23 @@ class ManagedProcess:
             log.close()
         self.pid_file.write_text(f"{self.popen.pid}\n")
         return self
+
+    @property
+    def marker(self) -> str:
+        return str(self.pid_file.resolve())
+
+    def kill_leftovers(self, timeout: float = 15.0) -> list[int]:
+        """SIGKILL every process marked as this service's and wait until they are gone; return their pids."""
+        leftovers = marked_processes(self.marker)
+        for proc in leftovers:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        _gone, alive = psutil.wait_procs(leftovers, timeout=timeout)
+        if alive:
+            raise ServiceError(f"{self.name}: processes {[p.pid for p in alive]} survive SIGKILL")
+        return [p.pid for p in leftovers]
 
     def check_alive(self) -> None:
         """Raise with the tail of the log if the process has already exited."""
@@ -156,9 +216,11 @@ class ManagedProcess:
             pass
 
     def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM the process group, then SIGKILL what is left after ``timeout`` seconds."""
+        """SIGTERM the process group, then SIGKILL what is left after ``timeout`` seconds, then every process
+        marked as this service's (see the module's docstring); return when all are gone."""
         pid = self.pid()
         if pid is None:
+            self.kill_leftovers()
             return
         self.signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
@@ -176,4 +238,6 @@ class ManagedProcess:
                 self.popen.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 pass
+        # Descendants outside the group (task processes, orphaned backends) end too.
+        self.kill_leftovers()
         self.pid_file.unlink(missing_ok=True)

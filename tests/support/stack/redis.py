@@ -8,12 +8,13 @@ scheduler re-sends when they are lost (a queued task instance whose message vani
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dicom_relay.files import write_private_text
 
 from .process import ManagedProcess, ServiceError, free_port
 
@@ -56,19 +57,22 @@ def _ping(port: int, password: str) -> bool:
 
 
 def start_redis(run_dir: Path, port: int | None = None, password: str | None = None,
-                timeout: float = 30.0) -> RedisHandle:
-    """Start ``redis-server`` on loopback (a free port unless ``port`` is given) and wait until it answers."""
+                timeout: float = 30.0, reuse: bool = False) -> RedisHandle:
+    """Start ``redis-server`` on loopback (a free port unless ``port`` is given) and wait until it answers.
+
+    ``reuse``: a Redis already running under ``run_dir`` is left alone (``make run`` again); pass the same port
+    and password as at its first start."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(LOOPBACK)
     password = password or secrets.token_urlsafe(24)
     conf = run_dir / "redis.conf"
-    conf.write_text(
-        f"bind {LOOPBACK}\nport {port}\nrequirepass {password}\ndir {run_dir}\n"
-        'save ""\nappendonly no\ndaemonize no\nprotected-mode yes\n'
-    )
-    os.chmod(conf, 0o600)
     process = ManagedProcess(NAME, [redis_bin(), conf], run_dir)
+    if reuse and process.is_running():
+        return RedisHandle(process=process, port=port, password=password)
+    # The password is in the file: private from its first byte.
+    write_private_text(conf, f"bind {LOOPBACK}\nport {port}\nrequirepass {password}\ndir {run_dir}\n"
+                       'save ""\nappendonly no\ndaemonize no\nprotected-mode yes\n')
     if process.is_running():
         raise ServiceError(f"{NAME} is already running (pid {process.pid()}); stop it first")
     process.start()
