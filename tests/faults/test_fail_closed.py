@@ -84,7 +84,9 @@ def test_missing_pseudonym_fails_closed_and_names_no_identifier(tmp_path, relay_
     service = HalfAnswer(blank)
     try:
         (tmp_path / "inbox").mkdir()
-        settings = Settings.from_env(base_env(tmp_path, relay_db_url, orthanc, gcs_bucket, service.url))
+        # A real token: a step refuses to start with an empty one (the fake service does not check it).
+        settings = Settings.from_env(base_env(tmp_path, relay_db_url, orthanc, gcs_bucket, service.url,
+                                              "fault-suite-identifier-token-0f3a9c"))
         src = tmp_path / "src"
         # One folder, two patients (a sender put two studies in one folder).
         a = generate_ct_study(src / "a", patient_id="MRN-FLT-HALF-A", n_instances=2, rows=32, columns=32)
