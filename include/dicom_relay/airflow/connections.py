@@ -81,39 +81,42 @@ def _http_url(conn) -> str:
     return f"{scheme}://{host}" + (f":{conn.port}" if conn.port else "")
 
 
-class RelayDbHook(BaseHook):
+class _RelayHook(BaseHook):
+    """One Connection turned into plain ``Settings`` values. Subclasses declare, as providers' hooks do,
+    ``default_conn_name``, ``conn_type`` and ``hook_name``, and implement :meth:`settings`."""
+
+    conn_name_attr = "conn_id"
+    default_conn_name: str
+
+    def __init__(self, conn_id: str | None = None):
+        super().__init__()
+        self.conn_id = conn_id or self.default_conn_name
+
+    def settings(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class RelayDbHook(_RelayHook):
     """The status database, through ``PostgresHook`` (so any Postgres Connection, IAM auth included, works)."""
 
-    conn_name_attr = "relay_db_conn_id"
-    default_conn_name = RELAY_DB
-    conn_type = "postgres"
-    hook_name = "dicom-relay status database"
-
-    def __init__(self, relay_db_conn_id: str = RELAY_DB):
-        super().__init__()
-        self.relay_db_conn_id = relay_db_conn_id
+    default_conn_name, conn_type, hook_name = RELAY_DB, "postgres", "dicom-relay status database"
 
     def settings(self) -> dict[str, Any]:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        _connection(self.relay_db_conn_id)  # a missing Connection is named with how to add it
-        url = PostgresHook(postgres_conn_id=self.relay_db_conn_id).sqlalchemy_url
+        _connection(self.conn_id)  # a missing Connection is named with how to add it
+        url = PostgresHook(postgres_conn_id=self.conn_id).sqlalchemy_url
         # PostgresHook speaks SQLAlchemy (postgresql+psycopg://); the relay connects with psycopg itself.
         return {"db_url": url.set(drivername="postgresql").render_as_string(hide_password=False)}
 
 
-class OrthancHook(BaseHook):
-    conn_name_attr = "orthanc_conn_id"
-    default_conn_name = ORTHANC
-    conn_type = "http"
-    hook_name = "Orthanc (dicom-relay)"
+class OrthancHook(_RelayHook):
+    """Orthanc: the REST URL and login, and the DICOM endpoint (AE title, host, port) from the extras."""
 
-    def __init__(self, orthanc_conn_id: str = ORTHANC):
-        super().__init__()
-        self.orthanc_conn_id = orthanc_conn_id
+    default_conn_name, conn_type, hook_name = ORTHANC, "http", "Orthanc (dicom-relay)"
 
     def settings(self) -> dict[str, Any]:
-        conn = _connection(self.orthanc_conn_id)
+        conn = _connection(self.conn_id)
         extra = conn.extra_dejson
         url = _http_url(conn)
         try:
@@ -130,18 +133,13 @@ class OrthancHook(BaseHook):
         }
 
 
-class RelayGcsHook(BaseHook):
-    conn_name_attr = "gcs_conn_id"
-    default_conn_name = GCS
-    conn_type = "google_cloud_platform"
-    hook_name = "GCS bucket (dicom-relay)"
+class RelayGcsHook(_RelayHook):
+    """The GCS bucket: bucket, project, prefix and either an emulator URL or a key file, all from the extras."""
 
-    def __init__(self, gcs_conn_id: str = GCS):
-        super().__init__()
-        self.gcs_conn_id = gcs_conn_id
+    default_conn_name, conn_type, hook_name = GCS, "google_cloud_platform", "GCS bucket (dicom-relay)"
 
     def settings(self) -> dict[str, Any]:
-        conn = _connection(self.gcs_conn_id)
+        conn = _connection(self.conn_id)
         extra = conn.extra_dejson
         missing = [k for k in ("bucket", "project") if not extra.get(k)]
         if missing:
@@ -155,18 +153,13 @@ class RelayGcsHook(BaseHook):
         }
 
 
-class IdentifierServiceHook(BaseHook):
-    conn_name_attr = "identifier_conn_id"
-    default_conn_name = IDENTIFIER_SERVICE
-    conn_type = "http"
-    hook_name = "Identifier service (dicom-relay)"
+class IdentifierServiceHook(_RelayHook):
+    """The identifier service (optional): its URL and bearer token; without it the embedded keyed provider."""
 
-    def __init__(self, identifier_conn_id: str = IDENTIFIER_SERVICE):
-        super().__init__()
-        self.identifier_conn_id = identifier_conn_id
+    default_conn_name, conn_type, hook_name = IDENTIFIER_SERVICE, "http", "Identifier service (dicom-relay)"
 
     def settings(self) -> dict[str, Any]:
-        conn = _connection(self.identifier_conn_id, required=False)
+        conn = _connection(self.conn_id, required=False)
         if conn is None or not (conn.host or "").strip():
             return {"identifier_url": "", "identifier_token": ""}  # the embedded keyed provider
         return {"identifier_url": _http_url(conn), "identifier_token": conn.password or ""}
