@@ -286,6 +286,10 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     shutil.rmtree(paths.deid, ignore_errors=True)
     paths.deid.mkdir(parents=True)
     todo = store.instances(batch_id, states=("NEW", "PROCESSING", "DONEPROCESSING", "SENT"))
+    if not todo and not store.instances(batch_id):
+        # import records every instance before this step runs; none at all means the status rows were lost
+        # (a restored or re-created database). Reporting "0 de-identified" would end the run as if it had worked.
+        raise PermanentError("the status database holds no instance of this batch: rerun the run from import")
     store.set_instance_state(batch_id, "PROCESSING", [i.relpath for i in todo])
     changes = []
     held_back = 0

@@ -147,6 +147,21 @@ def test_empty_folder_is_empty_not_lost(settings, tmp_path):
     assert StatusStore(settings.db_url).get_batch(batch_id).status == "EMPTY"
 
 
+def test_status_rows_lost_after_import_fail_the_step_not_report_zero(settings, tmp_path):
+    import psycopg
+
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-PIPE-LOST", n_instances=2, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-LOST-ROWS")
+    for step in STEPS[:2]:
+        step(batch_id, settings)
+    # A restored or re-created status database: the batch row is there, its instance rows are not.
+    with psycopg.connect(settings.db_url) as conn:
+        conn.execute("DELETE FROM relay_instance WHERE batch_id = %s", (batch_id,))
+    with pytest.raises(PermanentError, match="rerun the run from import"):
+        pipeline.replace_identifiers(batch_id, settings)
+    assert len(list((settings.batches_dir / batch_id / "incoming").rglob("*.dcm"))) == 2  # nothing lost
+
+
 def test_large_study_uses_a_process_pool_with_identical_output(settings, tmp_path):
     n = pipeline.DEID_POOL_MIN_INSTANCES + 10
     study = generate_ct_study(tmp_path / "src", patient_id="MRN-POOL", n_instances=n, n_series=3, rows=8, columns=8)
