@@ -233,6 +233,17 @@ def test_airflow_services_get_every_relay_setting(compose):
         assert not missing, f"{name} lacks {sorted(missing)}"
 
 
+def test_airflow_services_get_the_service_account_that_writes_run_notes(compose):
+    """The tasks write run notes through the REST API as a User-role account (dicom_relay.airflow_client reads
+    these three); airflow-init creates that account."""
+    for name in AIRFLOW_SERVICES:
+        env = environment(compose["services"][name])
+        assert {"AIRFLOW_URL", "AIRFLOW_USER", "AIRFLOW_PASSWORD"} <= set(env), name
+        assert env["AIRFLOW_URL"].startswith("http://airflow-apiserver:"), name
+    init = " ".join(map(str, compose["services"]["airflow-init"]["command"]))
+    assert "airflow users create" in init and "--role User" in init
+
+
 def test_inbox_and_work_dir_share_one_mount_so_claims_are_renames(compose):
     service = compose["services"]["airflow-worker"]
     env = environment(service)
