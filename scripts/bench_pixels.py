@@ -184,7 +184,8 @@ def study_from_cine(cine: Path, dest: Path) -> None:
             if kw in ds:
                 delattr(ds, kw)
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(cine.name), str(i)])
+        uid = generate_uid(entropy_srcs=[str(cine.name), str(i)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.InstanceNumber = i + 1
         ds.ImageType = ["DERIVED", "PRIMARY", "ABDOMINAL", "0001"]
         ds.PixelData = frame.tobytes()
@@ -200,7 +201,8 @@ def generate(work: Path, n_us: int, cine_frames: int, n_ct_text: int, n_ct_prima
         pixel_corpus.build(dirs["us"], seed=f"bench-us-{i}", scenes={f"us{i:03d}": ("us", "RGB", ("explicit",), 1)})
     pixel_corpus.build(dirs["us-cine"], seed="bench-cine", scenes={"cine": ("us", "RGB", ("explicit",), cine_frames)})
     # As many single images as the single-frame mode has files, one patient, the banner identical on each.
-    built = pixel_corpus.build(work / "study-cine", seed="bench-study", scenes={"study": ("us", "RGB", ("explicit",), n_us)})
+    built = pixel_corpus.build(work / "study-cine", seed="bench-study",
+                               scenes={"study": ("us", "RGB", ("explicit",), n_us)})
     study_from_cine(built[0].path, dirs["us-study"])
     shutil.rmtree(work / "study-cine", ignore_errors=True)
     for i in range(n_ct_text):
