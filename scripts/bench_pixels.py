@@ -22,6 +22,9 @@ processes spreads over every mode. What is measured:
   accession, study date, device label) is printed in identical pixels on every image, as a scanner does, over
   new speckle each time (so labels over the image are read again). The reader's cache (keyed by the exact
   binarised pixels of a region) answers for the repeated banner: exact, not a heuristic.
+- ``us-rules``: the ``us`` files with a SequenceOfUltrasoundRegions (the sector) and the shipped rule
+  ``us-outside-regions`` turned on (a site's strictest ultrasound setting), cache emptied before each file as in
+  ``us-cold``: text wholly outside the regions is blanked by the rule without being read.
 - ``us-all-text``: the same files under policy ``all-text`` (every line blanked, none may be readable after).
 - ``us-cine``: one 12-frame cine of the same kind (the overlay repeats on every frame, the speckle does not).
 - ``ct-text``: 512x512 16-bit CT with burned-in text and BurnedInAnnotation YES (scanned by default).
@@ -56,23 +59,23 @@ for p in (REPO, REPO / "include"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-MODES = ("us", "us-cold", "us-study", "us-all-text", "us-cine", "ct-text", "ct-primary", "ct-primary-bypass", "pydicom-us", "pydicom-ct", "ocr-frame")
+MODES = ("us", "us-cold", "us-study", "us-rules", "us-all-text", "us-cine", "ct-text", "ct-primary", "ct-primary-bypass", "pydicom-us", "pydicom-ct", "ocr-frame")
 CHILD_MODES = (*MODES, "ct-primary-pair")
 #: The plain pydicom read+write of comparable files: the floor each mode is set against.
-FLOOR = {"us": "pydicom-us", "us-cold": "pydicom-us", "us-study": "pydicom-us", "us-all-text": "pydicom-us", "us-cine": "pydicom-us", "ct-text": "pydicom-ct", "ct-primary": "pydicom-ct",
+FLOOR = {"us": "pydicom-us", "us-cold": "pydicom-us", "us-study": "pydicom-us", "us-rules": "pydicom-us", "us-all-text": "pydicom-us", "us-cine": "pydicom-us", "ct-text": "pydicom-ct", "ct-primary": "pydicom-ct",
          "ct-primary-bypass": "pydicom-ct"}
 SECRET = "bench-pixels-secret"
 CT_PRIMARY_PASSES = 5
 
 
 # --- child side ------------------------------------------------------------------------------------------
-def _deidentifier(stage: bool, policy: str = "clean"):
+def _deidentifier(stage: bool, policy: str = "clean", pixel_rules: str = ""):
     """The engine with the pixel stage under policy ``clean`` (the default), or with the stage bypassed: no
     instance is ever found scannable, so the engine runs exactly the code it ran before the stage existed
     (the raw fast path for CT included) but for that one decision."""
     from dicom_relay.deid import Deidentifier, DeidOptions
 
-    d = Deidentifier(SECRET, DeidOptions.from_mapping({"pixels": policy}))
+    d = Deidentifier(SECRET, DeidOptions.from_mapping({"pixels": policy, "pixel_rules": pixel_rules}))
     if not stage:
         d.pixel_scan_reason = lambda *header: None  # this instance only
     return d
@@ -147,7 +150,8 @@ def child(mode: str, src: Path, dst: Path) -> dict:
         n = len(files) * CT_PRIMARY_PASSES * 2
         return {m: {"files": n, "frames": n, "seconds": wall[m], "cpu": cpu[m], "held_back": 0} for m in engines}
     else:
-        d = _deidentifier(stage=True, policy="all-text" if mode == "us-all-text" else "clean")
+        rules = str(src / RULES) if mode == "us-rules" else ""
+        d = _deidentifier(stage=True, policy="all-text" if mode == "us-all-text" else "clean", pixel_rules=rules)
         identities = _identities(files)
         # Model load and imports are not what a frame costs. A file of its own: warming up on a measured one
         # would let the reader's cache answer for it.
@@ -155,7 +159,7 @@ def child(mode: str, src: Path, dst: Path) -> dict:
         d.deidentify_file(warm, dst / "warm-up", _identities([warm])[warm])
         from dicom_relay.deid.pixels.ocr import reader
 
-        forget = reader().forget if mode == "us-cold" else (lambda: None)
+        forget = reader().forget if mode in ("us-cold", "us-rules") else (lambda: None)
         t0, c0 = time.perf_counter(), time.process_time()
         for f in files:
             forget()
@@ -192,13 +196,45 @@ def study_from_cine(cine: Path, dest: Path) -> None:
         ds.save_as(dest / f"study{i:03d}.dcm", enforce_file_format=True)
 
 
+RULES = "rules.yaml"
+#: The shipped rule that blanks everything outside SequenceOfUltrasoundRegions, turned on.
+RULES_ON = """version: 1
+rules:
+  - id: us-outside-regions
+    match: {Modality: US}
+    outside_ultrasound_regions: true
+"""
+
+
+def with_us_regions(src: Path, dest: Path) -> None:
+    """Copies of the US files of ``src`` with a SequenceOfUltrasoundRegions listing the speckle sector (the
+    text over the image is inside it, the banner outside), and the rule file that turns the rule on."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        region = Dataset()
+        region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = 130, 90
+        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 509, 459
+        region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3
+        region.PhysicalDeltaX = region.PhysicalDeltaY = 0.01
+        ds.SequenceOfUltrasoundRegions = Sequence([region])
+        ds.save_as(dest / f.name)
+    (dest / RULES).write_text(RULES_ON)
+
+
 def generate(work: Path, n_us: int, cine_frames: int, n_ct_text: int, n_ct_primary: int) -> dict[str, Path]:
     from tests.support import pixel_corpus
     from tests.support.samples import generate_ct_study
 
-    dirs = {m: work / m for m in ("us", "us-study", "us-cine", "ct-text", "ct-primary")}
+    dirs = {m: work / m for m in ("us", "us-study", "us-rules", "us-cine", "ct-text", "ct-primary")}
     for i in range(n_us):  # a different patient, text layout and speckle per file
         pixel_corpus.build(dirs["us"], seed=f"bench-us-{i}", scenes={f"us{i:03d}": ("us", "RGB", ("explicit",), 1)})
+    with_us_regions(dirs["us"], dirs["us-rules"])
     pixel_corpus.build(dirs["us-cine"], seed="bench-cine", scenes={"cine": ("us", "RGB", ("explicit",), cine_frames)})
     # As many single images as the single-frame mode has files, one patient, the banner identical on each.
     built = pixel_corpus.build(work / "study-cine", seed="bench-study",
@@ -254,7 +290,8 @@ def main(argv=None) -> int:
         print(f"\npixel stage benchmark: generating {args.us} US files, a {args.cine_frames}-frame cine, "
               f"{args.ct_text} CT with text, {args.ct_primary} CT primary slices ...")
         dirs = generate(work, args.us, args.cine_frames, args.ct_text, args.ct_primary)
-        src_of = {"us": dirs["us"], "us-cold": dirs["us"], "us-study": dirs["us-study"], "us-all-text": dirs["us"], "us-cine": dirs["us-cine"], "ct-text": dirs["ct-text"],
+        src_of = {"us": dirs["us"], "us-cold": dirs["us"], "us-study": dirs["us-study"],
+                  "us-rules": dirs["us-rules"], "us-all-text": dirs["us"], "us-cine": dirs["us-cine"], "ct-text": dirs["ct-text"],
                   "ct-primary": dirs["ct-primary"], "ct-primary-bypass": dirs["ct-primary"],
                   "pydicom-us": dirs["us"], "pydicom-ct": dirs["ct-primary"], "ocr-frame": dirs["us"]}
         runs: dict[str, list[dict]] = {}
@@ -300,7 +337,8 @@ def main(argv=None) -> int:
         print()
         for m, what in (("us-cold", "every file's text read afresh (nothing carried from file to file)"),
                         ("us", "a different patient per file, readings cached across files (device labels repeat)"),
-                        ("us-study", "one patient's study of single images, the banner identical on each")):
+                        ("us-study", "one patient's study of single images, the banner identical on each"),
+                        ("us-rules", "every file's text read afresh, rule us-outside-regions on")):
             if m in median:
                 verdict = "meets" if median[m] >= 20 else "misses"
                 print(f"US 640x480 RGB with text, {what}: {median[m]:.1f} frames/s per core, median of "
