@@ -59,11 +59,12 @@ for p in (REPO, REPO / "include"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-MODES = ("us", "us-cold", "us-study", "us-rules", "us-all-text", "us-cine", "ct-text", "ct-primary", "ct-primary-bypass", "pydicom-us", "pydicom-ct", "ocr-frame")
+MODES = ("us", "us-cold", "us-study", "us-rules", "us-all-text", "us-cine", "ct-text", "ct-primary",
+         "ct-primary-bypass", "pydicom-us", "pydicom-ct", "ocr-frame")
 CHILD_MODES = (*MODES, "ct-primary-pair")
 #: The plain pydicom read+write of comparable files: the floor each mode is set against.
-FLOOR = {"us": "pydicom-us", "us-cold": "pydicom-us", "us-study": "pydicom-us", "us-rules": "pydicom-us", "us-all-text": "pydicom-us", "us-cine": "pydicom-us", "ct-text": "pydicom-ct", "ct-primary": "pydicom-ct",
-         "ct-primary-bypass": "pydicom-ct"}
+FLOOR = {**{m: "pydicom-us" for m in ("us", "us-cold", "us-study", "us-rules", "us-all-text", "us-cine")},
+         **{m: "pydicom-ct" for m in ("ct-text", "ct-primary", "ct-primary-bypass")}}
 SECRET = "bench-pixels-secret"
 CT_PRIMARY_PASSES = 5
 
@@ -291,7 +292,8 @@ def main(argv=None) -> int:
               f"{args.ct_text} CT with text, {args.ct_primary} CT primary slices ...")
         dirs = generate(work, args.us, args.cine_frames, args.ct_text, args.ct_primary)
         src_of = {"us": dirs["us"], "us-cold": dirs["us"], "us-study": dirs["us-study"],
-                  "us-rules": dirs["us-rules"], "us-all-text": dirs["us"], "us-cine": dirs["us-cine"], "ct-text": dirs["ct-text"],
+                  "us-rules": dirs["us-rules"], "us-all-text": dirs["us"], "us-cine": dirs["us-cine"],
+                  "ct-text": dirs["ct-text"],
                   "ct-primary": dirs["ct-primary"], "ct-primary-bypass": dirs["ct-primary"],
                   "pydicom-us": dirs["us"], "pydicom-ct": dirs["ct-primary"], "ocr-frame": dirs["us"]}
         runs: dict[str, list[dict]] = {}
