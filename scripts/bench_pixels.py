@@ -15,6 +15,16 @@ processes spreads over every mode. What is measured:
 - ``us``: single-frame 640x480 RGB ultrasound with burned-in text (tests/support/pixel_corpus.py: name, ID,
   dates, accession, institution over a black bar and over speckle, each file a different patient), through
   ``Deidentifier.deidentify_file`` with the pixel policy ``clean``. Goal of issue 8: >= 20 frames/s per core.
+- ``us-cold``: the same files with the reader's cache of readings emptied before each file, so that no reading
+  carries over from one instance to the next (in ``us`` the device labels that two files print in identical
+  pixels, "L12-5 Gain 54" in the same font and place, are read once): every file's text is read afresh.
+- ``us-study``: one patient's study: 24 single-frame images whose banner (institution, name, ID, birth date,
+  accession, study date, device label) is printed in identical pixels on every image, as a scanner does, over
+  new speckle each time (so labels over the image are read again). The reader's cache (keyed by the exact
+  binarised pixels of a region) answers for the repeated banner: exact, not a heuristic.
+- ``us-rules``: the ``us`` files with a SequenceOfUltrasoundRegions (the sector) and the shipped rule
+  ``us-outside-regions`` turned on (a site's strictest ultrasound setting), cache emptied before each file as in
+  ``us-cold``: text wholly outside the regions is blanked by the rule without being read.
 - ``us-all-text``: the same files under policy ``all-text`` (every line blanked, none may be readable after).
 - ``us-cine``: one 12-frame cine of the same kind (the overlay repeats on every frame, the speckle does not).
 - ``ct-text``: 512x512 16-bit CT with burned-in text and BurnedInAnnotation YES (scanned by default).
@@ -49,23 +59,24 @@ for p in (REPO, REPO / "include"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-MODES = ("us", "us-all-text", "us-cine", "ct-text", "ct-primary", "ct-primary-bypass", "pydicom-us", "pydicom-ct", "ocr-frame")
+MODES = ("us", "us-cold", "us-study", "us-rules", "us-all-text", "us-cine", "ct-text", "ct-primary",
+         "ct-primary-bypass", "pydicom-us", "pydicom-ct", "ocr-frame")
 CHILD_MODES = (*MODES, "ct-primary-pair")
 #: The plain pydicom read+write of comparable files: the floor each mode is set against.
-FLOOR = {"us": "pydicom-us", "us-all-text": "pydicom-us", "us-cine": "pydicom-us", "ct-text": "pydicom-ct", "ct-primary": "pydicom-ct",
-         "ct-primary-bypass": "pydicom-ct"}
+FLOOR = {**{m: "pydicom-us" for m in ("us", "us-cold", "us-study", "us-rules", "us-all-text", "us-cine")},
+         **{m: "pydicom-ct" for m in ("ct-text", "ct-primary", "ct-primary-bypass")}}
 SECRET = "bench-pixels-secret"
 CT_PRIMARY_PASSES = 5
 
 
 # --- child side ------------------------------------------------------------------------------------------
-def _deidentifier(stage: bool, policy: str = "clean"):
+def _deidentifier(stage: bool, policy: str = "clean", pixel_rules: str = ""):
     """The engine with the pixel stage under policy ``clean`` (the default), or with the stage bypassed: no
     instance is ever found scannable, so the engine runs exactly the code it ran before the stage existed
     (the raw fast path for CT included) but for that one decision."""
     from dicom_relay.deid import Deidentifier, DeidOptions
 
-    d = Deidentifier(SECRET, DeidOptions.from_mapping({"pixels": policy}))
+    d = Deidentifier(SECRET, DeidOptions.from_mapping({"pixels": policy, "pixel_rules": pixel_rules}))
     if not stage:
         d.pixel_scan_reason = lambda *header: None  # this instance only
     return d
@@ -140,14 +151,19 @@ def child(mode: str, src: Path, dst: Path) -> dict:
         n = len(files) * CT_PRIMARY_PASSES * 2
         return {m: {"files": n, "frames": n, "seconds": wall[m], "cpu": cpu[m], "held_back": 0} for m in engines}
     else:
-        d = _deidentifier(stage=True, policy="all-text" if mode == "us-all-text" else "clean")
+        rules = str(src / RULES) if mode == "us-rules" else ""
+        d = _deidentifier(stage=True, policy="all-text" if mode == "us-all-text" else "clean", pixel_rules=rules)
         identities = _identities(files)
         # Model load and imports are not what a frame costs. A file of its own: warming up on a measured one
         # would let the reader's cache answer for it.
         [warm] = sorted((src.parent / "warm-up").glob("*.dcm"))
         d.deidentify_file(warm, dst / "warm-up", _identities([warm])[warm])
+        from dicom_relay.deid.pixels.ocr import reader
+
+        forget = reader().forget if mode in ("us-cold", "us-rules") else (lambda: None)
         t0, c0 = time.perf_counter(), time.process_time()
         for f in files:
+            forget()
             r = d.deidentify_file(f, dst, identities[f])
             held += bool(r.quarantine_reason)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -155,14 +171,77 @@ def child(mode: str, src: Path, dst: Path) -> dict:
 
 
 # --- parent side -----------------------------------------------------------------------------------------
+def study_from_cine(cine: Path, dest: Path) -> None:
+    """One single-frame US Image Storage instance per frame of ``cine``, in one series of the same study.
+
+    The frames of a rendered cine carry the same overlay in the same pixels over new speckle: split, they are
+    what a scanner writes for a study of single images (the banner printed identically on each).
+    """
+    import pydicom
+    from pydicom.uid import UltrasoundImageStorage, generate_uid
+
+    src = pydicom.dcmread(cine)
+    frames = src.pixel_array
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        ds = pydicom.dcmread(cine)
+        for kw in ("NumberOfFrames", "FrameTime", "FrameIncrementPointer"):
+            if kw in ds:
+                delattr(ds, kw)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UltrasoundImageStorage
+        uid = generate_uid(entropy_srcs=[str(cine.name), str(i)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        ds.InstanceNumber = i + 1
+        ds.ImageType = ["DERIVED", "PRIMARY", "ABDOMINAL", "0001"]
+        ds.PixelData = frame.tobytes()
+        ds.save_as(dest / f"study{i:03d}.dcm", enforce_file_format=True)
+
+
+RULES = "rules.yaml"
+#: The shipped rule that blanks everything outside SequenceOfUltrasoundRegions, turned on.
+RULES_ON = """version: 1
+rules:
+  - id: us-outside-regions
+    match: {Modality: US}
+    outside_ultrasound_regions: true
+"""
+
+
+def with_us_regions(src: Path, dest: Path) -> None:
+    """Copies of the US files of ``src`` with a SequenceOfUltrasoundRegions listing the speckle sector (the
+    text over the image is inside it, the banner outside), and the rule file that turns the rule on."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        region = Dataset()
+        region.RegionSpatialFormat, region.RegionDataType, region.RegionFlags = 1, 1, 0
+        region.RegionLocationMinX0, region.RegionLocationMinY0 = 130, 90
+        region.RegionLocationMaxX1, region.RegionLocationMaxY1 = 509, 459
+        region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3
+        region.PhysicalDeltaX = region.PhysicalDeltaY = 0.01
+        ds.SequenceOfUltrasoundRegions = Sequence([region])
+        ds.save_as(dest / f.name)
+    (dest / RULES).write_text(RULES_ON)
+
+
 def generate(work: Path, n_us: int, cine_frames: int, n_ct_text: int, n_ct_primary: int) -> dict[str, Path]:
     from tests.support import pixel_corpus
     from tests.support.samples import generate_ct_study
 
-    dirs = {m: work / m for m in ("us", "us-cine", "ct-text", "ct-primary")}
+    dirs = {m: work / m for m in ("us", "us-study", "us-rules", "us-cine", "ct-text", "ct-primary")}
     for i in range(n_us):  # a different patient, text layout and speckle per file
         pixel_corpus.build(dirs["us"], seed=f"bench-us-{i}", scenes={f"us{i:03d}": ("us", "RGB", ("explicit",), 1)})
+    with_us_regions(dirs["us"], dirs["us-rules"])
     pixel_corpus.build(dirs["us-cine"], seed="bench-cine", scenes={"cine": ("us", "RGB", ("explicit",), cine_frames)})
+    # As many single images as the single-frame mode has files, one patient, the banner identical on each.
+    built = pixel_corpus.build(work / "study-cine", seed="bench-study",
+                               scenes={"study": ("us", "RGB", ("explicit",), n_us)})
+    study_from_cine(built[0].path, dirs["us-study"])
+    shutil.rmtree(work / "study-cine", ignore_errors=True)
     for i in range(n_ct_text):
         pixel_corpus.build(dirs["ct-text"], seed=f"bench-ct-{i}",
                            scenes={f"ct{i:03d}": ("ct", "MONOCHROME2", ("explicit",), 1)})
@@ -212,10 +291,13 @@ def main(argv=None) -> int:
         print(f"\npixel stage benchmark: generating {args.us} US files, a {args.cine_frames}-frame cine, "
               f"{args.ct_text} CT with text, {args.ct_primary} CT primary slices ...")
         dirs = generate(work, args.us, args.cine_frames, args.ct_text, args.ct_primary)
-        src_of = {"us": dirs["us"], "us-all-text": dirs["us"], "us-cine": dirs["us-cine"], "ct-text": dirs["ct-text"],
+        src_of = {"us": dirs["us"], "us-cold": dirs["us"], "us-study": dirs["us-study"],
+                  "us-rules": dirs["us-rules"], "us-all-text": dirs["us"], "us-cine": dirs["us-cine"],
+                  "ct-text": dirs["ct-text"],
                   "ct-primary": dirs["ct-primary"], "ct-primary-bypass": dirs["ct-primary"],
                   "pydicom-us": dirs["us"], "pydicom-ct": dirs["ct-primary"], "ocr-frame": dirs["us"]}
         runs: dict[str, list[dict]] = {}
+        load_before = os.getloadavg()
         for _ in range(args.rounds):
             for mode in MODES:
                 if mode.startswith("ct-primary"):
@@ -237,6 +319,8 @@ def main(argv=None) -> int:
         best = {m: max(r["frames"] / r["cpu"] for r in rs) for m, rs in runs.items()}
         median = {m: statistics.median(r["frames"] / r["cpu"] for r in rs) for m, rs in runs.items()}
         wall = {m: max(r["frames"] / r["seconds"] for r in rs) for m, rs in runs.items()}
+        print("\nload average (1, 5, 15 min) before / after the measurements: "
+              + " / ".join(", ".join(f"{v:.2f}" for v in la) for la in (load_before, os.getloadavg())))
         print(f"\none process, one thread of Tesseract; {args.rounds} rounds (round robin); frames per CPU-second "
               f"(= per core), and per wall-clock second:")
         print("| mode | frames | frames/s/core (best) | frames/s/core (median) | wall frames/s (best) | held back "
@@ -251,10 +335,16 @@ def main(argv=None) -> int:
             vs_ocr = f"{best[m] / best['ocr-frame']:.2f}" if "ocr-frame" in best and m.startswith("us") else ""
             print(f"| {m} | {r['frames']} | {best[m]:.1f} | {median[m]:.1f} | {wall[m]:.1f} | {r['held_back']} "
                   f"| {vs_floor} | {vs_ocr} |")
-        if "us" in median:
-            verdict = "meets" if median["us"] >= 20 else "misses"
-            print(f"\nUS 640x480 RGB with text: {median['us']:.1f} frames/s per core, median of {len(runs['us'])} "
-                  f"(best {best['us']:.1f}; {verdict} the goal of 20)")
+        # The headline names the figure for text never seen before first: the cache cannot help there.
+        print()
+        for m, what in (("us-cold", "every file's text read afresh (nothing carried from file to file)"),
+                        ("us", "a different patient per file, readings cached across files (device labels repeat)"),
+                        ("us-study", "one patient's study of single images, the banner identical on each"),
+                        ("us-rules", "every file's text read afresh, rule us-outside-regions on")):
+            if m in median:
+                verdict = "meets" if median[m] >= 20 else "misses"
+                print(f"US 640x480 RGB with text, {what}: {median[m]:.1f} frames/s per core, median of "
+                      f"{len(runs[m])} (best {best[m]:.1f}; {verdict} the goal of 20)")
         if pair_ratios:
             ratio = statistics.median(pair_ratios)
             verdict = "within" if ratio >= 0.95 else "NOT within"

@@ -185,9 +185,19 @@ class Frames:
             if x0 >= x1 or y0 >= y1:
                 continue
             region = frame[y0:y1, x0:x1]
-            differs = region != (self.black if region.ndim == 3 else self.black[0])
-            changed += int(np.count_nonzero(differs.any(axis=-1) if region.ndim == 3 else differs))
-            region[...] = self.black if region.ndim == 3 else self.black[0]
+            if region.ndim == 3:
+                # Sample by sample: numpy's any() over the short last axis, and assigning a (samples,) array
+                # by broadcasting, cost ~15x and ~80x more on a strided box (measured: 0.68 ms vs 0.04 ms
+                # for a 320x50 RGB box).
+                differs = region[..., 0] != self.black[0]
+                for k in range(1, region.shape[2]):
+                    differs |= region[..., k] != self.black[k]
+                changed += int(np.count_nonzero(differs))
+                for k in range(region.shape[2]):
+                    region[..., k] = self.black[k]
+            else:
+                changed += int(np.count_nonzero(region != self.black[0]))
+                region[...] = self.black[0]
         if changed:
             self.changed_frames.add(i)
         return changed

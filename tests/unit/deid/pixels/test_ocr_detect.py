@@ -49,6 +49,16 @@ def test_regions_are_cached_by_their_pixels(reader):
     assert reader.describe()["engine"] == "tesseract" and reader.describe()["version"].startswith("5.")
 
 
+def test_a_line_found_twice_is_read_once_but_a_line_inside_a_block_is_read_alone_too():
+    from dicom_relay.deid.pixels.ocr import _drop_contained
+
+    line, same_line_wider = (11, 61, 157, 75), (7, 61, 161, 76)  # measured on a bench frame: one line, twice
+    block = (5, 5, 200, 80)  # three lines; a line inside it is read on its own as well
+    other = (300, 61, 340, 75)
+    assert _drop_contained([line, other, same_line_wider]) == [other, same_line_wider]
+    assert _drop_contained([block, line, other]) == [block, line, other]
+
+
 def _ds():
     ds = Dataset()
     for k, v in IDENTITY.items():

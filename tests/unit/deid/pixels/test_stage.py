@@ -93,6 +93,59 @@ def test_rule_boxes_are_blanked_even_where_ocr_reads_nothing(reader):
     assert not Frames.decode(ds).display(0)[:20].any()
 
 
+def test_text_wholly_inside_a_rule_box_is_blanked_unread_and_the_proof_still_reads(reader):
+    img = _image(7)
+    h, w = img.rgb.shape[:2]
+    # The rule takes the top half; text there is blanked whatever it says, so it is not read first.
+    rs = rules.RuleSet.parse("version: 1\nrules:\n  - id: acme-top\n    match: {Manufacturer: ACME}\n"
+                             f"    boxes: [[0, 0, {w}, {h // 2}]]\n")
+    top = [b for b in img.boxes if b[3] <= h // 2 - 4]
+    bottom = [b for b in img.boxes if b[1] >= h // 2 + 4]
+    assert top and bottom  # the scene has text on both sides of the rule's edge
+    fresh = TesseractReader()
+    ds = us_dataset(img.rgb, Manufacturer="ACME")
+    record = stage.clean_instance(ds, policy="all-text", needles=tuple(detect.needles(ds)), rules=rs,
+                                  scanned_because="t", reader=fresh)
+    assert record.verdict == "clean", record
+    after = Frames.decode(ds).display(0)
+    assert not after[: h // 2].any()
+    assert [line for line in reader.read(after) if line.is_text] == []  # bottom text blanked as read by OCR
+    whys = {why for group in record.blanked for why in group["why"]}
+    assert "acme-top" in whys and "ocr:text" in whys
+    # The first pass skips the regions wholly inside the rule box (but those sharing rows with one outside it).
+    skipping, everything = TesseractReader(), TesseractReader()
+    kept = skipping.read(img.rgb, skip=[(0, 0, w, h // 2)])
+    everything.read(img.rgb)
+    assert 0 < skipping.regions_read < everything.regions_read
+    outside = [line.box for line in kept if line.box[3] > h // 2]
+    assert all(any(min(b[3], o[3]) > max(b[1], o[1]) for o in outside) for b in (line.box for line in kept))
+
+
+def test_a_value_printed_across_a_rule_box_edge_is_still_blanked_outside_it():
+    from PIL import Image, ImageDraw, ImageFont
+
+    from .render import FONTS
+
+    img = Image.new("RGB", (320, 80))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype(str(FONTS[0]), 20)
+    draw.text((10, 30), "ID 842133", font=font, fill=(255, 255, 255))  # inside the rule box
+    draw.text((142, 30), "77", font=font, fill=(255, 255, 255))  # outside it: the rest of the patient ID
+    rgb = np.asarray(img).copy()
+    tail = (140, 25, 175, 60)
+    assert rgb[tail[1]:tail[3], tail[0]:tail[2]].any()
+    ds = us_dataset(rgb, Manufacturer="ACME")
+    rs = rules.RuleSet.parse("version: 1\nrules:\n  - id: acme-left\n    match: {Manufacturer: ACME}\n"
+                             "    boxes: [[0, 0, 135, 80]]\n")
+    record = stage.clean_instance(ds, policy="clean", needles=tuple(detect.needles(ds)), rules=rs,
+                                  scanned_because="t", reader=TesseractReader())
+    assert record.verdict == "clean", record
+    whys = {why for group in record.blanked for why in group["why"]}
+    assert whys == {"acme-left", "ocr:PatientID"}, whys  # "77" alone matches nothing: only the joined line does
+    after = Frames.decode(ds).display(0)
+    assert not after[tail[1]:tail[3], tail[0]:tail[2]].any()
+
+
 def test_pixel_data_that_cannot_be_decoded_holds_the_instance_back(reader):
     ds = us_dataset(np.zeros((16, 16, 3), np.uint8))
     ds.PixelData = ds.PixelData[:100]  # truncated
