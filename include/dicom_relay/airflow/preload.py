@@ -68,5 +68,14 @@ def preload(argv: Sequence[str] | None = None) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.warning("dicom_relay preload: %s not imported (%s); tasks will import it themselves",
                         name, type(exc).__name__)
+    try:
+        # Every task calls the Task SDK's listener manager as it starts and ends; its first call loads Airflow's
+        # plugins (the relay's UI page imports FastAPI): about 0.5 s. It is cached per process, so once here.
+        from airflow.sdk.listener import get_listener_manager
+
+        get_listener_manager()
+        done.append("airflow.sdk.listener (plugins)")
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("dicom_relay preload: plugins not loaded (%s)", type(exc).__name__)
     log.info("dicom_relay preload: %d modules in %.2f s", len(done), time.monotonic() - started)
     return done
