@@ -475,6 +475,7 @@ def main(argv=None) -> int:
         finally:
             stack.stop()
 
+    result["machine"]["load_avg_at_end"] = os.getloadavg()
     goals = evaluate(result, stable)
     result["goals"] = goals
     out = run_dir / "bench-e2e.json"
@@ -482,7 +483,8 @@ def main(argv=None) -> int:
     chart = run_dir / "bench-e2e-timeline.png"
     draw_timeline(result["studies"], chart)
     print_report(result)
-    print(f"\nJSON: {out}\nchart: {chart}")
+    print(f"\nload average at start {result['machine']['load_avg_at_start']}, at end {result['machine']['load_avg_at_end']}")
+    print(f"JSON: {out}\nchart: {chart}")
     return 0
 
 
@@ -551,11 +553,14 @@ def evaluate(result: dict, stable: float) -> list[dict]:
 
 
 def print_report(result: dict) -> None:
-    print("\nstudy            inst  detect  dispatch  run     own    airflow%  e2e s   inst/s  peak MiB")
+    print("\nstudy            inst  detect  dispatch  run     own    airflow%  e2e s   inst/s  peak MiB  CPU stack/outside")
     for r in result["studies"]:
+        w = r.get("run_resources") or {}
         print(f"{r['study']:<16} {r['instances']:>4}  {r['detection_seconds']:>6.2f}  {r['dispatch_seconds']:>8.2f}  "
               f"{r['run_seconds']:>6.2f}  {r['own_work_seconds']:>6.2f}  {100 * r['airflow_share']:>7.0f}%  "
-              f"{r['e2e_seconds']:>6.2f}  {r['e2e_instances_per_second']:>6.1f}  {r['peak_rss_mib']:>8.1f}")
+              f"{r['e2e_seconds']:>6.2f}  {r['e2e_instances_per_second']:>6.1f}  {r['peak_rss_mib']:>8.1f}  "
+              f"{w.get('stack_cpu_percent_of_one_core', '?')}% / {w.get('outside_stack_cpu_percent_of_one_core', '?')}%")
+    print(f"(CPU in % of one core of {CORES}, during each run: the stack's processes / everything else on the host)")
     for r in result["studies"]:
         if r["study"] in ("BENCH-500", "BENCH-2000"):
             print(f"\n{r['study']}: task  airflow s  own work s  gap before s  peak RSS MiB  saturated")
