@@ -372,6 +372,10 @@ COLORS = {"detection": "#bbbbbb", "dispatch": "#888888", "import": "#1f77b4", "g
           "replace_identifiers": "#2ca02c", "send_orthanc": "#d62728", "send_gcs": "#ff7f0e", "cleanup": "#8c564b"}
 
 
+#: Tasks that run side by side in process_study: each drawn in its own half of the study's row.
+SIDE_BY_SIDE = {"send_orthanc": -0.15, "send_gcs": 0.15}
+
+
 def draw_timeline(reports: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -381,18 +385,19 @@ def draw_timeline(reports: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(13, 1.6 + 0.55 * len(reports)))
     for row, r in enumerate(reports):
         t0 = r["renamed"]
-        segments = [("detection", r["renamed"], r["claimed"]), ("dispatch", r["claimed"], r["run_start"])]
-        segments += [(task, t["start"], t["end"]) for task, t in r["tasks"].items()]
-        for label, a, b in segments:
+        for label, a, b in [("detection", r["renamed"], r["claimed"]), ("dispatch", r["claimed"], r["run_start"])]:
             ax.barh(row, b - a, left=a - t0, color=COLORS[label], edgecolor="white", height=0.6)
-        for task, t in r["tasks"].items():  # own work: a thin dark bar inside the task's bar
-            if t["own_work_seconds"]:
-                ax.barh(row - 0.22, t["own_work_seconds"], left=t["end"] - t0 - t["own_work_seconds"], color="black",
-                        height=0.1)
+        for task, t in r["tasks"].items():
+            y, h = (row + SIDE_BY_SIDE[task], 0.3) if task in SIDE_BY_SIDE else (row, 0.6)
+            ax.barh(y, t["end"] - t["start"], left=t["start"] - t0, color=COLORS[task], edgecolor="white", height=h)
+            if t["own_work_seconds"]:  # own work: a thin dark bar along the task's bar
+                ax.barh(y - h / 2 + 0.04, t["own_work_seconds"], left=t["end"] - t0 - t["own_work_seconds"],
+                        color="black", height=0.06)
         ax.text(r["done"] - t0 + 0.3, row, f"{r['e2e_instances_per_second']} inst/s", va="center", fontsize=8)
     ax.set_yticks(range(len(reports)), [f"{r['study']} ({r['instances']})" for r in reports], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds after the folder's rename into the inbox (black: the step's own work)")
+    ax.set_xlabel("seconds after the folder's rename into the inbox (black: the step's own work; "
+                  "send_orthanc and send_gcs side by side, upper and lower half)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
     ax.legend(handles, list(COLORS), ncol=8, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 / max(1, len(reports) / 3)))
     ax.set_title("dicom-relay end to end: stages per study (make bench-e2e)")
