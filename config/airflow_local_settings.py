@@ -5,6 +5,10 @@ The only setting: the relay's heavy modules are imported once in the components 
 processes, so that each task starts without importing them again (see dicom_relay.airflow.preload).
 """
 
-from dicom_relay.airflow.preload import preload
+try:
+    from dicom_relay.airflow.preload import preload
+except ImportError:  # an interpreter without the relay's library (a bare Airflow image): nothing to preload
+    preload = None
 
-preload()
+if preload is not None:
+    preload()
