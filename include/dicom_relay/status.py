@@ -422,9 +422,14 @@ class StatusStore:
             return [Instance(**{k: r[k] for k in INSTANCE_FIELDS}) for r in rows]
 
     def update_instances(self, batch_id: str, changes: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Apply ``(relpath, {column: value})`` changes in one transaction."""
+        """Apply ``(relpath, {column: value})`` changes in one transaction.
+
+        The rows are updated in relpath order (a stable sort: two changes of one row keep their order): two
+        transactions that update overlapping rows (send_orthanc and send_gcs run side by side) then lock them in
+        the same order and wait for each other instead of deadlocking."""
         if not changes:
             return
+        changes = sorted(changes, key=lambda change: change[0])
         # Pipeline mode: the updates go out without a round trip each (500 instances: one wait, not 500).
         with self._connect() as conn, conn.pipeline(), conn.transaction(), conn.cursor() as cur:
             for relpath, values in changes:

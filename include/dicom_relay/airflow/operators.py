@@ -36,6 +36,8 @@ class WaitForInboxOperator(BaseOperator):
         self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> int:
+        # Not called by InboxTrigger (its TaskSuccessEvent ends the task in the triggerer); kept for a trigger
+        # serialised by an earlier version that fires a plain {"waiting": n} event during an upgrade.
         return int((event or {}).get("waiting", 0))
 
 

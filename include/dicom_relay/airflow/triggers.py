@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
+from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
 from dicom_relay import inbox
 
@@ -23,8 +23,10 @@ class InboxTrigger(BaseTrigger):
     ``watch_inbox``'s next task records the batches and requests their runs; a crash between claim and run
     request is what ``inbox.undispatched`` already covers.
 
-    The filesystem work runs in a thread so the triggerer's event loop is never blocked. The event carries
-    only a count: folder names may be PHI and trigger events are stored in Airflow's database.
+    The filesystem work runs in a thread so the triggerer's event loop is never blocked. The event ends the
+    waiting task where it is, in the triggerer (``TaskSuccessEvent``: no worker process is started to resume it,
+    which took about a second of the dispatch), with the count as its XCom ``return_value``; it carries only a
+    count: folder names may be PHI and trigger events are stored in Airflow's database.
 
     ``deadline`` (seconds since the epoch, or None): when the inbox stays empty until then, the trigger fires with
     ``{"waiting": 0}``, so the waiting task ends well within its ``execution_timeout`` (which also bounds the
@@ -65,9 +67,10 @@ class InboxTrigger(BaseTrigger):
         return max(0.05, min(self.poll_seconds, quiet_in if quiet_in is not None else self.poll_seconds))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until work waits (or the deadline passes); end the waiting task with the count of waiting work."""
         while True:
             waiting = await asyncio.to_thread(self.waiting)
             if waiting or (self.deadline is not None and time.time() >= self.deadline):
-                yield TriggerEvent({"waiting": waiting})
+                yield TaskSuccessEvent(xcoms={"return_value": waiting})
                 return
             await asyncio.sleep(await asyncio.to_thread(self.next_poll))

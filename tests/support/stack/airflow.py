@@ -29,6 +29,8 @@ from dicom_relay.files import write_private_text
 from .. import REPO
 from .process import ManagedProcess, free_port, wait_until
 
+#: Airflow's local settings, shared with docker-compose.yaml (which mounts ./config as $AIRFLOW_HOME/config).
+LOCAL_SETTINGS = REPO / "config" / "airflow_local_settings.py"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 #: Extra arguments per component. Airflow's log servers (the scheduler's for LocalExecutor tasks, the triggerer's)
 #: listen on every interface and have no setting for the address (airflow.utils.serve_logs binds host ""); on one
@@ -197,6 +199,16 @@ def celery_worker(run_dir: Path, home: Path, env: Mapping[str, str], i: int, con
     )
 
 
+def link_local_settings(home: Path) -> None:
+    """``$AIRFLOW_HOME/config/airflow_local_settings.py``: the project's (as docker-compose.yaml mounts ./config), so
+    that the scheduler, dag-processor and Celery workers preload the relay's modules (dicom_relay.airflow.preload)."""
+    link = home / "config" / LOCAL_SETTINGS.name
+    link.parent.mkdir(exist_ok=True)
+    if not link.is_symlink() or link.resolve() != LOCAL_SETTINGS:
+        link.unlink(missing_ok=True)
+        link.symlink_to(LOCAL_SETTINGS)
+
+
 def worker_ready(proc: ManagedProcess) -> bool:
     """Celery prints ``celery@<node> ready.`` once it consumes from the broker."""
     return " ready." in proc.log_tail(200)
@@ -215,6 +227,7 @@ def start_airflow(
         relay_env = {**relay_env, **{name: "" for name in ENDPOINT_VARIABLES}}
     home = Path(run_dir) / "airflow"
     home.mkdir(parents=True, exist_ok=True)
+    link_local_settings(home)
     port = port or free_port()
     password = password or secrets.token_urlsafe(12)
     env = airflow_env(home, metadata_db_url, port, relay_env, password, celery, extra_dag_folders)

@@ -3,6 +3,8 @@
 import asyncio
 import json
 
+from airflow.triggers.base import TaskSuccessEvent
+
 
 from dicom_relay import inbox
 from dicom_relay.airflow.triggers import InboxTrigger
@@ -31,8 +33,9 @@ async def test_waits_while_only_tmp_folders_then_fires_without_names(tmp_path):
     assert not task.done()  # a .tmp folder is never work
     (tmp_path / "inbox" / "ACC999.tmp12").rename(tmp_path / "inbox" / "ACC999")
     event = await asyncio.wait_for(task, timeout=5)
-    assert event.payload == {"waiting": 1}
-    assert "ACC999" not in json.dumps(event.payload)
+    assert event.xcoms == {"return_value": 1}
+    assert "ACC999" not in json.dumps([event.payload, event.xcoms])
+    assert isinstance(event, TaskSuccessEvent)
 
 
 async def test_fires_for_a_claim_waiting_for_its_run(tmp_path):
@@ -41,7 +44,7 @@ async def test_fires_for_a_claim_waiting_for_its_run(tmp_path):
     (tmp_path / "inbox" / "S1" / "f").write_text("x")
     inbox.claim(tmp_path / "inbox", tmp_path / "batches", "S1")
     event = await asyncio.wait_for(trigger.run().__anext__(), timeout=5)
-    assert event.payload["waiting"] == 1
+    assert event.xcoms["return_value"] == 1
 
 
 async def test_stability_guard_holds_a_busy_folder(tmp_path):
@@ -63,7 +66,7 @@ async def test_empty_inbox_fires_zero_at_its_deadline(tmp_path):
                            deadline=time.time() + 0.3)
     assert InboxTrigger(**trigger.serialize()[1]).deadline == trigger.deadline
     event = await asyncio.wait_for(trigger.run().__anext__(), timeout=10)
-    assert event.payload == {"waiting": 0}
+    assert event.xcoms == {"return_value": 0}
 
 
 async def test_claims_a_quiet_folder_within_one_poll_of_turning_quiet(tmp_path):
@@ -81,7 +84,7 @@ async def test_claims_a_quiet_folder_within_one_poll_of_turning_quiet(tmp_path):
     (tmp_path / "inbox" / "ACC7.tmp1").rename(tmp_path / "inbox" / "ACC7")
     renamed = time.time()
     event = await asyncio.wait_for(task, timeout=5)
-    assert event.payload == {"waiting": 1}
+    assert event.xcoms == {"return_value": 1}
     assert not (tmp_path / "inbox" / "ACC7").exists()
     (claim,) = inbox.undispatched(tmp_path / "batches")
     assert claim.folder == "ACC7" and (claim.incoming / "f").read_text() == "x"
