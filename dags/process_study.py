@@ -1,12 +1,7 @@
 """process_study: one run per claimed inbox folder (a batch).
 
-                                                 +-> send_orthanc -+
-import -> get_identifiers -> replace_identifiers +                 +-> cleanup
-                                                 +-> send_gcs -----+
+import -> get_identifiers -> replace_identifiers -> send_orthanc -> send_gcs -> cleanup
   -> held_back -> review -> apply_review -> start_release_run       (only when files were held back)
-
-The two deliveries run side by side (dicom_relay.pipeline.DELIVERING): each writes only its own destination's
-columns, and cleanup deletes the originals only once both have verified every instance.
 
 send_orthanc / send_gcs update the Assets in dicom_relay.airflow.assets (a de-identified study arrived).
 review is a human-in-the-loop task (Required Actions): release / discard / keep held; no answer by
@@ -30,7 +25,7 @@ from dicom_relay.airflow.assets import OUTLETS
 from dicom_relay.airflow.operators import start_process_study_runs
 from dicom_relay.airflow.tasks import apply_review_in_task, held_back_in_task, record_task_failure, run_step_in_task
 from dicom_relay.config import Settings
-from dicom_relay.pipeline import DELIVERING, STEPS
+from dicom_relay.pipeline import STEPS
 
 defaults = Settings.from_env()
 
@@ -63,10 +58,9 @@ with DAG(
         "on_failure_callback": record_task_failure,
     },
 ) as dag:
-    # One task per pipeline step; each runs dicom_relay.pipeline.STEPS[task_id]. The deliveries side by side.
-    steps = {name: task(task_id=name, outlets=[OUTLETS[name]] if name in OUTLETS else [])(run_step_in_task)(name)
-             for name in STEPS}
-    before = [steps[name] for name in STEPS if name not in DELIVERING and name != "cleanup"]
+    # One task per pipeline step, in the pipeline's order; each runs dicom_relay.pipeline.STEPS[task_id].
+    steps = [task(task_id=name, outlets=[OUTLETS[name]] if name in OUTLETS else [])(run_step_in_task)(name)
+             for name in STEPS]
     # Nothing held back: held_back returns None and every task after it is skipped.
     held_back = task.short_circuit(task_id="held_back")(held_back_in_task)()
     ask = HITLOperator(
@@ -81,4 +75,4 @@ with DAG(
     # all_done: a review that ended without an answer (timed out) still records "kept held".
     answer = task(task_id="apply_review", trigger_rule="all_done", retries=0)(apply_review_in_task)(ask.output)
     release_run = start_process_study_runs("start_release_run", answer)
-    chain(*before, [steps[name] for name in DELIVERING], steps["cleanup"], held_back, ask)
+    chain(*steps, held_back, ask)

@@ -552,11 +552,6 @@ def cleanup(batch_id: str, settings: Settings, options: RunOptions, store: Statu
             "destinations": options.destinations()}
 
 
-#: The steps that deliver, each to its own destination. They do not depend on each other (each records only its
-#: own destination's columns; whichever finishes last marks the instances SENT), so process_study runs them side
-#: by side, after replace_identifiers and before cleanup.
-DELIVERING = ("send_orthanc", "send_gcs")
-
 #: The process_study steps, in order, by task id.
 STEPS: dict[str, Callable[..., dict]] = {
     "import": import_batch,

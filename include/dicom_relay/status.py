@@ -425,7 +425,7 @@ class StatusStore:
         """Apply ``(relpath, {column: value})`` changes in one transaction.
 
         The rows are updated in relpath order (a stable sort: two changes of one row keep their order): two
-        transactions that update overlapping rows (send_orthanc and send_gcs run side by side) then lock them in
+        transactions that update overlapping rows (a rerun beside a step still running) then lock them in
         the same order and wait for each other instead of deadlocking."""
         if not changes:
             return
