@@ -11,11 +11,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-
 from .dicom_extent import Malformed, Truncated, check_extent, dataset_start
+
+# pydicom is imported by the functions that read a file with it, when a file needs it: the raw fast path below
+# serves the common case, and ``import pydicom`` costs more CPU than indexing hundreds of files
+# (dicom_relay/deid/dictionary.py).
 
 # Media Storage Directory Storage: a DICOMDIR indexes files, it is not an instance to send.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -86,6 +86,8 @@ def _extent_problem(path: Path, ds, size: int) -> str | None:
     Import reads headers only, so without this walk a file cut short in its pixel data (or in an element after
     it) would be indexed, delivered cut short, and its original deleted.
     """
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return None  # the whole data set is one zlib stream: pydicom's read already inflated (and checked) it
@@ -106,6 +108,9 @@ def _truncation_after_failed_read(path: Path, size: int) -> str | None:
     """'is truncated (...)' if the walk of a file pydicom could not read finds it cut short, else None.
 
     The encoding comes from the File Meta Information alone (the data set is what pydicom failed on)."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
         ts = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", "")))
@@ -191,6 +196,9 @@ def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
     fast = _read_instance_raw(path, relpath, size)
     if fast is not None:
         return fast
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         with open(path, "rb") as fp:
             try:

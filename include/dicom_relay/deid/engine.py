@@ -29,19 +29,10 @@ import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
-from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
-from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
-
+# pydicom is imported by the functions of the pydicom path, when a file takes it: the raw path (the common case)
+# runs without it, and ``import pydicom`` costs more CPU than de-identifying hundreds of files (see dictionary.py).
 from dicom_relay.deid import codes, fastio, rawpath
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.errors import DeidError
@@ -58,12 +49,18 @@ from dicom_relay.deid.vr import dict_vr
 from dicom_relay.deid.verify import Collected, LeakCheck, collect, collect_parsed
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
 IMAGE_TYPE = 0x00080008
-SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
+SECONDARY_CAPTURE = pixel_policy.SECONDARY_CAPTURE
 
 
 def _ascii_value(elem) -> str:
     """The value of an ASCII-only VR element (UI, DA, DT, TM) as one string, backslashes kept."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.multival import MultiValue
+
     if isinstance(elem, RawDataElement):
         v = elem.value
         return v.decode("ascii", "replace").rstrip("\x00 ").strip() if v else ""
@@ -75,6 +72,8 @@ def _ascii_value(elem) -> str:
 
 def _put(d: dict, tag: int, elem, vr: str, text: str | None) -> None:
     """Set an ASCII value; raw elements stay raw (cheap to write, nothing re-encoded). ``None`` = empty."""
+    from pydicom.dataelem import DataElement, RawDataElement
+
     if isinstance(elem, RawDataElement):
         b = text.encode("ascii") if text else b""
         if len(b) & 1:
@@ -93,6 +92,9 @@ def _pixel_header(ds: Dataset) -> tuple[str, str, str, str]:
 
 
 def _read_full(src: Path) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         return pydicom.dcmread(src, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
@@ -124,6 +126,11 @@ def _raw_item_values(buf: bytes, elems: list):
 @lru_cache(maxsize=64)
 def _marking_elements(options: DeidOptions, implicit: bool, little: bool) -> dict[int, RawDataElement]:
     """The marking attributes of ``options`` encoded for one transfer syntax encoding, as raw elements."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
     m = Dataset()
     m.PatientIdentityRemoved = "YES"
     m.DeidentificationMethod = codes.method_text(options)
@@ -140,6 +147,25 @@ def _marking_elements(options: DeidOptions, implicit: bool, little: bool) -> dic
         value = raw[hdr:]
         out[elem.tag] = RawDataElement(elem.tag, None if implicit else elem.VR, len(value), value, 0, implicit, little)
     return out
+
+
+@lru_cache(maxsize=64)
+def _raw_marking(options: DeidOptions, implicit: bool) -> dict[int, bytes]:
+    """The marking attributes of :func:`_marking_elements`, encoded without pydicom for the raw path (little
+    endian): ``{tag: encoded element}``, the same bytes pydicom writes (the raw/pydicom byte-equality tests)."""
+    frame, padded = rawpath.frame, rawpath.padded
+    items = [
+        (False, [frame(0x00080100, b"SH", padded(code.value, "SH"), implicit),
+                 frame(0x00080102, b"SH", padded(code.scheme_designator, "SH"), implicit),
+                 frame(0x00080104, b"LO", padded(code.meaning, "LO"), implicit)])
+        for code in codes.applied_codes(options)
+    ]
+    return {
+        0x00120062: frame(0x00120062, b"CS", padded("YES", "CS"), implicit),
+        0x00120063: frame(0x00120063, b"LO", padded("\\".join(codes.method_text(options)), "LO"), implicit),
+        0x00120064: rawpath.encode_sequence(0x00120064, items, False, implicit),
+        0x00280303: frame(0x00280303, b"CS", padded(codes.temporal_marker(options), "CS"), implicit),
+    }
 
 
 _POOL_DEIDENTIFIERS: dict = {}
@@ -303,6 +329,8 @@ class Deidentifier:
 
     def _deidentify_file_pydicom(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
         """The reference path: pydicom reads the header, the dataset walk, pydicom-compatible writing."""
+        from pydicom.errors import InvalidDicomError
+
         try:
             header = fastio.read_header(src)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
@@ -449,8 +477,7 @@ class Deidentifier:
                 if not identity.patient_pseudonym:
                     raise DeidError("the patient pseudonym is empty")
                 out = dict(self._raw_walk(buf, elems, self._scope(sop_class), _File(identity, None), implicit))
-                for tag, elem in _marking_elements(self.options, implicit, True).items():
-                    out[tag] = rawpath.frame(tag, None if implicit else elem.VR.encode(), elem.value, implicit)
+                out.update(_raw_marking(self.options, implicit))
                 pseudo = rawpath.padded(identity.patient_pseudonym, "PN")
                 for tag, vr in ((PATIENT_NAME, b"PN"), (PATIENT_ID, b"LO")):
                     el = top.get(tag)
@@ -551,6 +578,9 @@ class Deidentifier:
     # --- the walk on a pydicom dataset ---------------------------------------------------------------------
     def _walk(self, ds: Dataset, scope: Scope, f: _File) -> None:
         """Apply the decisions to ``ds`` in place, every nested sequence included."""
+        from pydicom.dataelem import DataElement, RawDataElement
+        from pydicom.sequence import Sequence
+
         d = ds._dict
         action = scope.action
         had_private = False
@@ -622,6 +652,8 @@ class Deidentifier:
 
     @staticmethod
     def _set_text(ds: Dataset, tag: int, text: str) -> None:
+        from pydicom.dataelem import RawDataElement
+
         d = ds._dict
         elem = d[tag]
         if isinstance(elem, RawDataElement) and text.isascii():
@@ -633,6 +665,9 @@ class Deidentifier:
     @staticmethod
     def _clean(ds: Dataset, tag: int, vr: str, on_failure: Action, f: _File) -> None:
         """Action C: the cleaned value if it is valid (:func:`dicom_relay.deid.text.cleaned`), else ``on_failure``."""
+        from pydicom.dataelem import DataElement
+        from pydicom.multival import MultiValue
+
         d = ds._dict
         elem = ds[tag]
         v = elem.value
@@ -695,6 +730,11 @@ class Deidentifier:
                 setattr(ds, kw, identity.patient_pseudonym)
 
     def _fix_file_meta(self, ds: Dataset) -> None:
+        from pydicom.dataelem import DataElement
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.tag import Tag
+        from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
         if hasattr(ds, "preamble") and ds.preamble is not None:
             ds.preamble = b"\0" * 128
         old = getattr(ds, "file_meta", None)

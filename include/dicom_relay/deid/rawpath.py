@@ -25,13 +25,10 @@ import struct
 from functools import lru_cache
 from pathlib import Path
 
-from pydicom.dataelem import DataElement
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
-
-from dicom_relay.deid import fastio
+from dicom_relay.deid import dictionary, fastio
 from dicom_relay.deid.vr import LONG_VRS, VALID_VRS, dict_vr
+
+# No pydicom here (dictionary.py says why): a dummy value that is not text is encoded by pydicom, imported then.
 
 
 class Fallback(Exception):
@@ -68,10 +65,13 @@ MODALITY, BURNED_IN = 0x00080060, 0x00280301
 @lru_cache(maxsize=64)
 def transfer_syntax_encoding(ts: str) -> bool | None:
     """``implicit`` (True/False) for a little endian, non-deflated transfer syntax, else None."""
-    uid = UID(ts)
-    if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
+    known = dictionary.transfer_syntax(ts)
+    if known is None:
         return None
-    return bool(uid.is_implicit_VR)
+    implicit, little, deflated, _ = known
+    if deflated or not little:
+        return None
+    return implicit
 
 
 class Elem:
@@ -247,6 +247,10 @@ def encode_new(tag: int, vr: str, value, implicit: bool) -> bytes:
     """A new element (a dummy value) as pydicom writes a DataElement of that VR and value."""
     if isinstance(value, str):
         return frame(tag, vr.encode(), padded(value, vr), implicit)
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
     buf = DicomBytesIO()
     buf.is_implicit_VR, buf.is_little_endian = implicit, True
     write_data_element(buf, DataElement(tag, vr, value))
@@ -315,7 +319,7 @@ def encode_meta(sop_class: str, sop_instance: str, ts: str) -> bytes:
         + frame(0x00020002, b"UI", padded(sop_class, "UI"), False)
         + frame(0x00020003, b"UI", padded(sop_instance, "UI"), False)
         + frame(0x00020010, b"UI", padded(ts, "UI"), False)
-        + frame(0x00020012, b"UI", padded(PYDICOM_IMPLEMENTATION_UID, "UI"), False)
+        + frame(0x00020012, b"UI", padded(dictionary.implementation_uid(), "UI"), False)
         + frame(0x00020013, b"SH", padded("DICOM_RELAY_01", "SH"), False)
     )
     return frame(0x00020000, b"UL", struct.pack("<L", len(body)), False) + body

@@ -42,21 +42,22 @@ import multiprocessing
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
-
-from dicom_relay.deid import codes
+from dicom_relay.deid import codes, dictionary
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import resolve_compound, rules_for, safe_private, sop_family
 from dicom_relay.deid.text import cleaned as text_cleaned
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
+
+if TYPE_CHECKING:  # pydicom is imported where a file needs it (dictionary.py says why): the raw reader serves
+    # the common case
+    from pydicom.dataset import Dataset
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS"})
 #: The VRs whose values are collected from an original: text-like VRs, and coded strings (local, see above).
@@ -72,7 +73,7 @@ PSEUDONYMISED = {0x00100010, 0x00100020, 0x00080050}  # PatientName, PatientID, 
 MIN_LEN = 4
 MIN_DIGITS = 6
 #: Values the relay itself writes into every output; an original value equal to one is not a leak.
-OWN_CONSTANTS = frozenset({PYDICOM_IMPLEMENTATION_UID, "DICOM_RELAY_01", "ANONYMIZED", "dicom-relay"})
+OWN_CONSTANTS = frozenset({dictionary.implementation_uid(), "DICOM_RELAY_01", "ANONYMIZED", "dicom-relay"})
 _UIDLIKE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 #: Kinds of collected value, strongest first (a value collected with two kinds keeps the stronger). IDENTITY:
 #: the whole Patient Name (with its ^ or =), Patient ID and Accession Number; only a kept value EQUAL to one makes
@@ -90,7 +91,9 @@ def _parts(elem) -> list[str]:
         return []
     if isinstance(v, (bytes, bytearray)):
         return []
-    vals = list(v) if isinstance(v, pydicom.multival.MultiValue) else [v]
+    from pydicom.multival import MultiValue
+
+    vals = list(v) if isinstance(v, MultiValue) else [v]
     out = []
     for x in vals:
         s = str(x).strip().rstrip("\x00").strip()
@@ -560,9 +563,13 @@ def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | 
             hits = needles.header_hits(header)
             if hits:
                 leaves = list(_meta_leaves(buf)) + list(_raw_output_leaves(buf, elems))
-            if tail is not None and meta[0x00020010] not in _NOT_SEARCHED_PIXELS and UID(meta[0x00020010]).is_compressed:
+            if (tail is not None and meta[0x00020010] not in _NOT_SEARCHED_PIXELS
+                    and dictionary.transfer_syntax(meta[0x00020010])[3]):  # compressed (read_file knows the syntax)
                 pixels = os.pread(fd, tail[1], tail[0])
         except (rp.Fallback, struct.error, RecursionError):
+            import pydicom
+            from pydicom.uid import UID
+
             try:
                 ds = pydicom.dcmread(path, force=True)
             except Exception as exc:  # an unparseable output is itself a failure of verification
@@ -760,11 +767,18 @@ def _pool_check(jobs: list[tuple[Path, "_Own | None"]]) -> list[Leak]:
     return [leak for path, own in jobs for leak in _check_file(path, needles, own, places)]
 
 
+def _is_dataset(obj) -> bool:
+    """``isinstance(obj, pydicom.dataset.Dataset)`` without importing pydicom: before it is imported, no
+    dataset can exist."""
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(obj, module.Dataset)
+
+
 def collect(original, options: DeidOptions, identity) -> Collected:
     """The values of an original (a dataset, or a path: read raw when it is simple) by what the options do with
     them (:class:`Collected`); ``identity`` gives the jitter of Modified Dates."""
     jitter = getattr(identity, "jitter_days", None)
-    if isinstance(original, Dataset):
+    if _is_dataset(original):
         family = sop_family(str(getattr(original, "SOPClassUID", "")))
         return _classify(_pydicom_leaves(original), options, family, jitter, True)
     rp = _rawpath()
@@ -802,4 +816,6 @@ def collect_parsed(buf: bytes, elems, options: DeidOptions, identity) -> Collect
 
 def _read_all_but_pixels(path: Path) -> Dataset:
     """Every element of a file, those after the pixel data included; large values (the pixels) not loaded."""
+    import pydicom
+
     return pydicom.dcmread(path, force=True, defer_size=1024)
