@@ -205,6 +205,11 @@ class DeidResult:
     #: The pixel stage's record (:class:`dicom_relay.deid.pixels.stage.PixelRecord` as a dict), None when the
     #: instance's pixels were not read.
     pixels: dict | None = None
+    #: How many bytes at the start of the output the relay encoded itself (preamble, file meta, every element
+    #: before the pixel data); the rest, if any, is the original's pixel elements copied byte for byte. Set by
+    #: the raw path only (None: the pydicom path wrote the file). Verification uses it to read back only those
+    #: bytes (:func:`dicom_relay.deid.verify._encoded_part` says why that misses nothing).
+    encoded_length: int | None = None
 
 
 class _File:
@@ -420,7 +425,7 @@ class Deidentifier:
             for src, identity in jobs:
                 result, collected = self.deidentify_and_collect(src, dst_dir, identity, collect_values=check is not None)
                 if check is not None:
-                    check.add_collected(collected, result.path)
+                    check.add_collected(collected, result.path, result.encoded_length)
                 out.append(result)
             return out
         from concurrent.futures import ProcessPoolExecutor
@@ -434,7 +439,7 @@ class Deidentifier:
                 done = list(own_pool.map(_pool_job, args, chunksize=chunksize))
         for (src, _), (result, collected) in zip(jobs, done):
             if check is not None:
-                check.add_collected(collected, result.path)
+                check.add_collected(collected, result.path, result.encoded_length)
         return [result for result, _ in done]
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
@@ -503,7 +508,8 @@ class Deidentifier:
                 parsed += [buf, elems]
         finally:
             os.close(fd)
-        return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None)
+        return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None,
+                          encoded_length=len(head))
 
     def _raw_walk(self, buf: bytes, elems: list, scope: Scope, f: _File, implicit: bool) -> list[tuple[int, bytes]]:
         """Apply the decisions to raw elements: the (tag, encoded element) pairs of the output, in tag order."""

@@ -455,11 +455,14 @@ class _Own:
     """What verification knows about the original of one output: its gone values (by place), the text of its
     kept attributes and of its cleaned ones."""
 
-    __slots__ = ("places", "gone", "kept", "cleaned_text")
+    __slots__ = ("places", "gone", "kept", "cleaned_text", "encoded_length")
 
-    def __init__(self, places: dict[tuple, frozenset[str]], kept: _Kept, cleaned_text: str):
+    def __init__(self, places: dict[tuple, frozenset[str]], kept: _Kept, cleaned_text: str,
+                 encoded_length: int | None = None):
         self.places, self.kept, self.cleaned_text = places, kept, cleaned_text
         self.gone = frozenset().union(*places.values())
+        #: ``DeidResult.encoded_length`` of the output: how many of its first bytes the relay encoded itself.
+        self.encoded_length = encoded_length
 
 
 def _verdict(value: str, kind: int, where: tuple, vr: str, own: _Own | None, places: dict | None) -> bool:
@@ -549,6 +552,53 @@ def _pydicom_output_leaves(ds: Dataset, prefix: tuple = (), decoded: bool = Fals
             yield prefix + (tag,), elem.VR, str(v).encode("utf-8", "replace").lower()
 
 
+def _encoded_part(fd: int, own: _Own | None) -> bytes | None:
+    """The bytes of an output that the relay encoded itself -- everything before its pixel elements -- when the
+    rest of the file is one native Pixel Data element of defined length that ends it; else None (the output is
+    then read and parsed in full).
+
+    Searching these bytes alone misses nothing the full reading would find. The full reading parses the output
+    from its start to its first top-level pixel element and searches every byte before it (the header), and of
+    the pixel element only encapsulated data. Here the engine reports how many bytes it encoded
+    (``DeidResult.encoded_length``: preamble, file meta and every element before the pixel data, at every
+    depth); it never encodes a pixel element, so the first top-level pixel element of the output starts exactly
+    there, and the header the full reading would search is exactly these bytes, read back from the written file.
+    What follows is checked, not assumed: a Pixel Data (or Float / Double Float Pixel Data) element of defined
+    length (native: not searched by either reading, see the notes above ``_Needles``) whose value ends the file.
+    Anything else there (encapsulated data, a second element, a length that does not end the file) and the
+    full reading runs. Without pixel data the encoded bytes must be the whole file.
+    """
+    n = own.encoded_length if own is not None else None
+    if not n:
+        return None
+    rp = _rawpath()
+    size = os.fstat(fd).st_size
+    buf = os.pread(fd, n + 12, 0)
+    if size == n:
+        return buf if len(buf) == n else None
+    if len(buf) < n + 12:
+        return None
+    try:
+        meta, _ = rp.read_meta(buf)
+    except (rp.Fallback, struct.error):
+        return None
+    implicit = rp.transfer_syntax_encoding(meta.get(0x00020010, ""))
+    if implicit is None:
+        return None
+    group, element = struct.unpack_from("<HH", buf, n)
+    if (group << 16 | element) not in rp.PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,), value_at = struct.unpack_from("<L", buf, n + 4), n + 8
+    elif buf[n + 4 : n + 6] in rp.LONG_VRS and buf[n + 6 : n + 8] == b"\0\0":
+        (length,), value_at = struct.unpack_from("<L", buf, n + 8), n + 12
+    else:
+        return None
+    if length == rp.UNDEF or value_at + length != size:
+        return None
+    return buf[:n]
+
+
 def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | None) -> list[Leak]:
     """Leaks in one output. ``own``: what is known of its original (None: not known, strict rule)."""
     rp = _rawpath()
@@ -556,6 +606,10 @@ def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | 
     pixels: bytes | None = None
     fd = os.open(path, os.O_RDONLY)  # an unreadable output raises, as before (the caller retries or fails)
     try:
+        header = _encoded_part(fd, own)
+        hits = needles.header_hits(header) if header is not None else None
+        if header is not None and not needles.non_ascii and not hits:
+            return []  # the common case: nothing found in the bytes the relay wrote, nothing else to search
         try:
             buf, meta, _, elems, pixel_at, implicit, size = rp.read_file(fd)
             header = buf[:pixel_at] if pixel_at >= 0 else buf
@@ -687,8 +741,11 @@ class LeakCheck:
         """Record what must not survive from one ORIGINAL instance (a dataset or a file path)."""
         self.add_collected(collect(original, self.options, identity), output)
 
-    def add_collected(self, collected: Collected, output: str | Path | None) -> None:
-        """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process)."""
+    def add_collected(self, collected: Collected, output: str | Path | None, encoded_length: int | None = None) -> None:
+        """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process).
+
+        ``encoded_length``: the output's ``DeidResult.encoded_length`` (the search then reads only those bytes
+        back when the rest is native pixel data copied from the original, see :func:`_encoded_part`)."""
         kept = self._kept.get(collected.kept)
         if kept is None:
             kept = self._kept[collected.kept] = _Kept(collected.kept, self._own_text)
@@ -702,7 +759,7 @@ class LeakCheck:
         for p, vs in places.items():
             self._places.setdefault(p, set()).update(vs)
         if output is not None:
-            self._outputs[_key(output)] = _Own(places, kept, "\n".join(collected.cleaned).upper())
+            self._outputs[_key(output)] = _Own(places, kept, "\n".join(collected.cleaned).upper(), encoded_length)
 
     @property
     def values(self) -> list[str]:
