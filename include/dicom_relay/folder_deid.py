@@ -85,6 +85,7 @@ def deidentify_folder(
     out_dir: Path,
     *,
     workers: int = 1,
+    pool=None,
 ) -> FolderRun:
     """De-identify ``instances`` (relative to ``in_dir``) into ``out_dir``, verify every output, fail closed.
 
@@ -92,6 +93,8 @@ def deidentify_folder(
     caller builds the identities from the same index). ``workers`` > 1 de-identifies in a process pool. Errors of
     the engine (:class:`~dicom_relay.deid.DeidError`) are raised after every output of this call is removed; a
     full output folder is raised as ``OSError(ENOSPC)`` (transient: a rerun may work once space is freed).
+    ``pool``: a running ``ProcessPoolExecutor`` of ``workers`` processes to use instead of starting one (the
+    caller's, e.g. the one that re-read the instances); it is shut down only if this call fails.
     """
     from .deid import LeakCheck
 
@@ -99,13 +102,13 @@ def deidentify_folder(
     jobs = [(in_dir / inst.relpath, identities[instance_patient_key(inst)]) for inst in instances]
     check = LeakCheck(deidentifier.options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pool = None
+    own_pool = None
     try:
-        if workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon:
+        if pool is None and workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon:
             # One pool for both stages: its processes de-identify, then search the outputs (started once).
             from concurrent.futures import ProcessPoolExecutor
 
-            pool = ProcessPoolExecutor(workers)
+            pool = own_pool = ProcessPoolExecutor(workers)
         results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check, pool=pool)
         outputs = [r.path for r in results if r.path is not None]
         leaks = check.find_leaks(outputs, workers=workers, pool=pool)
@@ -121,8 +124,8 @@ def deidentify_folder(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
         raise
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+        if own_pool is not None:
+            own_pool.shutdown(cancel_futures=True)
     by_output: dict[str, list[Leak]] = {}
     for leak in leaks:
         by_output.setdefault(leak.file, []).append(leak)

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 import json
 import logging
+import multiprocessing
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Callable
 
 from . import inbox, overrides, quarantine, retrying
 from .config import ConfigError, Settings
-from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
+from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance, read_instances
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
 from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
@@ -290,17 +291,19 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     changes = []
     held_back = 0
     number = quarantine.next_number(paths.quarantine)
+    # De-identification is CPU-bound and each file independent (UIDs and pseudonyms are keyed, so the split does
+    # not change the output): large studies use every core, from the reading of the instances to the search of
+    # the outputs (one pool of processes, started once).
+    workers = settings.deid_workers if len(todo) >= DEID_POOL_MIN_INSTANCES else 1
+    pool = None
     try:
-        indexed = []
-        for inst in todo:
-            found = read_instance(paths.incoming / inst.relpath, inst.relpath)
-            if not isinstance(found, IndexedInstance):
-                raise PermanentError("an instance became unreadable after import")
-            indexed.append(found)
-        # De-identification is CPU-bound and each file independent (UIDs and pseudonyms are keyed, so the split
-        # does not change the output): large studies use every core.
-        workers = settings.deid_workers if len(indexed) >= DEID_POOL_MIN_INSTANCES else 1
-        run = deidentify_folder(paths.incoming, indexed, identities, deidentifier, paths.deid, workers=workers)
+        if workers > 1 and not multiprocessing.current_process().daemon:
+            pool = ProcessPoolExecutor(workers)
+        indexed = read_instances(paths.incoming, [inst.relpath for inst in todo], pool=pool)
+        if not all(isinstance(found, IndexedInstance) for found in indexed):
+            raise PermanentError("an instance became unreadable after import")
+        run = deidentify_folder(paths.incoming, indexed, identities, deidentifier, paths.deid, workers=workers,
+                                pool=pool)
         leaks = run.leaks
         for inst, done in zip(todo, run.instances):
             result = done.result
@@ -331,6 +334,9 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         shutil.rmtree(paths.deid, ignore_errors=True)
         store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
         raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     if leaks:
         shutil.rmtree(paths.deid, ignore_errors=True)
         store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))

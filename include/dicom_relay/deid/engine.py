@@ -432,15 +432,20 @@ class Deidentifier:
 
         args = [(self._secret_key, self.options, src, dst_dir, identity, check is not None) for src, identity in jobs]
         chunksize = max(1, len(args) // (workers * 8))
-        if pool is not None:
-            done = list(pool.map(_pool_job, args, chunksize=chunksize))
-        else:
-            with ProcessPoolExecutor(workers) as own_pool:
-                done = list(own_pool.map(_pool_job, args, chunksize=chunksize))
-        for (src, _), (result, collected) in zip(jobs, done):
-            if check is not None:
-                check.add_collected(collected, result.path, result.encoded_length)
-        return [result for result, _ in done]
+        own_pool = None
+        if pool is None:
+            pool = own_pool = ProcessPoolExecutor(workers)
+        try:
+            out = []
+            # Results are registered as they come (in input order), while the workers go on with the next ones.
+            for result, collected in pool.map(_pool_job, args, chunksize=chunksize):
+                if check is not None:
+                    check.add_collected(collected, result.path, result.encoded_length)
+                out.append(result)
+        finally:
+            if own_pool is not None:
+                own_pool.shutdown(cancel_futures=True)
+        return out
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
     def _deidentify_raw(
