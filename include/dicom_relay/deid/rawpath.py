@@ -56,7 +56,7 @@ _VR_INFO = {v: (v.decode(), v in LONG_VRS) for v in VALID_VRS}  # VR bytes -> (V
 ITEM_UNDEF_HDR = _ITEM_HDR(0xFFFE, 0xE000, UNDEF)
 ITEM_DELIM = _ITEM_HDR(0xFFFE, 0xE00D, 0)
 SEQ_DELIM = _ITEM_HDR(0xFFFE, 0xE0DD, 0)
-FIRST_READ = 1 << 16
+FIRST_READ = 1 << 14  # most headers end within 16 KB (a CT's: 4 KB); a longer one is read again, 4 times more
 
 SOP_CLASS, SOP_INSTANCE, STUDY_UID, SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
 MODALITY, BURNED_IN = 0x00080060, 0x00280301
