@@ -22,7 +22,6 @@ duplicate, leak), the record behind ``dicom-relay deidentify --report``.
 from __future__ import annotations
 
 import errno
-import multiprocessing
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,14 @@ if TYPE_CHECKING:  # the engine (pydicom) is imported when a folder is de-identi
 ACCESSION_SOURCE = "DCM Accession #"
 #: Outcomes of an input file, in the order a summary lists them.
 OUTCOMES = ("delivered", "held_back", "rejected", "duplicate", "leak")
+
+
+def _daemonic() -> bool:
+    """Whether this is a daemonic process, which cannot start a pool (multiprocessing: imported only here, where a
+    pool is wanted; it brings socket, pickle and selectors, 0.01 CPU-s at every start)."""
+    import multiprocessing
+
+    return multiprocessing.current_process().daemon
 
 
 def patient_key(patient_id: str, study_instance_uid: str) -> str:
@@ -104,7 +111,7 @@ def deidentify_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     own_pool = None
     try:
-        if pool is None and workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon:
+        if pool is None and workers > 1 and len(jobs) > workers and not _daemonic():
             # One pool for both stages: its processes de-identify, then search the outputs (started once).
             from concurrent.futures import ProcessPoolExecutor
 
@@ -253,7 +260,6 @@ def identities_from_mapping(mapping: dict[str, dict[str, Any]]) -> dict:
         key: PatientIdentity(patient_pseudonym=p["suid"], jitter_days=p["jitter"], accession_pseudonyms=p["accessions"])
         for key, p in mapping.items()
     }
-
 
 
 # --- outcomes per input file ------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ How one instance is processed (:meth:`Deidentifier.deidentify_dataset`):
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import struct
 from dataclasses import dataclass, field
@@ -50,10 +49,19 @@ from dicom_relay.deid.verify import Collected, LeakCheck, collect, collect_parse
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
 if TYPE_CHECKING:
+    from pydicom.dataelem import RawDataElement
     from pydicom.dataset import Dataset
 
 IMAGE_TYPE = 0x00080008
 SECONDARY_CAPTURE = pixel_policy.SECONDARY_CAPTURE
+
+
+def _daemonic() -> bool:
+    """Whether this is a daemonic process, which cannot start a pool (multiprocessing: imported only here, where a
+    pool is wanted; it brings socket, pickle and selectors, 0.01 CPU-s at every start)."""
+    import multiprocessing
+
+    return multiprocessing.current_process().daemon
 
 
 def _ascii_value(elem) -> str:
@@ -419,7 +427,7 @@ class Deidentifier:
         """
         jobs = [(Path(src), identity) for src, identity in jobs]
         dst_dir = Path(dst_dir)
-        pooled = workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon
+        pooled = workers > 1 and len(jobs) > workers and not _daemonic()
         if not pooled:
             out = []
             for src, identity in jobs:

@@ -38,7 +38,6 @@ notes above ``_Needles``) and report where, never what.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import struct
@@ -79,6 +78,14 @@ _UIDLIKE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 #: the whole Patient Name (with its ^ or =), Patient ID and Accession Number; only a kept value EQUAL to one makes
 #: it legitimate (a kept "Ward of <Patient ID>" does not), where any kept value CONTAINING another value does.
 IDENTITY, GLOBAL, DATE, LOCAL = 0, 1, 2, 3
+
+
+def _daemonic() -> bool:
+    """Whether this is a daemonic process, which cannot start a pool (multiprocessing: imported only here, where a
+    pool is wanted; it brings socket, pickle and selectors, 0.01 CPU-s at every start)."""
+    import multiprocessing
+
+    return multiprocessing.current_process().daemon
 
 
 def _kind(vr: str) -> int:
@@ -778,7 +785,7 @@ class LeakCheck:
         # (0.07 ms: one short read back), less than a pool's round trip (0.05 s) for the first thousand of them.
         cheap = sum(1 for _, own in jobs if own is not None and own.encoded_length)
         weight = len(jobs) - cheap + cheap // 16
-        if workers > 1 and weight >= POOL_MIN_OUTPUTS and not multiprocessing.current_process().daemon:
+        if workers > 1 and weight >= POOL_MIN_OUTPUTS and not _daemonic():
             from concurrent.futures import ProcessPoolExecutor
 
             chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
