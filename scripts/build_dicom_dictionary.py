@@ -10,7 +10,10 @@ The source is the installed pydicom's own dictionary (PS3.6 and PS3.7 as pydicom
   allows several);
 * ``repeaters``: the same for the repeating groups of ``RepeatersDictionary`` (50xx curves, 60xx overlays,
   (0020,31xx)...), keyed by pydicom's mask ("60xx3000");
-* ``uids``: every UID of ``pydicom.uid.UID_dictionary`` (PS3.6 Table A-1 and friends) with its name and type;
+* ``uids``: every UID of ``pydicom.uid.UID_dictionary`` (PS3.6 Table A-1 and friends) with its name and type, as
+  the relay's processes see it: pynetdicom (a dependency, imported to send) adds the transfer syntaxes of the
+  standard that pydicom lacks (JPEG XL, Deflated Image Frame Compression) when it is imported, so it is imported
+  here first and the table does not depend on which was imported first;
 * ``implementation_uid``: ``pydicom.uid.PYDICOM_IMPLEMENTATION_UID``, which the relay writes as Implementation
   Class UID (0002,0012) on both of its paths.
 
@@ -33,6 +36,7 @@ OUT = ROOT / "include" / "dicom_relay" / "deid" / "data" / "dicom_dictionary.jso
 
 
 def build() -> dict:
+    import pynetdicom  # noqa: F401 - completes pydicom's UID_dictionary (see above)
     from pydicom.datadict import DicomDictionary, RepeatersDictionary
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
 
@@ -40,9 +44,11 @@ def build() -> dict:
     return {
         "provenance": {
             "source": f"pydicom {version}: pydicom.datadict.DicomDictionary and RepeatersDictionary (PS3.6 Table 6-1, "
-                      f"PS3.7 command elements), pydicom.uid.UID_dictionary (PS3.6 Table A-1), "
+                      f"PS3.7 command elements), pydicom.uid.UID_dictionary (PS3.6 Table A-1) with the transfer "
+                      f"syntaxes pynetdicom {metadata.version('pynetdicom')} adds to it, "
                       f"pydicom.uid.PYDICOM_IMPLEMENTATION_UID",
             "pydicom": version,
+            "pynetdicom": metadata.version("pynetdicom"),
             "built_by": "scripts/build_dicom_dictionary.py",
             "checked_by": "tests/unit/deid/test_dictionary.py (against the installed pydicom)",
         },

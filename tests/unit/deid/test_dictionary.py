@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 import pydicom
+import pynetdicom  # noqa: F401 - adds transfer syntaxes to pydicom's UID_dictionary, as in the relay's processes
 from pydicom.datadict import DicomDictionary, RepeatersDictionary, dictionary_VR, keyword_dict
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, UID_dictionary
 
