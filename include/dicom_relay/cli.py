@@ -202,10 +202,11 @@ def cmd_deidentify(args, settings: OfflineSettings) -> int:
     deployed = pixel_policy.at_least(settings.pixel_policy, settings.deid_options.get("pixels"))
     pixels = pixel_policy.at_least(pixel_policy.at_least(deployed, given.pop("pixels", None)), args.pixels)
     options = DeidOptions.from_mapping({**settings.deid_options, **given, "pixels": pixels})
-    index = index_folder(args.in_dir)
+    # The index keeps the headers it parses: a run in this process de-identifies from them (one parse per file).
+    index = index_folder(args.in_dir, keep_headers=args.workers <= 1)
     deidentifier = Deidentifier(settings.secret_key.get_secret_value(), options)
     run = deidentify_folder(args.in_dir, index.instances, _offline_identities(index, settings), deidentifier,
-                            args.out_dir, workers=args.workers)
+                            args.out_dir, workers=args.workers, headers=index.headers)
     outcomes = file_outcomes(index, run)
     counts = summary(outcomes)
     # Files are counted, never named, on the terminal (input names are PHI); --report maps them (mode 0600).

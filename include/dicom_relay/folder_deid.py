@@ -93,6 +93,7 @@ def deidentify_folder(
     *,
     workers: int = 1,
     pool=None,
+    headers=None,
 ) -> FolderRun:
     """De-identify ``instances`` (relative to ``in_dir``) into ``out_dir``, verify every output, fail closed.
 
@@ -102,6 +103,8 @@ def deidentify_folder(
     full output folder is raised as ``OSError(ENOSPC)`` (transient: a rerun may work once space is freed).
     ``pool``: a running ``ProcessPoolExecutor`` of ``workers`` processes to use instead of starting one (the
     caller's, e.g. the one that re-read the instances); it is shut down only if this call fails.
+    ``headers``: the index's parsed headers (``index_folder(..., keep_headers=True).headers``), used by a run in
+    this process instead of reading and parsing each file again.
     """
     from .deid import LeakCheck
 
@@ -116,7 +119,8 @@ def deidentify_folder(
             from concurrent.futures import ProcessPoolExecutor
 
             pool = own_pool = ProcessPoolExecutor(workers)
-        results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check, pool=pool)
+        kept = [headers.get(inst.relpath) for inst in instances] if headers else None
+        results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check, pool=pool, headers=kept)
         outputs = [r.path for r in results if r.path is not None]
         leaks = check.find_leaks(outputs, workers=workers, pool=pool)
     except BaseException as exc:

@@ -314,7 +314,7 @@ class Deidentifier:
         return self.deidentify_and_collect(src, dst_dir, identity, collect_values=False)[0]
 
     def deidentify_and_collect(
-        self, src: Path, dst_dir: Path, identity: PatientIdentity, *, collect_values: bool = True
+        self, src: Path, dst_dir: Path, identity: PatientIdentity, *, collect_values: bool = True, header=None
     ) -> tuple[DeidResult, Collected | None]:
         """:meth:`deidentify_file`, and what verification must know of the ORIGINAL (:func:`~dicom_relay.deid.verify.collect`)
         for :meth:`LeakCheck.add_collected`.
@@ -323,13 +323,15 @@ class Deidentifier:
         once; the leak check still reads and searches the written output on its own. When the engine's parse
         cannot serve (the pydicom path, implicit VR, a value with a character set), the file is collected on its
         own, exactly as :meth:`LeakCheck.add` does. ``collect_values=False``: the second item is None.
+        ``header``: ``(rawpath.file_key, rawpath.read_file result)`` of ``src`` parsed already (the index's,
+        :class:`dicom_relay.dicom_import.KeptHeaders`); used only while the file is unchanged.
         """
         src, dst_dir = Path(src), Path(dst_dir)
         collected = None
         result = None
         if self._raw_ok:
             parsed: list = []
-            result = self._deidentify_raw(src, dst_dir, identity, parsed if collect_values else None)
+            result = self._deidentify_raw(src, dst_dir, identity, parsed if collect_values else None, header)
             if result is not None:
                 self.raw_path_used += 1
                 if parsed:
@@ -415,6 +417,7 @@ class Deidentifier:
         workers: int = 1,
         check: LeakCheck | None = None,
         pool=None,
+        headers: list | None = None,
     ) -> list[DeidResult]:
         """:meth:`deidentify_file` for many ``(source, identity)`` pairs; results in input order.
 
@@ -423,15 +426,17 @@ class Deidentifier:
         file is independent; UIDs and pseudonyms are keyed, so the output does not depend on the split). The
         first error is raised, as in a loop. In a daemonic process (which cannot have children) it runs here.
         ``pool``: a running ``ProcessPoolExecutor`` of ``workers`` processes to use (and leave running), so that
-        the caller's verification can use the same processes.
+        the caller's verification can use the same processes. ``headers``: per job, the ``header`` of
+        :meth:`deidentify_and_collect` or None (used in this process only: never sent to a pool).
         """
         jobs = [(Path(src), identity) for src, identity in jobs]
         dst_dir = Path(dst_dir)
         pooled = workers > 1 and len(jobs) > workers and not _daemonic()
         if not pooled:
             out = []
-            for src, identity in jobs:
-                result, collected = self.deidentify_and_collect(src, dst_dir, identity, collect_values=check is not None)
+            for n, (src, identity) in enumerate(jobs):
+                result, collected = self.deidentify_and_collect(src, dst_dir, identity, collect_values=check is not None,
+                                                                header=headers[n] if headers else None)
                 if check is not None:
                     check.add_collected(collected, result.path, result.encoded_length)
                 out.append(result)
@@ -457,7 +462,7 @@ class Deidentifier:
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
     def _deidentify_raw(
-        self, src: Path, dst_dir: Path, identity: PatientIdentity, parsed: list | None = None
+        self, src: Path, dst_dir: Path, identity: PatientIdentity, parsed: list | None = None, header=None
     ) -> DeidResult | None:
         """De-identify ``src`` on its raw bytes; None when the file needs the pydicom path.
 
@@ -472,7 +477,11 @@ class Deidentifier:
             return None  # the pydicom path raises the error
         try:
             try:
-                buf, meta, _, elems, pixel_at, implicit, size = rawpath.read_file(fd)
+                if header is not None and header[0] == rawpath.file_key(os.fstat(fd)):
+                    # Parsed by the index, and the file is the same: not read and parsed a second time.
+                    buf, meta, _, elems, pixel_at, implicit, size = header[1]
+                else:
+                    buf, meta, _, elems, pixel_at, implicit, size = rawpath.read_file(fd)
                 top = {el.tag: el for el in elems}
                 val = lambda tag: rawpath.ascii_value(buf, top[tag]) if tag in top else ""  # noqa: E731
                 sop_uid, sop_class = val(rawpath.SOP_INSTANCE), val(rawpath.SOP_CLASS)

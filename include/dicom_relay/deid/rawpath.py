@@ -325,6 +325,11 @@ def encode_meta(sop_class: str, sop_instance: str, ts: str) -> bytes:
     return frame(0x00020000, b"UL", struct.pack("<L", len(body)), False) + body
 
 
+def file_key(st: os.stat_result) -> tuple[int, ...]:
+    """What says a file is still the one that was read: same inode, size, modification and change times."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def read_file(fd: int) -> tuple[bytes, dict[int, str], int, list[Elem], int, bool, int]:
     """(header bytes, meta, dataset offset, top-level elements, pixel offset or -1, implicit, file size)."""
     size = os.fstat(fd).st_size
