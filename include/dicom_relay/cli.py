@@ -16,6 +16,7 @@ patient identifier or a folder name: batches are shown by batch id, files by qua
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -184,6 +185,20 @@ def cmd_deidentify(args, settings: OfflineSettings) -> int:
 
     Fails closed: an instance whose output verification finds a leak has its output removed (exit 1).
     """
+    # The cyclic garbage collector is off for the command: its passes over the long-lived objects (modules, the
+    # index, the leak check, the results) cost about 15 % of the CPU of 500 CT instances, and a run makes almost
+    # no cyclic garbage (measured: ~1.5 objects per file on the raw path, ~40 per pixel-cleaned file, never pixel
+    # data; reference counting frees the rest as before). Back on afterwards, for a caller in its own process.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _deidentify(args, settings)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _deidentify(args, settings: OfflineSettings) -> int:
     from .deid import Deidentifier, DeidOptions
     from .dicom_import import index_folder
     from .folder_deid import deidentify_folder, file_outcomes, summary

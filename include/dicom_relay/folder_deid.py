@@ -39,6 +39,18 @@ ACCESSION_SOURCE = "DCM Accession #"
 OUTCOMES = ("delivered", "held_back", "rejected", "duplicate", "leak")
 
 
+def worker_pool(workers: int):
+    """The process pool that de-identifies a folder: ``workers`` processes whose cyclic garbage collector is off.
+
+    A worker lives for one folder and frees what it makes by reference counting; the collector's passes cost it
+    CPU and find next to nothing (measured: ~1.5 cyclic objects per file on the raw path, ~40 per pixel-cleaned
+    file, never pixel data)."""
+    import gc
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, initializer=gc.disable)
+
+
 def _daemonic() -> bool:
     """Whether this is a daemonic process, which cannot start a pool (multiprocessing: imported only here, where a
     pool is wanted; it brings socket, pickle and selectors, 0.01 CPU-s at every start)."""
@@ -116,9 +128,7 @@ def deidentify_folder(
     try:
         if pool is None and workers > 1 and len(jobs) > workers and not _daemonic():
             # One pool for both stages: its processes de-identify, then search the outputs (started once).
-            from concurrent.futures import ProcessPoolExecutor
-
-            pool = own_pool = ProcessPoolExecutor(workers)
+            pool = own_pool = worker_pool(workers)
         kept = [headers.get(inst.relpath) for inst in instances] if headers else None
         results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check, pool=pool, headers=kept)
         outputs = [r.path for r in results if r.path is not None]

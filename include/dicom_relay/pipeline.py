@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
 import logging
 import multiprocessing
@@ -28,7 +28,7 @@ from .config import ConfigError, Settings
 from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance, read_instances
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
-from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
+from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping, worker_pool
 from .progress import Progress
 from .status import Instance, StatusStore
 
@@ -298,7 +298,7 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     pool = None
     try:
         if workers > 1 and not multiprocessing.current_process().daemon:
-            pool = ProcessPoolExecutor(workers)
+            pool = worker_pool(workers)
         indexed = read_instances(paths.incoming, [inst.relpath for inst in todo], pool=pool)
         if not all(isinstance(found, IndexedInstance) for found in indexed):
             raise PermanentError("an instance became unreadable after import")

@@ -24,6 +24,7 @@ import os
 import struct
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from dicom_relay.deid import dictionary, fastio
 from dicom_relay.deid.vr import LONG_VRS, VALID_VRS, dict_vr
@@ -74,14 +75,23 @@ def transfer_syntax_encoding(ts: str) -> bool | None:
     return implicit
 
 
-class Elem:
-    """One element of the header as read: where its bytes are, and its items when it is a sequence."""
+class Elem(NamedTuple):
+    """One element of the header as read: where its bytes are, and its items when it is a sequence.
 
-    __slots__ = ("tag", "fvr", "vr", "start", "vstart", "vend", "items", "undef")
+    A tuple, built with ``_new_elem`` (no Python call): a study makes tens of thousands of them, and the garbage
+    collector stops tracking a tuple of plain values, so the headers an index keeps cost it nothing."""
 
-    def __init__(self, tag, fvr, vr, start, vstart, vend, items, undef):
-        self.tag, self.fvr, self.vr, self.start, self.vstart, self.vend = tag, fvr, vr, start, vstart, vend
-        self.items, self.undef = items, undef
+    tag: int
+    fvr: bytes | None
+    vr: str
+    start: int
+    vstart: int
+    vend: int
+    items: list | None
+    undef: bool
+
+
+_new_elem = tuple.__new__
 
 
 class Reader:
@@ -158,7 +168,7 @@ class Reader:
                         raise Fallback
                     vr = "SQ"
                 items, vend = self.sequence(vstart, None)
-                add(Elem(tag, fvr, vr, pos, vstart, vend, items, True))
+                add(_new_elem(Elem, (tag, fvr, vr, pos, vstart, vend, items, True)))
                 pos = vend
                 continue
             vend = vstart + length
@@ -168,9 +178,9 @@ class Reader:
                 raise Fallback
             if vr == "SQ":
                 items, _ = self.sequence(vstart, vend)
-                add(Elem(tag, fvr, vr, pos, vstart, vend, items, False))
+                add(_new_elem(Elem, (tag, fvr, vr, pos, vstart, vend, items, False)))
             else:
-                add(Elem(tag, fvr, vr, pos, vstart, vend, None, False))
+                add(_new_elem(Elem, (tag, fvr, vr, pos, vstart, vend, None, False)))
             pos = vend
 
     def sequence(self, pos: int, end: int | None) -> tuple[list, int]:
