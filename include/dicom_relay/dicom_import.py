@@ -281,21 +281,6 @@ def read_instance(path: Path, relpath: str, keep: KeptHeaders | None = None) -> 
     )
 
 
-def _read_job(args: tuple[str, str]) -> IndexedInstance | Rejected:
-    folder, relpath = args
-    return read_instance(Path(folder) / relpath, relpath)
-
-
-def read_instances(folder: Path, relpaths: list[str], pool=None) -> list[IndexedInstance | Rejected]:
-    """:func:`read_instance` of each of ``relpaths`` (below ``folder``), in order; in ``pool`` (a running
-    ``ProcessPoolExecutor``) when one is given: a large batch is read on every core."""
-    if pool is None:
-        return [read_instance(folder / rel, rel) for rel in relpaths]
-    workers = getattr(pool, "_max_workers", 1) or 1
-    return list(pool.map(_read_job, [(str(folder), rel) for rel in relpaths],
-                         chunksize=max(1, len(relpaths) // (workers * 4))))
-
-
 def walk_files(folder: Path) -> tuple[list[str], list[Rejected]]:
     """Relative paths of the regular files below ``folder``; symbolic links are listed as rejected, never followed."""
     files: list[str] = []

@@ -147,16 +147,88 @@ def deidentify_folder(
     finally:
         if own_pool is not None:
             own_pool.shutdown(cancel_futures=True)
+    return _fail_closed(instances, [identity for _, identity in jobs], results, leaks)
+
+
+def _fail_closed(instances, identities, results, leaks) -> FolderRun:
+    """The run of verified instances: the output of each instance in which a leak was found is removed."""
     by_output: dict[str, list[Leak]] = {}
     for leak in leaks:
         by_output.setdefault(leak.file, []).append(leak)
     run = FolderRun()
-    for inst, (_, identity), result in zip(instances, jobs, results):
+    for inst, identity, result in zip(instances, identities, results):
         found = tuple(by_output.get(result.path.name, ())) if result.path is not None else ()
         if found:
             result.path.unlink(missing_ok=True)
         run.instances.append(InstanceRun(inst, identity, result, found))
     return run
+
+
+def _read_for_deid(in_dir: str, identities: Mapping[str, PatientIdentity], src: Path):
+    """``read`` of :meth:`Deidentifier.read_and_deidentify_files` for :func:`reread_and_deidentify`: the instance
+    as import read it (:func:`~dicom_relay.dicom_import.read_instance`, the same checks), its identity, and its
+    parsed header (raw path) for the engine."""
+    from .dicom_import import KeptHeaders, read_instance
+
+    relpath = os.path.relpath(src, in_dir)
+    kept = KeptHeaders()
+    found = read_instance(Path(src), relpath, kept)
+    if not isinstance(found, IndexedInstance):
+        return found, None, None
+    return found, identities[instance_patient_key(found)], kept.get(relpath)
+
+
+def reread_and_deidentify(
+    in_dir: Path,
+    relpaths: Sequence[str],
+    identities: Mapping[str, PatientIdentity],
+    deidentifier: Deidentifier,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    pool=None,
+) -> FolderRun:
+    """:func:`deidentify_folder` of instances indexed earlier by another process (the pipeline's import): each is
+    read again as import read it, in the process that then de-identifies it from that reading (one parse per
+    file, no pass over the batch before the pool starts). A file that no longer reads as an instance is a
+    :class:`~dicom_relay.errors.PermanentError`.
+
+    ``out_dir`` is this batch's own output folder, empty at the start: when the call fails, everything in it is
+    removed (the outputs of files not yet read back cannot be named in advance).
+    """
+    import functools
+    import shutil
+
+    from .deid import LeakCheck
+
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    check = LeakCheck(deidentifier.options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    read = functools.partial(_read_for_deid, str(in_dir), dict(identities))
+    own_pool = None
+    try:
+        if pool is None and workers > 1 and len(relpaths) > workers and not _daemonic():
+            pool = own_pool = worker_pool(workers)
+        done = deidentifier.read_and_deidentify_files([in_dir / rel for rel in relpaths], read, out_dir,
+                                                      workers=workers, check=check, pool=pool)
+        if any(result is None for _, result in done):
+            raise PermanentError("an instance became unreadable after import")
+        instances = [found for found, _ in done]
+        results = [result for _, result in done]
+        leaks = check.find_leaks([r.path for r in results if r.path is not None], workers=workers, pool=pool)
+    except BaseException as exc:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # no job may write after the removal below
+        full = _out_of_space(exc, out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
+        raise
+    finally:
+        if own_pool is not None:
+            own_pool.shutdown(cancel_futures=True)
+    return _fail_closed(instances, [identities[instance_patient_key(i)] for i in instances], results, leaks)
 
 
 def _out_of_space(exc: BaseException, out_dir: Path) -> bool:

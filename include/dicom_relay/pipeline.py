@@ -16,7 +16,6 @@ import functools
 from concurrent.futures import ThreadPoolExecutor, as_completed
 import json
 import logging
-import multiprocessing
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,10 +24,10 @@ from typing import Any, Callable
 
 from . import inbox, overrides, quarantine, retrying
 from .config import ConfigError, Settings
-from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance, read_instances
+from .dicom_import import FolderIndex, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
-from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping, worker_pool
+from .folder_deid import build_entities, identities_from_mapping, pseudonym_mapping, reread_and_deidentify
 from .progress import Progress
 from .status import Instance, StatusStore
 
@@ -295,15 +294,11 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     # not change the output): large studies use every core, from the reading of the instances to the search of
     # the outputs (one pool of processes, started once).
     workers = settings.deid_workers if len(todo) >= DEID_POOL_MIN_INSTANCES else 1
-    pool = None
     try:
-        if workers > 1 and not multiprocessing.current_process().daemon:
-            pool = worker_pool(workers)
-        indexed = read_instances(paths.incoming, [inst.relpath for inst in todo], pool=pool)
-        if not all(isinstance(found, IndexedInstance) for found in indexed):
-            raise PermanentError("an instance became unreadable after import")
-        run = deidentify_folder(paths.incoming, indexed, identities, deidentifier, paths.deid, workers=workers,
-                                pool=pool)
+        # Each instance is read again as import read it (it may have changed since), by the process that then
+        # de-identifies it from that reading.
+        run = reread_and_deidentify(paths.incoming, [inst.relpath for inst in todo], identities, deidentifier,
+                                    paths.deid, workers=workers)
         leaks = run.leaks
         for inst, done in zip(todo, run.instances):
             result = done.result
@@ -334,9 +329,6 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
         shutil.rmtree(paths.deid, ignore_errors=True)
         store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))
         raise
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
     if leaks:
         shutil.rmtree(paths.deid, ignore_errors=True)
         store.set_instance_state(batch_id, "NEW", [i.relpath for i in todo], from_states=("PROCESSING",))

@@ -179,13 +179,31 @@ def _raw_marking(options: DeidOptions, implicit: bool) -> dict[int, bytes]:
 _POOL_DEIDENTIFIERS: dict = {}
 
 
-def _pool_job(args):
-    """One file in a worker process of :meth:`Deidentifier.deidentify_files` (one Deidentifier per process)."""
-    key, options, src, dst_dir, identity, wanted = args
+def _pool_deidentifier(key: str, options: DeidOptions) -> Deidentifier:
+    """The Deidentifier of a worker process for a key and options (one per process, its caches kept)."""
     d = _POOL_DEIDENTIFIERS.get((key, options))
     if d is None:
         d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
-    return d.deidentify_and_collect(src, dst_dir, identity, collect_values=wanted)
+    return d
+
+
+def _pool_job(args):
+    """One file in a worker process of :meth:`Deidentifier.deidentify_files` (one Deidentifier per process)."""
+    key, options, src, dst_dir, identity, wanted = args
+    return _pool_deidentifier(key, options).deidentify_and_collect(src, dst_dir, identity, collect_values=wanted)
+
+
+def _pool_read_job(args):
+    """One file in a worker process of :meth:`Deidentifier.read_and_deidentify_files`."""
+    key, options, src, dst_dir, read, wanted = args
+    return _read_and_deidentify(_pool_deidentifier(key, options), src, dst_dir, read, wanted)
+
+
+def _read_and_deidentify(d: Deidentifier, src: Path, dst_dir: Path, read, wanted: bool):
+    found, identity, header = read(src)
+    if identity is None:
+        return found, None, None
+    return (found, *d.deidentify_and_collect(src, dst_dir, identity, collect_values=wanted, header=header))
 
 
 @dataclass(frozen=True)
@@ -455,6 +473,42 @@ class Deidentifier:
                 if check is not None:
                     check.add_collected(collected, result.path, result.encoded_length)
                 out.append(result)
+        finally:
+            if own_pool is not None:
+                own_pool.shutdown(cancel_futures=True)
+        return out
+
+    def read_and_deidentify_files(
+        self, sources: Iterable[Path], read, dst_dir: Path, *, workers: int = 1, check: LeakCheck | None = None,
+        pool=None,
+    ) -> list[tuple[object, DeidResult | None]]:
+        """:meth:`deidentify_files` for files the caller reads first, in the same process as their
+        de-identification (a worker of the pool): ``read(source) -> (found, identity, header)``, e.g. the
+        pipeline's re-reading of each instance with the checks of its import, whose parse the engine then uses
+        (``header``, as in :meth:`deidentify_and_collect`). ``identity`` None: the file is not de-identified
+        (``found`` says why) and its result is None. ``read`` must pickle (a module-level function, or a
+        ``functools.partial`` of one) when ``workers`` > 1. Returns ``(found, result)`` per source, in order.
+        """
+        sources, dst_dir = [Path(src) for src in sources], Path(dst_dir)
+        wanted = check is not None
+        if workers > 1 and len(sources) > workers and not _daemonic():
+            from concurrent.futures import ProcessPoolExecutor
+
+            own_pool = None
+            if pool is None:
+                pool = own_pool = ProcessPoolExecutor(workers)
+            args = [(self._secret_key, self.options, src, dst_dir, read, wanted) for src in sources]
+            done = pool.map(_pool_read_job, args, chunksize=max(1, len(args) // (workers * 8)))
+        else:
+            own_pool = None
+            done = (_read_and_deidentify(self, src, dst_dir, read, wanted) for src in sources)
+        try:
+            out = []
+            # Registered as they come (in input order), while the workers go on with the next ones.
+            for found, result, collected in done:
+                if check is not None and result is not None:
+                    check.add_collected(collected, result.path, result.encoded_length)
+                out.append((found, result))
         finally:
             if own_pool is not None:
                 own_pool.shutdown(cancel_futures=True)

@@ -50,3 +50,31 @@ def test_headers_are_kept_within_a_limit(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(KeptHeaders, "LIMIT", 1)
     index = index_folder(study.folder, keep_headers=True)
     assert index.headers == {} and len(index.instances) == 3
+
+
+def test_reread_and_deidentify_reads_each_instance_again_and_fails_closed(tmp_path: Path) -> None:
+    """The pipeline's step: each instance read again as import read it, by the process that de-identifies it (here
+    2 workers); the same files as deidentify_folder; a file cut short since import fails the call and leaves
+    nothing in the output folder."""
+    from dicom_relay.errors import PermanentError
+    from dicom_relay.folder_deid import reread_and_deidentify
+
+    study = generate_ct_study(tmp_path / "in", n_instances=6, rows=8, columns=8)
+    index = index_folder(study.folder)
+    identities = {instance_patient_key(i): PatientIdentity("PSEUDO-K", 3, {study.accession_number: "ACC-K"})
+                  for i in index.instances}
+    relpaths = [i.relpath for i in index.instances]
+    run = reread_and_deidentify(study.folder, relpaths, identities, Deidentifier("k-kept"), tmp_path / "pool",
+                                workers=2)
+    assert [r.instance for r in run.instances] == index.instances and not run.leaks
+    pooled = {p.name: p.read_bytes() for p in sorted((tmp_path / "pool").glob("*.dcm"))}
+    assert pooled == _run(study, index, tmp_path / "folder", None)
+    src = study.folder / relpaths[3]
+    src.write_bytes(src.read_bytes()[:200])
+    try:
+        reread_and_deidentify(study.folder, relpaths, identities, Deidentifier("k-kept"), tmp_path / "cut", workers=2)
+    except PermanentError as exc:
+        assert "unreadable after import" in str(exc)
+    else:
+        raise AssertionError("a file cut short since import must fail the step")
+    assert list((tmp_path / "cut").iterdir()) == []
