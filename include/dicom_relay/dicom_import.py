@@ -8,6 +8,7 @@ reason and held back in quarantine, and the rest of the batch goes on (sendit's 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,10 +59,14 @@ class KeptHeaders(dict):
 
     Bounded: headers are kept while they add up to less than :attr:`LIMIT` bytes (a CT header is ~4 KB, 500 of
     them with their parsed elements ~6 MB). A file changed since it was indexed (another inode, size,
-    modification or change time: :func:`~dicom_relay.deid.rawpath.file_key`) is read again by the engine.
+    modification or change time: :func:`~dicom_relay.deid.rawpath.file_key`) is read again by the engine; a file
+    changed within the last second is not kept at all.
     """
 
     LIMIT = 32 << 20
+    #: A file changed less than this long ago is not kept: a rewrite of the same size within the file system's
+    #: clock tick would not change its key.
+    SETTLED_NS = 1_000_000_000
 
     def __init__(self) -> None:
         super().__init__()
@@ -181,8 +186,13 @@ def _read_instance_raw(path: Path, relpath: str, size: int, keep: KeptHeaders | 
     try:
         before = os.fstat(fd) if keep is not None else None
         parsed = rawpath.read_file(fd)
-        # Kept only if nothing changed the file while it was read.
-        key = rawpath.file_key(before) if before is not None and rawpath.file_key(os.fstat(fd)) == rawpath.file_key(before) else None
+        # Kept only if nothing changed the file while it was read, and if its last change is older than the
+        # file system's clock tick (a few ms): a rewrite of the same size in the same tick would keep the key.
+        key = None
+        if before is not None and time.time_ns() - before.st_ctime_ns > keep.SETTLED_NS:
+            key = rawpath.file_key(before)
+            if rawpath.file_key(os.fstat(fd)) != key:
+                key = None
     except (rawpath.Fallback, struct.error, RecursionError, OSError, ValueError):
         return None
     finally:

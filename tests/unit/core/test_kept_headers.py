@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pydicom
+import pytest
 
 from dicom_relay.deid import Deidentifier, PatientIdentity
 from dicom_relay.dicom_import import KeptHeaders, index_folder
@@ -20,6 +21,19 @@ def _run(study, index, out: Path, headers) -> dict[str, bytes]:
     run = deidentify_folder(study.folder, index.instances, identities, d, out, headers=headers)
     assert not run.leaks and d.raw_path_used == len(index.instances)
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.dcm"))}
+
+
+@pytest.fixture(autouse=True)
+def _settled_at_once(monkeypatch):
+    """The files here were written a moment ago: kept at once (the one-second wait is tested on its own)."""
+    monkeypatch.setattr(KeptHeaders, "SETTLED_NS", 0)
+
+
+def test_a_file_changed_within_the_last_second_is_not_kept(tmp_path: Path, monkeypatch) -> None:
+    study = generate_ct_study(tmp_path / "in", n_instances=2, rows=8, columns=8)
+    monkeypatch.setattr(KeptHeaders, "SETTLED_NS", 1_000_000_000)
+    index = index_folder(study.folder, keep_headers=True)
+    assert index.headers == {} and len(index.instances) == 2
 
 
 def test_kept_headers_give_the_same_files(tmp_path: Path) -> None:
