@@ -103,6 +103,9 @@ def _step_batch(src: Path, dst: Path, db_url: str, workers: int):
     settings = Settings.from_env({
         "RELAY_INBOX": str(dst / "inbox"), "RELAY_WORK_DIR": str(dst / "relay"), "RELAY_DB_URL": db_url,
         "RELAY_SECRET_KEY": "bench-secret", "RELAY_STABLE_SECONDS": "0", "RELAY_DEID_WORKERS": str(workers),
+        # Every step refuses to start without the secrets a run needs (sending to Orthanc is on by default); this
+        # one sends nothing.
+        "ORTHANC_PASSWORD": "bench-orthanc-password",
     })
     (dst / "inbox").mkdir(parents=True)
     # Hard links: the batch folder is claimed (moved) and read, never written; no 250 MB copy per run.

@@ -22,26 +22,11 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSetti
 from pydantic_settings.exceptions import SettingsError
 from pydantic_settings.sources.utils import parse_env_vars
 
+# Defined without pydantic for the offline commands (dicom_relay.offline_settings); one definition, used here too.
+from .offline_settings import PLACEHOLDERS, ConfigError, is_placeholder  # noqa: F401 - re-exported
 
-class ConfigError(ValueError):
-    """A setting is missing or does not parse; the message names the setting, never its secret value."""
-
-
-#: Values shipped as placeholders (``.env``, docs, examples) or commonly left in: a secret equal to one of them,
-#: or starting with ``change-me``, protects nothing.
-PLACEHOLDERS = frozenset({
-    "change-me", "changeme", "change_me", "change-me-to-a-long-random-string", "secret", "password", "passwd",
-    "token", "placeholder", "example", "default", "todo", "xxx", "none", "null", "relay", "admin", "orthanc",
-    "airflow",
-})
 _PLACEHOLDER_HINT = ("empty or a placeholder; set a long random value, e.g. "
                      "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
-
-
-def is_placeholder(value: str) -> bool:
-    """Whether a secret is empty or a known placeholder (compared without case, spaces or angle brackets)."""
-    word = value.strip().strip("<>").strip().lower()
-    return not word or word in PLACEHOLDERS or word.replace("_", "-").startswith(("change-me", "changeme"))
 
 
 def _env(name: str, *default: Any, **kw: Any) -> Any:

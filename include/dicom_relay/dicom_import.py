@@ -8,14 +8,15 @@ reason and held back in quarantine, and the rest of the batch goes on (sendit's 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
-
 from .dicom_extent import Malformed, Truncated, check_extent, dataset_start
+
+# pydicom is imported by the functions that read a file with it, when a file needs it: the raw fast path below
+# serves the common case, and ``import pydicom`` costs more CPU than indexing hundreds of files
+# (dicom_relay/deid/dictionary.py).
 
 # Media Storage Directory Storage: a DICOMDIR indexes files, it is not an instance to send.
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -52,10 +53,44 @@ class Rejected:
     duplicate: bool = False
 
 
+class KeptHeaders(dict):
+    """``relpath -> (file key, rawpath.read_file result)``: the headers the index parsed on the raw path, for
+    de-identification to use instead of reading and parsing each file a second time (``dicom-relay deidentify``).
+
+    Bounded: headers are kept while they add up to less than :attr:`LIMIT` bytes (a CT header is ~4 KB, 500 of
+    them with their parsed elements ~6 MB). A file changed since it was indexed (another inode, size,
+    modification or change time: :func:`~dicom_relay.deid.rawpath.file_key`) is read again by the engine; a file
+    changed within the last second is not kept at all.
+    """
+
+    LIMIT = 32 << 20
+    #: A file changed less than this long ago is not kept: a rewrite of the same size within the file system's
+    #: clock tick would not change its key.
+    SETTLED_NS = 1_000_000_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = 0
+
+    def keep(self, relpath: str, key: tuple, parsed: tuple) -> None:
+        buf, pixel_at = parsed[0], parsed[4]
+        if pixel_at >= 0:
+            # The header and the Pixel Data element's own header (the engine checks it ends the file); not the
+            # pixels read along with the header.
+            buf = buf[: pixel_at + 12]
+            parsed = (buf, *parsed[1:])
+        cost = len(buf) + 160 * len(parsed[3])
+        if self.size + cost <= self.LIMIT:
+            self[relpath] = (key, parsed)
+            self.size += cost
+
+
 @dataclass
 class FolderIndex:
     instances: list[IndexedInstance] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    #: With ``index_folder(..., keep_headers=True)``: the parsed headers of the instances read on the raw path.
+    headers: KeptHeaders | None = field(default=None, repr=False)
 
     @property
     def studies(self) -> set[str]:
@@ -86,6 +121,8 @@ def _extent_problem(path: Path, ds, size: int) -> str | None:
     Import reads headers only, so without this walk a file cut short in its pixel data (or in an element after
     it) would be indexed, delivered cut short, and its original deleted.
     """
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
     meta = getattr(ds, "file_meta", None)
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         return None  # the whole data set is one zlib stream: pydicom's read already inflated (and checked) it
@@ -106,6 +143,9 @@ def _truncation_after_failed_read(path: Path, size: int) -> str | None:
     """'is truncated (...)' if the walk of a file pydicom could not read finds it cut short, else None.
 
     The encoding comes from the File Meta Information alone (the data set is what pydicom failed on)."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
     try:
         meta = pydicom.filereader.read_file_meta_info(path)
         ts = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", "")))
@@ -129,11 +169,12 @@ _RAW_INDEX_TAGS = {
 _DIRECTORY_RECORD_SEQUENCE = 0x00041220
 
 
-def _read_instance_raw(path: Path, relpath: str, size: int) -> IndexedInstance | None:
+def _read_instance_raw(path: Path, relpath: str, size: int, keep: KeptHeaders | None = None) -> IndexedInstance | None:
     """The common case without pydicom, on the de-identification engine's raw header reader: a Part 10 file in
     little endian whose header parses completely, whose index values are plain ASCII and single-valued, and whose
     native Pixel Data (if any) ends the file exactly. None for anything else: :func:`read_instance` then reads
-    it with pydicom and the extent walk, and says precisely what is wrong (same result, about 4x the time)."""
+    it with pydicom and the extent walk, and says precisely what is wrong (same result, about 4x the time).
+    ``keep``: where to keep the parsed header of an indexed instance (see :class:`KeptHeaders`)."""
     import struct
 
     from .deid import rawpath
@@ -143,11 +184,20 @@ def _read_instance_raw(path: Path, relpath: str, size: int) -> IndexedInstance |
     except OSError:
         return None
     try:
-        buf, _, _, elems, pixel_at, implicit, file_size = rawpath.read_file(fd)
+        before = os.fstat(fd) if keep is not None else None
+        parsed = rawpath.read_file(fd)
+        # Kept only if nothing changed the file while it was read, and if its last change is older than the
+        # file system's clock tick (a few ms): a rewrite of the same size in the same tick would keep the key.
+        key = None
+        if before is not None and time.time_ns() - before.st_ctime_ns > keep.SETTLED_NS:
+            key = rawpath.file_key(before)
+            if rawpath.file_key(os.fstat(fd)) != key:
+                key = None
     except (rawpath.Fallback, struct.error, RecursionError, OSError, ValueError):
         return None
     finally:
         os.close(fd)
+    buf, _, _, elems, pixel_at, implicit, file_size = parsed
     if buf[128:132] != b"DICM" or file_size != size:
         return None
     if pixel_at >= 0:
@@ -177,20 +227,25 @@ def _read_instance_raw(path: Path, relpath: str, size: int) -> IndexedInstance |
     uids = ("sop_class_uid", "sop_instance_uid", "study_instance_uid", "series_instance_uid")
     if not all(values[k] for k in uids) or values["sop_class_uid"] == DICOMDIR_SOP_CLASS:
         return None
+    if key is not None:
+        keep.keep(relpath, key, parsed)
     return IndexedInstance(relpath=relpath, size_bytes=size, **values)
 
 
-def read_instance(path: Path, relpath: str) -> IndexedInstance | Rejected:
-    """Index one file, or say (without PHI) why it is not a usable instance."""
+def read_instance(path: Path, relpath: str, keep: KeptHeaders | None = None) -> IndexedInstance | Rejected:
+    """Index one file, or say (without PHI) why it is not a usable instance. ``keep``: see :class:`KeptHeaders`."""
     try:
         size = path.stat().st_size
     except OSError as exc:
         return Rejected(relpath, f"cannot be read ({exc.strerror})")
     if size == 0:
         return Rejected(relpath, "is empty (0 bytes)")
-    fast = _read_instance_raw(path, relpath, size)
+    fast = _read_instance_raw(path, relpath, size, keep)
     if fast is not None:
         return fast
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         with open(path, "rb") as fp:
             try:
@@ -257,13 +312,16 @@ def walk_files(folder: Path) -> tuple[list[str], list[Rejected]]:
     return sorted(files), rejected
 
 
-def index_folder(folder: Path) -> FolderIndex:
-    """Index every file below ``folder``. A repeated SOP Instance UID keeps the first file, rejects the rest."""
+def index_folder(folder: Path, *, keep_headers: bool = False) -> FolderIndex:
+    """Index every file below ``folder``. A repeated SOP Instance UID keeps the first file, rejects the rest.
+
+    ``keep_headers``: keep the parsed headers for de-identification in the same process (``index.headers``,
+    :class:`KeptHeaders`)."""
     files, rejected = walk_files(folder)
-    index = FolderIndex(rejected=list(rejected))
+    index = FolderIndex(rejected=list(rejected), headers=KeptHeaders() if keep_headers else None)
     seen: dict[str, str] = {}
     for rel in files:
-        result = read_instance(folder / rel, rel)
+        result = read_instance(folder / rel, rel, index.headers)
         if isinstance(result, Rejected):
             index.rejected.append(result)
         elif result.sop_instance_uid in seen:

@@ -24,10 +24,10 @@ from typing import Any, Callable
 
 from . import inbox, overrides, quarantine, retrying
 from .config import ConfigError, Settings
-from .dicom_import import FolderIndex, IndexedInstance, index_folder, read_instance
+from .dicom_import import FolderIndex, index_folder, read_instance
 from .errors import EmptyBatch, PermanentError, RelayError, TransientError
 from .files import make_private_dir, remove_empty_dirs, write_json_atomically
-from .folder_deid import build_entities, deidentify_folder, identities_from_mapping, pseudonym_mapping
+from .folder_deid import build_entities, identities_from_mapping, pseudonym_mapping, reread_and_deidentify
 from .progress import Progress
 from .status import Instance, StatusStore
 
@@ -294,17 +294,15 @@ def replace_identifiers(batch_id: str, settings: Settings, options: RunOptions, 
     changes = []
     held_back = 0
     number = quarantine.next_number(paths.quarantine)
+    # De-identification is CPU-bound and each file independent (UIDs and pseudonyms are keyed, so the split does
+    # not change the output): large studies use every core, from the reading of the instances to the search of
+    # the outputs (one pool of processes, started once).
+    workers = settings.deid_workers if len(todo) >= DEID_POOL_MIN_INSTANCES else 1
     try:
-        indexed = []
-        for inst in todo:
-            found = read_instance(paths.incoming / inst.relpath, inst.relpath)
-            if not isinstance(found, IndexedInstance):
-                raise PermanentError("an instance became unreadable after import")
-            indexed.append(found)
-        # De-identification is CPU-bound and each file independent (UIDs and pseudonyms are keyed, so the split
-        # does not change the output): large studies use every core.
-        workers = settings.deid_workers if len(indexed) >= DEID_POOL_MIN_INSTANCES else 1
-        run = deidentify_folder(paths.incoming, indexed, identities, deidentifier, paths.deid, workers=workers)
+        # Each instance is read again as import read it (it may have changed since), by the process that then
+        # de-identifies it from that reading.
+        run = reread_and_deidentify(paths.incoming, [inst.relpath for inst in todo], identities, deidentifier,
+                                    paths.deid, workers=workers)
         leaks = run.leaks
         for inst, done in zip(todo, run.instances):
             result = done.result

@@ -8,12 +8,13 @@ Clean Pixel Data (113101) is added per instance, only to instances whose pixels 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from dicom_relay.deid.options import DeidOptions
+
+if TYPE_CHECKING:  # pydicom is imported where a dataset is built: the raw path encodes the codes itself
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
 
 
 class Code(NamedTuple):
@@ -60,6 +61,9 @@ def applied_codes(options: DeidOptions) -> list:
 
 
 def method_code_sequence(options: DeidOptions) -> Sequence:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     items = []
     for code in applied_codes(options):
         item = Dataset()
@@ -84,6 +88,9 @@ def mark_clean_pixels(ds: Dataset) -> None:
     """Mark a de-identified instance whose pixels were cleaned and proved: BurnedInAnnotation NO (no burned-in
     text that identifies the patient is left), Clean Pixel Data Option (113101) added to
     DeidentificationMethodCodeSequence and its meaning to DeidentificationMethod (once)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     ds.BurnedInAnnotation = "NO"
     seq = ds.get("DeidentificationMethodCodeSequence")
     if seq is None:

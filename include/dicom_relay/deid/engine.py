@@ -23,25 +23,15 @@ How one instance is processed (:meth:`Deidentifier.deidentify_dataset`):
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
-import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
-from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
-from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID_dictionary
-
+# pydicom is imported by the functions of the pydicom path, when a file takes it: the raw path (the common case)
+# runs without it, and ``import pydicom`` costs more CPU than de-identifying hundreds of files (see dictionary.py).
 from dicom_relay.deid import codes, fastio, rawpath
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.errors import DeidError
@@ -58,12 +48,27 @@ from dicom_relay.deid.vr import dict_vr
 from dicom_relay.deid.verify import Collected, LeakCheck, collect, collect_parsed
 from dicom_relay.deid.verify import identifying_values as _identifying_values
 
+if TYPE_CHECKING:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+
 IMAGE_TYPE = 0x00080008
-SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
+SECONDARY_CAPTURE = pixel_policy.SECONDARY_CAPTURE
+
+
+def _daemonic() -> bool:
+    """Whether this is a daemonic process, which cannot start a pool (multiprocessing: imported only here, where a
+    pool is wanted; it brings socket, pickle and selectors, 0.01 CPU-s at every start)."""
+    import multiprocessing
+
+    return multiprocessing.current_process().daemon
 
 
 def _ascii_value(elem) -> str:
     """The value of an ASCII-only VR element (UI, DA, DT, TM) as one string, backslashes kept."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.multival import MultiValue
+
     if isinstance(elem, RawDataElement):
         v = elem.value
         return v.decode("ascii", "replace").rstrip("\x00 ").strip() if v else ""
@@ -75,6 +80,8 @@ def _ascii_value(elem) -> str:
 
 def _put(d: dict, tag: int, elem, vr: str, text: str | None) -> None:
     """Set an ASCII value; raw elements stay raw (cheap to write, nothing re-encoded). ``None`` = empty."""
+    from pydicom.dataelem import DataElement, RawDataElement
+
     if isinstance(elem, RawDataElement):
         b = text.encode("ascii") if text else b""
         if len(b) & 1:
@@ -93,6 +100,9 @@ def _pixel_header(ds: Dataset) -> tuple[str, str, str, str]:
 
 
 def _read_full(src: Path) -> Dataset:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
     try:
         return pydicom.dcmread(src, force=True)
     except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
@@ -124,6 +134,11 @@ def _raw_item_values(buf: bytes, elems: list):
 @lru_cache(maxsize=64)
 def _marking_elements(options: DeidOptions, implicit: bool, little: bool) -> dict[int, RawDataElement]:
     """The marking attributes of ``options`` encoded for one transfer syntax encoding, as raw elements."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
     m = Dataset()
     m.PatientIdentityRemoved = "YES"
     m.DeidentificationMethod = codes.method_text(options)
@@ -142,16 +157,53 @@ def _marking_elements(options: DeidOptions, implicit: bool, little: bool) -> dic
     return out
 
 
+@lru_cache(maxsize=64)
+def _raw_marking(options: DeidOptions, implicit: bool) -> dict[int, bytes]:
+    """The marking attributes of :func:`_marking_elements`, encoded without pydicom for the raw path (little
+    endian): ``{tag: encoded element}``, the same bytes pydicom writes (the raw/pydicom byte-equality tests)."""
+    frame, padded = rawpath.frame, rawpath.padded
+    items = [
+        (False, [frame(0x00080100, b"SH", padded(code.value, "SH"), implicit),
+                 frame(0x00080102, b"SH", padded(code.scheme_designator, "SH"), implicit),
+                 frame(0x00080104, b"LO", padded(code.meaning, "LO"), implicit)])
+        for code in codes.applied_codes(options)
+    ]
+    return {
+        0x00120062: frame(0x00120062, b"CS", padded("YES", "CS"), implicit),
+        0x00120063: frame(0x00120063, b"LO", padded("\\".join(codes.method_text(options)), "LO"), implicit),
+        0x00120064: rawpath.encode_sequence(0x00120064, items, False, implicit),
+        0x00280303: frame(0x00280303, b"CS", padded(codes.temporal_marker(options), "CS"), implicit),
+    }
+
+
 _POOL_DEIDENTIFIERS: dict = {}
+
+
+def _pool_deidentifier(key: str, options: DeidOptions) -> Deidentifier:
+    """The Deidentifier of a worker process for a key and options (one per process, its caches kept)."""
+    d = _POOL_DEIDENTIFIERS.get((key, options))
+    if d is None:
+        d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
+    return d
 
 
 def _pool_job(args):
     """One file in a worker process of :meth:`Deidentifier.deidentify_files` (one Deidentifier per process)."""
     key, options, src, dst_dir, identity, wanted = args
-    d = _POOL_DEIDENTIFIERS.get((key, options))
-    if d is None:
-        d = _POOL_DEIDENTIFIERS[(key, options)] = Deidentifier(key, options)
-    return d.deidentify_and_collect(src, dst_dir, identity, collect_values=wanted)
+    return _pool_deidentifier(key, options).deidentify_and_collect(src, dst_dir, identity, collect_values=wanted)
+
+
+def _pool_read_job(args):
+    """One file in a worker process of :meth:`Deidentifier.read_and_deidentify_files`."""
+    key, options, src, dst_dir, read, wanted = args
+    return _read_and_deidentify(_pool_deidentifier(key, options), src, dst_dir, read, wanted)
+
+
+def _read_and_deidentify(d: Deidentifier, src: Path, dst_dir: Path, read, wanted: bool):
+    found, identity, header = read(src)
+    if identity is None:
+        return found, None, None
+    return (found, *d.deidentify_and_collect(src, dst_dir, identity, collect_values=wanted, header=header))
 
 
 @dataclass(frozen=True)
@@ -179,6 +231,11 @@ class DeidResult:
     #: The pixel stage's record (:class:`dicom_relay.deid.pixels.stage.PixelRecord` as a dict), None when the
     #: instance's pixels were not read.
     pixels: dict | None = None
+    #: How many bytes at the start of the output the relay encoded itself (preamble, file meta, every element
+    #: before the pixel data); the rest, if any, is the original's pixel elements copied byte for byte. Set by
+    #: the raw path only (None: the pydicom path wrote the file). Verification uses it to read back only those
+    #: bytes (:func:`dicom_relay.deid.verify._encoded_part` says why that misses nothing).
+    encoded_length: int | None = None
 
 
 class _File:
@@ -275,7 +332,7 @@ class Deidentifier:
         return self.deidentify_and_collect(src, dst_dir, identity, collect_values=False)[0]
 
     def deidentify_and_collect(
-        self, src: Path, dst_dir: Path, identity: PatientIdentity, *, collect_values: bool = True
+        self, src: Path, dst_dir: Path, identity: PatientIdentity, *, collect_values: bool = True, header=None
     ) -> tuple[DeidResult, Collected | None]:
         """:meth:`deidentify_file`, and what verification must know of the ORIGINAL (:func:`~dicom_relay.deid.verify.collect`)
         for :meth:`LeakCheck.add_collected`.
@@ -284,13 +341,15 @@ class Deidentifier:
         once; the leak check still reads and searches the written output on its own. When the engine's parse
         cannot serve (the pydicom path, implicit VR, a value with a character set), the file is collected on its
         own, exactly as :meth:`LeakCheck.add` does. ``collect_values=False``: the second item is None.
+        ``header``: ``(rawpath.file_key, rawpath.read_file result)`` of ``src`` parsed already (the index's,
+        :class:`dicom_relay.dicom_import.KeptHeaders`); used only while the file is unchanged.
         """
         src, dst_dir = Path(src), Path(dst_dir)
         collected = None
         result = None
         if self._raw_ok:
             parsed: list = []
-            result = self._deidentify_raw(src, dst_dir, identity, parsed if collect_values else None)
+            result = self._deidentify_raw(src, dst_dir, identity, parsed if collect_values else None, header)
             if result is not None:
                 self.raw_path_used += 1
                 if parsed:
@@ -303,6 +362,8 @@ class Deidentifier:
 
     def _deidentify_file_pydicom(self, src: Path, dst_dir: Path, identity: PatientIdentity) -> DeidResult:
         """The reference path: pydicom reads the header, the dataset walk, pydicom-compatible writing."""
+        from pydicom.errors import InvalidDicomError
+
         try:
             header = fastio.read_header(src)
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
@@ -374,6 +435,7 @@ class Deidentifier:
         workers: int = 1,
         check: LeakCheck | None = None,
         pool=None,
+        headers: list | None = None,
     ) -> list[DeidResult]:
         """:meth:`deidentify_file` for many ``(source, identity)`` pairs; results in input order.
 
@@ -382,36 +444,79 @@ class Deidentifier:
         file is independent; UIDs and pseudonyms are keyed, so the output does not depend on the split). The
         first error is raised, as in a loop. In a daemonic process (which cannot have children) it runs here.
         ``pool``: a running ``ProcessPoolExecutor`` of ``workers`` processes to use (and leave running), so that
-        the caller's verification can use the same processes.
+        the caller's verification can use the same processes. ``headers``: per job, the ``header`` of
+        :meth:`deidentify_and_collect` or None (used in this process only: never sent to a pool).
         """
         jobs = [(Path(src), identity) for src, identity in jobs]
         dst_dir = Path(dst_dir)
-        pooled = workers > 1 and len(jobs) > workers and not multiprocessing.current_process().daemon
+        pooled = workers > 1 and len(jobs) > workers and not _daemonic()
         if not pooled:
             out = []
-            for src, identity in jobs:
-                result, collected = self.deidentify_and_collect(src, dst_dir, identity, collect_values=check is not None)
+            for n, (src, identity) in enumerate(jobs):
+                result, collected = self.deidentify_and_collect(src, dst_dir, identity, collect_values=check is not None,
+                                                                header=headers[n] if headers else None)
                 if check is not None:
-                    check.add_collected(collected, result.path)
+                    check.add_collected(collected, result.path, result.encoded_length)
                 out.append(result)
             return out
         from concurrent.futures import ProcessPoolExecutor
 
         args = [(self._secret_key, self.options, src, dst_dir, identity, check is not None) for src, identity in jobs]
         chunksize = max(1, len(args) // (workers * 8))
-        if pool is not None:
-            done = list(pool.map(_pool_job, args, chunksize=chunksize))
+        own_pool = None
+        if pool is None:
+            pool = own_pool = ProcessPoolExecutor(workers)
+        try:
+            out = []
+            # Results are registered as they come (in input order), while the workers go on with the next ones.
+            for result, collected in pool.map(_pool_job, args, chunksize=chunksize):
+                if check is not None:
+                    check.add_collected(collected, result.path, result.encoded_length)
+                out.append(result)
+        finally:
+            if own_pool is not None:
+                own_pool.shutdown(cancel_futures=True)
+        return out
+
+    def read_and_deidentify_files(
+        self, sources: Iterable[Path], read, dst_dir: Path, *, workers: int = 1, check: LeakCheck | None = None,
+        pool=None,
+    ) -> list[tuple[object, DeidResult | None]]:
+        """:meth:`deidentify_files` for files the caller reads first, in the same process as their
+        de-identification (a worker of the pool): ``read(source) -> (found, identity, header)``, e.g. the
+        pipeline's re-reading of each instance with the checks of its import, whose parse the engine then uses
+        (``header``, as in :meth:`deidentify_and_collect`). ``identity`` None: the file is not de-identified
+        (``found`` says why) and its result is None. ``read`` must pickle (a module-level function, or a
+        ``functools.partial`` of one) when ``workers`` > 1. Returns ``(found, result)`` per source, in order.
+        """
+        sources, dst_dir = [Path(src) for src in sources], Path(dst_dir)
+        wanted = check is not None
+        if workers > 1 and len(sources) > workers and not _daemonic():
+            from concurrent.futures import ProcessPoolExecutor
+
+            own_pool = None
+            if pool is None:
+                pool = own_pool = ProcessPoolExecutor(workers)
+            args = [(self._secret_key, self.options, src, dst_dir, read, wanted) for src in sources]
+            done = pool.map(_pool_read_job, args, chunksize=max(1, len(args) // (workers * 8)))
         else:
-            with ProcessPoolExecutor(workers) as own_pool:
-                done = list(own_pool.map(_pool_job, args, chunksize=chunksize))
-        for (src, _), (result, collected) in zip(jobs, done):
-            if check is not None:
-                check.add_collected(collected, result.path)
-        return [result for result, _ in done]
+            own_pool = None
+            done = (_read_and_deidentify(self, src, dst_dir, read, wanted) for src in sources)
+        try:
+            out = []
+            # Registered as they come (in input order), while the workers go on with the next ones.
+            for found, result, collected in done:
+                if check is not None and result is not None:
+                    check.add_collected(collected, result.path, result.encoded_length)
+                out.append((found, result))
+        finally:
+            if own_pool is not None:
+                own_pool.shutdown(cancel_futures=True)
+        return out
 
     # --- the raw fast path (see rawpath.py) ----------------------------------------------------------------
     def _deidentify_raw(
-        self, src: Path, dst_dir: Path, identity: PatientIdentity, parsed: list | None = None
+        self, src: Path, dst_dir: Path, identity: PatientIdentity, parsed: list | None = None, header=None
     ) -> DeidResult | None:
         """De-identify ``src`` on its raw bytes; None when the file needs the pydicom path.
 
@@ -426,7 +531,11 @@ class Deidentifier:
             return None  # the pydicom path raises the error
         try:
             try:
-                buf, meta, _, elems, pixel_at, implicit, size = rawpath.read_file(fd)
+                if header is not None and header[0] == rawpath.file_key(os.fstat(fd)):
+                    # Parsed by the index, and the file is the same: not read and parsed a second time.
+                    buf, meta, _, elems, pixel_at, implicit, size = header[1]
+                else:
+                    buf, meta, _, elems, pixel_at, implicit, size = rawpath.read_file(fd)
                 top = {el.tag: el for el in elems}
                 val = lambda tag: rawpath.ascii_value(buf, top[tag]) if tag in top else ""  # noqa: E731
                 sop_uid, sop_class = val(rawpath.SOP_INSTANCE), val(rawpath.SOP_CLASS)
@@ -449,8 +558,7 @@ class Deidentifier:
                 if not identity.patient_pseudonym:
                     raise DeidError("the patient pseudonym is empty")
                 out = dict(self._raw_walk(buf, elems, self._scope(sop_class), _File(identity, None), implicit))
-                for tag, elem in _marking_elements(self.options, implicit, True).items():
-                    out[tag] = rawpath.frame(tag, None if implicit else elem.VR.encode(), elem.value, implicit)
+                out.update(_raw_marking(self.options, implicit))
                 pseudo = rawpath.padded(identity.patient_pseudonym, "PN")
                 for tag, vr in ((PATIENT_NAME, b"PN"), (PATIENT_ID, b"LO")):
                     el = top.get(tag)
@@ -476,7 +584,8 @@ class Deidentifier:
                 parsed += [buf, elems]
         finally:
             os.close(fd)
-        return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None)
+        return DeidResult(dst, new_sop, get(rawpath.SERIES_UID), get(rawpath.STUDY_UID), new_class, None,
+                          encoded_length=len(head))
 
     def _raw_walk(self, buf: bytes, elems: list, scope: Scope, f: _File, implicit: bool) -> list[tuple[int, bytes]]:
         """Apply the decisions to raw elements: the (tag, encoded element) pairs of the output, in tag order."""
@@ -551,6 +660,9 @@ class Deidentifier:
     # --- the walk on a pydicom dataset ---------------------------------------------------------------------
     def _walk(self, ds: Dataset, scope: Scope, f: _File) -> None:
         """Apply the decisions to ``ds`` in place, every nested sequence included."""
+        from pydicom.dataelem import DataElement, RawDataElement
+        from pydicom.sequence import Sequence
+
         d = ds._dict
         action = scope.action
         had_private = False
@@ -622,6 +734,8 @@ class Deidentifier:
 
     @staticmethod
     def _set_text(ds: Dataset, tag: int, text: str) -> None:
+        from pydicom.dataelem import RawDataElement
+
         d = ds._dict
         elem = d[tag]
         if isinstance(elem, RawDataElement) and text.isascii():
@@ -633,6 +747,9 @@ class Deidentifier:
     @staticmethod
     def _clean(ds: Dataset, tag: int, vr: str, on_failure: Action, f: _File) -> None:
         """Action C: the cleaned value if it is valid (:func:`dicom_relay.deid.text.cleaned`), else ``on_failure``."""
+        from pydicom.dataelem import DataElement
+        from pydicom.multival import MultiValue
+
         d = ds._dict
         elem = ds[tag]
         v = elem.value
@@ -695,6 +812,11 @@ class Deidentifier:
                 setattr(ds, kw, identity.patient_pseudonym)
 
     def _fix_file_meta(self, ds: Dataset) -> None:
+        from pydicom.dataelem import DataElement
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.tag import Tag
+        from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
+
         if hasattr(ds, "preamble") and ds.preamble is not None:
             ds.preamble = b"\0" * 128
         old = getattr(ds, "file_meta", None)

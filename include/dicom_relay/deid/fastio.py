@@ -15,17 +15,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import pydicom
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element, write_file_meta_info
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pydicom.valuerep import AMBIGUOUS_VR
+from typing import TYPE_CHECKING
 
 from dicom_relay.deid.vr import LONG_VR_NAMES, LONG_VRS
+
+if TYPE_CHECKING:  # pydicom is imported by the functions that read or write a dataset: the raw path uses
+    # scan_pixel_elements and copy_range only, and runs without pydicom (see dictionary.py)
+    from pydicom.dataset import Dataset, FileDataset
 
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float and (plain) Pixel Data
 _PADDING = 0xFFFCFFFC
@@ -90,6 +86,10 @@ def scan_pixel_elements(f, offset: int, size: int, little: bool, implicit: bool)
 
 def read_header(path: Path) -> Header:
     """Read ``path`` up to its pixel data, or completely when the fast path does not apply."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID
+
     with open(path, "rb") as f:
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
@@ -119,6 +119,7 @@ def with_pixels(header: Header, path: Path) -> Header:
     """
     if header.tail is None:
         return header
+    from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import read_dataset
 
     offset, length = header.tail
@@ -140,6 +141,10 @@ def _read_without_meta(path: Path) -> FileDataset:
     Accepted only if it parses into something with a SOP Class UID; the file meta is then made up from the
     encoding pydicom detected, so the output is a proper Part 10 file.
     """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     ds = pydicom.dcmread(path, force=True)
     if "SOPClassUID" not in ds or None in ds.original_encoding:
         raise InvalidDicomError("not a DICOM dataset")
@@ -179,6 +184,11 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
     their value bytes copied; everything else (decoded or new elements, sequences, ambiguous VRs, undefined
     lengths) goes through pydicom's own ``write_data_element``. A unit test checks byte equality with pydicom.
     """
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
+    from pydicom.valuerep import AMBIGUOUS_VR
+
     e = "<" if little else ">"
     pack_tag, pack_l, pack_h = struct.Struct(e + "HH").pack, struct.Struct(e + "L").pack, struct.Struct(e + "H").pack
     out = bytearray()
@@ -219,6 +229,9 @@ def encode_dataset(ds: Dataset, implicit: bool, little: bool) -> bytes:
 
 
 def encode_file_meta(meta) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
     buf = DicomBytesIO()
     buf.is_implicit_VR, buf.is_little_endian = False, True
     write_file_meta_info(buf, meta, enforce_standard=True)
@@ -230,6 +243,8 @@ def write(header: Header, src: Path, dst: Path) -> None:
 
     Written to a temporary name and renamed, so a reader never sees half a file.
     """
+    from pydicom.uid import UID
+
     tmp = dst.with_name(dst.name + ".part")
     ds = header.ds
     ts = UID(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.file_meta else None

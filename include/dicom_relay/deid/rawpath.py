@@ -24,14 +24,12 @@ import os
 import struct
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
-from pydicom.dataelem import DataElement
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
-
-from dicom_relay.deid import fastio
+from dicom_relay.deid import dictionary, fastio
 from dicom_relay.deid.vr import LONG_VRS, VALID_VRS, dict_vr
+
+# No pydicom here (dictionary.py says why): a dummy value that is not text is encoded by pydicom, imported then.
 
 
 class Fallback(Exception):
@@ -59,7 +57,7 @@ _VR_INFO = {v: (v.decode(), v in LONG_VRS) for v in VALID_VRS}  # VR bytes -> (V
 ITEM_UNDEF_HDR = _ITEM_HDR(0xFFFE, 0xE000, UNDEF)
 ITEM_DELIM = _ITEM_HDR(0xFFFE, 0xE00D, 0)
 SEQ_DELIM = _ITEM_HDR(0xFFFE, 0xE0DD, 0)
-FIRST_READ = 1 << 16
+FIRST_READ = 1 << 14  # most headers end within 16 KB (a CT's: 4 KB); a longer one is read again, 4 times more
 
 SOP_CLASS, SOP_INSTANCE, STUDY_UID, SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
 MODALITY, BURNED_IN = 0x00080060, 0x00280301
@@ -68,20 +66,32 @@ MODALITY, BURNED_IN = 0x00080060, 0x00280301
 @lru_cache(maxsize=64)
 def transfer_syntax_encoding(ts: str) -> bool | None:
     """``implicit`` (True/False) for a little endian, non-deflated transfer syntax, else None."""
-    uid = UID(ts)
-    if not uid.is_transfer_syntax or uid.is_deflated or not uid.is_little_endian:
+    known = dictionary.transfer_syntax(ts)
+    if known is None:
         return None
-    return bool(uid.is_implicit_VR)
+    implicit, little, deflated, _ = known
+    if deflated or not little:
+        return None
+    return implicit
 
 
-class Elem:
-    """One element of the header as read: where its bytes are, and its items when it is a sequence."""
+class Elem(NamedTuple):
+    """One element of the header as read: where its bytes are, and its items when it is a sequence.
 
-    __slots__ = ("tag", "fvr", "vr", "start", "vstart", "vend", "items", "undef")
+    A tuple, built with ``_new_elem`` (no Python call): a study makes tens of thousands of them, and the garbage
+    collector stops tracking a tuple of plain values, so the headers an index keeps cost it nothing."""
 
-    def __init__(self, tag, fvr, vr, start, vstart, vend, items, undef):
-        self.tag, self.fvr, self.vr, self.start, self.vstart, self.vend = tag, fvr, vr, start, vstart, vend
-        self.items, self.undef = items, undef
+    tag: int
+    fvr: bytes | None
+    vr: str
+    start: int
+    vstart: int
+    vend: int
+    items: list | None
+    undef: bool
+
+
+_new_elem = tuple.__new__
 
 
 class Reader:
@@ -158,7 +168,7 @@ class Reader:
                         raise Fallback
                     vr = "SQ"
                 items, vend = self.sequence(vstart, None)
-                add(Elem(tag, fvr, vr, pos, vstart, vend, items, True))
+                add(_new_elem(Elem, (tag, fvr, vr, pos, vstart, vend, items, True)))
                 pos = vend
                 continue
             vend = vstart + length
@@ -168,9 +178,9 @@ class Reader:
                 raise Fallback
             if vr == "SQ":
                 items, _ = self.sequence(vstart, vend)
-                add(Elem(tag, fvr, vr, pos, vstart, vend, items, False))
+                add(_new_elem(Elem, (tag, fvr, vr, pos, vstart, vend, items, False)))
             else:
-                add(Elem(tag, fvr, vr, pos, vstart, vend, None, False))
+                add(_new_elem(Elem, (tag, fvr, vr, pos, vstart, vend, None, False)))
             pos = vend
 
     def sequence(self, pos: int, end: int | None) -> tuple[list, int]:
@@ -247,6 +257,10 @@ def encode_new(tag: int, vr: str, value, implicit: bool) -> bytes:
     """A new element (a dummy value) as pydicom writes a DataElement of that VR and value."""
     if isinstance(value, str):
         return frame(tag, vr.encode(), padded(value, vr), implicit)
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
     buf = DicomBytesIO()
     buf.is_implicit_VR, buf.is_little_endian = implicit, True
     write_data_element(buf, DataElement(tag, vr, value))
@@ -315,10 +329,15 @@ def encode_meta(sop_class: str, sop_instance: str, ts: str) -> bytes:
         + frame(0x00020002, b"UI", padded(sop_class, "UI"), False)
         + frame(0x00020003, b"UI", padded(sop_instance, "UI"), False)
         + frame(0x00020010, b"UI", padded(ts, "UI"), False)
-        + frame(0x00020012, b"UI", padded(PYDICOM_IMPLEMENTATION_UID, "UI"), False)
+        + frame(0x00020012, b"UI", padded(dictionary.implementation_uid(), "UI"), False)
         + frame(0x00020013, b"SH", padded("DICOM_RELAY_01", "SH"), False)
     )
     return frame(0x00020000, b"UL", struct.pack("<L", len(body)), False) + body
+
+
+def file_key(st: os.stat_result) -> tuple[int, ...]:
+    """What says a file is still the one that was read: same inode, size, modification and change times."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def read_file(fd: int) -> tuple[bytes, dict[int, str], int, list[Elem], int, bool, int]:

@@ -135,7 +135,7 @@ def _iod_data() -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def _module_index() -> dict[str, _TypeIndex]:
     """module -> {(path of sequence tags, keyword): Type as written (1, 1C, 2, 2C, 3, ?)}."""
-    from pydicom.datadict import tag_for_keyword
+    from dicom_relay.deid.dictionary import tag_for_keyword
 
     out: dict[str, _TypeIndex] = {}
     for module, types in _iod_data()["modules"].items():

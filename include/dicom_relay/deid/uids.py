@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from pydicom.uid import UID_dictionary
+from dicom_relay.deid.dictionary import uids
 
 #: UIDs defined by the standard (SOP classes, transfer syntaxes, coding schemes, well-known frames of
 #: reference...). They identify a kind of thing, never a patient, and must never be replaced.
-WELL_KNOWN_UIDS = frozenset(UID_dictionary)
+WELL_KNOWN_UIDS = frozenset(uids())
 
 
 def remap_uid(uid: str, secret_key: str) -> str:

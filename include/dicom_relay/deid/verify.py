@@ -38,25 +38,25 @@ notes above ``_Needles``) and report where, never what.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import struct
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
-
-from dicom_relay.deid import codes
+from dicom_relay.deid import codes, dictionary
 from dicom_relay.deid.dates import shift_value
 from dicom_relay.deid.options import DeidOptions
 from dicom_relay.deid.table import resolve_compound, rules_for, safe_private, sop_family
 from dicom_relay.deid.text import cleaned as text_cleaned
 from dicom_relay.deid.uids import WELL_KNOWN_UIDS
+
+if TYPE_CHECKING:  # pydicom is imported where a file needs it (dictionary.py says why): the raw reader serves
+    # the common case
+    from pydicom.dataset import Dataset
 
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC", "AE", "UI", "DA", "DT", "AS"})
 #: The VRs whose values are collected from an original: text-like VRs, and coded strings (local, see above).
@@ -72,12 +72,20 @@ PSEUDONYMISED = {0x00100010, 0x00100020, 0x00080050}  # PatientName, PatientID, 
 MIN_LEN = 4
 MIN_DIGITS = 6
 #: Values the relay itself writes into every output; an original value equal to one is not a leak.
-OWN_CONSTANTS = frozenset({PYDICOM_IMPLEMENTATION_UID, "DICOM_RELAY_01", "ANONYMIZED", "dicom-relay"})
+OWN_CONSTANTS = frozenset({dictionary.implementation_uid(), "DICOM_RELAY_01", "ANONYMIZED", "dicom-relay"})
 _UIDLIKE = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 #: Kinds of collected value, strongest first (a value collected with two kinds keeps the stronger). IDENTITY:
 #: the whole Patient Name (with its ^ or =), Patient ID and Accession Number; only a kept value EQUAL to one makes
 #: it legitimate (a kept "Ward of <Patient ID>" does not), where any kept value CONTAINING another value does.
 IDENTITY, GLOBAL, DATE, LOCAL = 0, 1, 2, 3
+
+
+def _daemonic() -> bool:
+    """Whether this is a daemonic process, which cannot start a pool (multiprocessing: imported only here, where a
+    pool is wanted; it brings socket, pickle and selectors, 0.01 CPU-s at every start)."""
+    import multiprocessing
+
+    return multiprocessing.current_process().daemon
 
 
 def _kind(vr: str) -> int:
@@ -90,7 +98,9 @@ def _parts(elem) -> list[str]:
         return []
     if isinstance(v, (bytes, bytearray)):
         return []
-    vals = list(v) if isinstance(v, pydicom.multival.MultiValue) else [v]
+    from pydicom.multival import MultiValue
+
+    vals = list(v) if isinstance(v, MultiValue) else [v]
     out = []
     for x in vals:
         s = str(x).strip().rstrip("\x00").strip()
@@ -452,11 +462,14 @@ class _Own:
     """What verification knows about the original of one output: its gone values (by place), the text of its
     kept attributes and of its cleaned ones."""
 
-    __slots__ = ("places", "gone", "kept", "cleaned_text")
+    __slots__ = ("places", "gone", "kept", "cleaned_text", "encoded_length")
 
-    def __init__(self, places: dict[tuple, frozenset[str]], kept: _Kept, cleaned_text: str):
+    def __init__(self, places: dict[tuple, frozenset[str]], kept: _Kept, cleaned_text: str,
+                 encoded_length: int | None = None):
         self.places, self.kept, self.cleaned_text = places, kept, cleaned_text
         self.gone = frozenset().union(*places.values())
+        #: ``DeidResult.encoded_length`` of the output: how many of its first bytes the relay encoded itself.
+        self.encoded_length = encoded_length
 
 
 def _verdict(value: str, kind: int, where: tuple, vr: str, own: _Own | None, places: dict | None) -> bool:
@@ -546,6 +559,53 @@ def _pydicom_output_leaves(ds: Dataset, prefix: tuple = (), decoded: bool = Fals
             yield prefix + (tag,), elem.VR, str(v).encode("utf-8", "replace").lower()
 
 
+def _encoded_part(fd: int, own: _Own | None) -> bytes | None:
+    """The bytes of an output that the relay encoded itself -- everything before its pixel elements -- when the
+    rest of the file is one native Pixel Data element of defined length that ends it; else None (the output is
+    then read and parsed in full).
+
+    Searching these bytes alone misses nothing the full reading would find. The full reading parses the output
+    from its start to its first top-level pixel element and searches every byte before it (the header), and of
+    the pixel element only encapsulated data. Here the engine reports how many bytes it encoded
+    (``DeidResult.encoded_length``: preamble, file meta and every element before the pixel data, at every
+    depth); it never encodes a pixel element, so the first top-level pixel element of the output starts exactly
+    there, and the header the full reading would search is exactly these bytes, read back from the written file.
+    What follows is checked, not assumed: a Pixel Data (or Float / Double Float Pixel Data) element of defined
+    length (native: not searched by either reading, see the notes above ``_Needles``) whose value ends the file.
+    Anything else there (encapsulated data, a second element, a length that does not end the file) and the
+    full reading runs. Without pixel data the encoded bytes must be the whole file.
+    """
+    n = own.encoded_length if own is not None else None
+    if not n:
+        return None
+    rp = _rawpath()
+    size = os.fstat(fd).st_size
+    buf = os.pread(fd, n + 12, 0)
+    if size == n:
+        return buf if len(buf) == n else None
+    if len(buf) < n + 12:
+        return None
+    try:
+        meta, _ = rp.read_meta(buf)
+    except (rp.Fallback, struct.error):
+        return None
+    implicit = rp.transfer_syntax_encoding(meta.get(0x00020010, ""))
+    if implicit is None:
+        return None
+    group, element = struct.unpack_from("<HH", buf, n)
+    if (group << 16 | element) not in rp.PIXEL_TAGS:
+        return None
+    if implicit:
+        (length,), value_at = struct.unpack_from("<L", buf, n + 4), n + 8
+    elif buf[n + 4 : n + 6] in rp.LONG_VRS and buf[n + 6 : n + 8] == b"\0\0":
+        (length,), value_at = struct.unpack_from("<L", buf, n + 8), n + 12
+    else:
+        return None
+    if length == rp.UNDEF or value_at + length != size:
+        return None
+    return buf[:n]
+
+
 def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | None) -> list[Leak]:
     """Leaks in one output. ``own``: what is known of its original (None: not known, strict rule)."""
     rp = _rawpath()
@@ -553,6 +613,10 @@ def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | 
     pixels: bytes | None = None
     fd = os.open(path, os.O_RDONLY)  # an unreadable output raises, as before (the caller retries or fails)
     try:
+        header = _encoded_part(fd, own)
+        hits = needles.header_hits(header) if header is not None else None
+        if header is not None and not needles.non_ascii and not hits:
+            return []  # the common case: nothing found in the bytes the relay wrote, nothing else to search
         try:
             buf, meta, _, elems, pixel_at, implicit, size = rp.read_file(fd)
             header = buf[:pixel_at] if pixel_at >= 0 else buf
@@ -560,9 +624,13 @@ def _check_file(path: Path, needles: _Needles, own: _Own | None, places: dict | 
             hits = needles.header_hits(header)
             if hits:
                 leaves = list(_meta_leaves(buf)) + list(_raw_output_leaves(buf, elems))
-            if tail is not None and meta[0x00020010] not in _NOT_SEARCHED_PIXELS and UID(meta[0x00020010]).is_compressed:
+            if (tail is not None and meta[0x00020010] not in _NOT_SEARCHED_PIXELS
+                    and dictionary.transfer_syntax(meta[0x00020010])[3]):  # compressed (read_file knows the syntax)
                 pixels = os.pread(fd, tail[1], tail[0])
         except (rp.Fallback, struct.error, RecursionError):
+            import pydicom
+            from pydicom.uid import UID
+
             try:
                 ds = pydicom.dcmread(path, force=True)
             except Exception as exc:  # an unparseable output is itself a failure of verification
@@ -673,15 +741,18 @@ class LeakCheck:
         self._own_text = _own_text(options)
         self._kinds: dict[str, int] = {}
         self._places: dict[tuple, set[str]] = {}
-        self._outputs: dict[Path, _Own] = {}
+        self._outputs: dict[str, _Own] = {}  # by absolute path
         self._kept: dict[frozenset[str], _Kept] = {}
 
     def add(self, original: Dataset | str | Path, identity=None, output: str | Path | None = None) -> None:
         """Record what must not survive from one ORIGINAL instance (a dataset or a file path)."""
         self.add_collected(collect(original, self.options, identity), output)
 
-    def add_collected(self, collected: Collected, output: str | Path | None) -> None:
-        """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process)."""
+    def add_collected(self, collected: Collected, output: str | Path | None, encoded_length: int | None = None) -> None:
+        """:meth:`add` with the :func:`collect` of the original done already (e.g. in a worker process).
+
+        ``encoded_length``: the output's ``DeidResult.encoded_length`` (the search then reads only those bytes
+        back when the rest is native pixel data copied from the original, see :func:`_encoded_part`)."""
         kept = self._kept.get(collected.kept)
         if kept is None:
             kept = self._kept[collected.kept] = _Kept(collected.kept, self._own_text)
@@ -695,7 +766,7 @@ class LeakCheck:
         for p, vs in places.items():
             self._places.setdefault(p, set()).update(vs)
         if output is not None:
-            self._outputs[_key(output)] = _Own(places, kept, "\n".join(collected.cleaned).upper())
+            self._outputs[_key(output)] = _Own(places, kept, "\n".join(collected.cleaned).upper(), encoded_length)
 
     @property
     def values(self) -> list[str]:
@@ -710,7 +781,11 @@ class LeakCheck:
         kinds = [self._kinds[v] for v in values]
         paths = [Path(p) for p in (self._outputs if paths is None else paths)]
         jobs = [(p, self._outputs.get(_key(p))) for p in paths]
-        if workers > 1 and len(jobs) >= POOL_MIN_OUTPUTS and not multiprocessing.current_process().daemon:
+        # An output whose encoded bytes alone are searched (_encoded_part) costs about a sixteenth of a full reading
+        # (0.07 ms: one short read back), less than a pool's round trip (0.05 s) for the first thousand of them.
+        cheap = sum(1 for _, own in jobs if own is not None and own.encoded_length)
+        weight = len(jobs) - cheap + cheap // 16
+        if workers > 1 and weight >= POOL_MIN_OUTPUTS and not _daemonic():
             from concurrent.futures import ProcessPoolExecutor
 
             chunks = [jobs[i::workers * 4] for i in range(workers * 4)]
@@ -732,11 +807,12 @@ class LeakCheck:
         return leaks
 
 
-def _key(path: str | Path) -> Path:
-    return Path(os.path.abspath(path))
+def _key(path: str | Path) -> str:
+    return os.path.abspath(path)
 
 
-#: Below this many outputs a pool costs more than it saves.
+#: Below this many outputs to read in full a pool costs more than it saves (sixteen searched by their encoded
+#: bytes count as one).
 POOL_MIN_OUTPUTS = 64
 _POOL_STATE: dict = {}
 
@@ -760,11 +836,18 @@ def _pool_check(jobs: list[tuple[Path, "_Own | None"]]) -> list[Leak]:
     return [leak for path, own in jobs for leak in _check_file(path, needles, own, places)]
 
 
+def _is_dataset(obj) -> bool:
+    """``isinstance(obj, pydicom.dataset.Dataset)`` without importing pydicom: before it is imported, no
+    dataset can exist."""
+    module = sys.modules.get("pydicom.dataset")
+    return module is not None and isinstance(obj, module.Dataset)
+
+
 def collect(original, options: DeidOptions, identity) -> Collected:
     """The values of an original (a dataset, or a path: read raw when it is simple) by what the options do with
     them (:class:`Collected`); ``identity`` gives the jitter of Modified Dates."""
     jitter = getattr(identity, "jitter_days", None)
-    if isinstance(original, Dataset):
+    if _is_dataset(original):
         family = sop_family(str(getattr(original, "SOPClassUID", "")))
         return _classify(_pydicom_leaves(original), options, family, jitter, True)
     rp = _rawpath()
@@ -802,4 +885,6 @@ def collect_parsed(buf: bytes, elems, options: DeidOptions, identity) -> Collect
 
 def _read_all_but_pixels(path: Path) -> Dataset:
     """Every element of a file, those after the pixel data included; large values (the pixels) not loaded."""
+    import pydicom
+
     return pydicom.dcmread(path, force=True, defer_size=1024)

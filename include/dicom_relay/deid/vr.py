@@ -1,7 +1,8 @@
 """Value Representations as the de-identification code needs them: classes of VRs, the data dictionary's VR
 of a tag, and whether a text value is valid for its VR (PS3.5 Table 6.2-1).
 
-A leaf module: it imports nothing from ``dicom_relay`` so that every other module of ``deid`` may use it.
+A leaf module: it imports only :mod:`dicom_relay.deid.dictionary` (itself a leaf, no pydicom) so that every other
+module of ``deid`` may use it.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR
+from dicom_relay.deid.dictionary import dictionary_vr
 
 #: Free text and names: what a person types, so what may hold an identity.
 TEXT_VRS = frozenset({"PN", "LO", "SH", "ST", "LT", "UT", "UC"})
@@ -32,7 +33,7 @@ def dict_vr(tag: int) -> str:
     """The VR the data dictionary gives ``tag``; the first one where it gives several (``"US or SS"``);
     ``"UN"`` for a tag it does not know (private tags included)."""
     try:
-        vr = dictionary_VR(tag)
+        vr = dictionary_vr(tag)
     except KeyError:
         return "UN"
     return vr.split(" or ")[0] if " or " in vr else vr

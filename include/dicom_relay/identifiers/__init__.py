@@ -24,7 +24,6 @@ from dicom_relay.identifiers.models import (
     results_from_answer,
     shift_date,
 )
-from dicom_relay.identifiers.rest import RestProvider
 
 __all__ = [
     "JITTER_MAX_DAYS",
@@ -55,10 +54,22 @@ class IdentifierProvider(Protocol):
         ...
 
 
+def __getattr__(name: str):
+    # RestProvider on first use: it brings requests, urllib3 and tenacity (~0.05 CPU-s), which the embedded
+    # provider (``dicom-relay deidentify``) never needs.
+    if name == "RestProvider":
+        from dicom_relay.identifiers.rest import RestProvider
+
+        return RestProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def provider_from_settings(settings) -> IdentifierProvider:
     """``LocalProvider(settings.secret_key)`` when ``settings.identifier_url`` is empty, else a ``RestProvider``."""
     if not settings.identifier_url.strip():
         return LocalProvider(settings.secret_key.get_secret_value())
+    from dicom_relay.identifiers.rest import RestProvider
+
     return RestProvider(
         settings.identifier_url.strip(),
         token=settings.identifier_token.get_secret_value(),

@@ -384,3 +384,41 @@ def test_values_collected_from_the_engines_parse_equal_those_collected_from_the_
             continue  # not a file the engine de-identifies: nothing to verify
         assert collected == collect(src, d.options, identity), src.name
     assert d.raw_path_used >= 5, "the engine's raw parse must serve some of these files"
+
+
+def test_the_search_of_the_encoded_bytes_finds_what_the_full_reading_finds(tmp_path: Path) -> None:
+    """An output of the raw path is searched in the bytes the relay encoded (``DeidResult.encoded_length``) when the
+    rest is one native Pixel Data element ending the file. A leak in those bytes is found; anything else after
+    them (an element appended after the pixel data, a length that does not match) sends the output to the full
+    reading, which finds what was put there."""
+    study = generate_ct_study(tmp_path / "in", n_instances=1, rows=8, columns=8)
+    src = next(study.folder.glob("*.dcm"))
+    identity = PatientIdentity("PSEUDO-E", 5, {study.accession_number: "ACC-E"})
+    d = Deidentifier("k-encoded")
+    result, collected = d.deidentify_and_collect(src, tmp_path / "out", identity)
+    assert result.encoded_length and result.encoded_length < result.path.stat().st_size
+    good = result.path.read_bytes()
+    n = result.encoded_length
+
+    def leaks(data: bytes, encoded_length: int | None = n) -> list:
+        result.path.write_bytes(data)
+        check = LeakCheck(d.options)
+        check.add_collected(collected, result.path, encoded_length)
+        return check.find_leaks()
+
+    assert leaks(good) == []
+    # The original study date written into the encoded bytes (over the pseudonym in Patient's Name, same
+    # length; a date counts in any text element): found.
+    name = study.patient_name.encode()
+    at = good.index(b"PSEUDO-E")
+    planted = good[:at] + study.study_date.encode() + good[at + 8 :]
+    assert leaks(planted) != []
+    # An element after the pixel data holding the name (Data Set Trailing Padding can carry anything): the output
+    # no longer ends with its pixel element, the full reading runs and finds it.
+    name += b" " * (len(name) % 2)
+    trailing = b"\x09\x00\x10\x10LO" + len(name).to_bytes(2, "little") + name
+    assert leaks(good + trailing) != []
+    assert leaks(good + trailing, None) != []
+    # A wrong length given (not the start of the pixel element): the full reading, nothing missed, nothing invented.
+    assert leaks(good, n - 2) == [] and leaks(good, n + 2) == []
+    assert leaks(planted, n - 40) != []

@@ -24,8 +24,7 @@ says so in ImageType or comes as secondary capture.
 
 from __future__ import annotations
 
-from pydicom.uid import UID_dictionary
-
+from dicom_relay.deid.dictionary import uids
 from dicom_relay.deid.errors import DeidError
 
 CLEAN, ALL_TEXT, HOLD = "clean", "all-text", "hold"
@@ -34,7 +33,7 @@ POLICIES = (CLEAN, ALL_TEXT, HOLD)
 DEFAULT = CLEAN
 
 SCANNED_MODALITIES = frozenset({"US", "IVUS", "SC", "OT", "XA", "RF", "ES", "XC", "GM", "SM", "DOC"})
-SECONDARY_CAPTURE = frozenset(uid for uid, info in UID_dictionary.items() if "Secondary Capture" in info[0])
+SECONDARY_CAPTURE = frozenset(uid for uid, (name, _) in uids().items() if "Secondary Capture" in name)
 #: ImageType values (any position) that say the picture is a capture of a screen or a derived picture.
 #: Dose screens come as DERIVED\SECONDARY\SCREEN SAVE, DOSE_INFO or CSA REPORT depending on the vendor, and
 #: show the patient's name.
