@@ -21,8 +21,10 @@ duplicate, leak), the record behind ``dicom-relay deidentify --report``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -124,30 +126,41 @@ def deidentify_folder(
     jobs = [(in_dir / inst.relpath, identities[instance_patient_key(inst)]) for inst in instances]
     check = LeakCheck(deidentifier.options)
     out_dir.mkdir(parents=True, exist_ok=True)
-    own_pool = None
-    try:
-        if pool is None and workers > 1 and len(jobs) > workers and not _daemonic():
-            # One pool for both stages: its processes de-identify, then search the outputs (started once).
-            pool = own_pool = worker_pool(workers)
+    # On failure, nothing unverified may stay: remove what this call may have written (names are new SOP UIDs,
+    # so a file of the folder that was there before is only removed if this call wrote over it).
+    remove_outputs = lambda: _remove_outputs(out_dir, instances, deidentifier)  # noqa: E731
+    with _pool_run(len(jobs), workers, pool, out_dir, remove_outputs) as pool:
         kept = [headers.get(inst.relpath) for inst in instances] if headers else None
         results = deidentifier.deidentify_files(jobs, out_dir, workers=workers, check=check, pool=pool, headers=kept)
         outputs = [r.path for r in results if r.path is not None]
         leaks = check.find_leaks(outputs, workers=workers, pool=pool)
+    return _fail_closed(instances, [identity for _, identity in jobs], results, leaks)
+
+
+@contextlib.contextmanager
+def _pool_run(jobs: int, workers: int, pool, out_dir: Path, remove_outputs: Callable[[], None]):
+    """The pool a run of ``jobs`` instances uses (the caller's ``pool``, one started here for ``workers`` > 1 and
+    more jobs than workers, or None: in this process), and what happens when the run fails: the pool's other
+    jobs stop first (a job still running would write an output after the removal), ``remove_outputs()`` removes
+    what the run wrote, and a full output folder is raised as ``OSError(ENOSPC)``. A pool started here is shut
+    down at the end; the caller's only on failure. One pool serves both stages: its processes de-identify,
+    then search the outputs (started once)."""
+    own_pool = None
+    try:
+        if pool is None and workers > 1 and jobs > workers and not _daemonic():
+            pool = own_pool = worker_pool(workers)
+        yield pool
     except BaseException as exc:
         if pool is not None:
-            # Let the other workers stop first: a job still running would write an output after the removal.
             pool.shutdown(wait=True, cancel_futures=True)
         full = _out_of_space(exc, out_dir)  # asked before the removal below frees the space again
-        # Nothing unverified may stay: remove what this call may have written (names are new SOP UIDs, so
-        # a file of the folder that was there before is only removed if this call wrote over it).
-        _remove_outputs(out_dir, instances, deidentifier)
+        remove_outputs()
         if full:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
         raise
     finally:
         if own_pool is not None:
             own_pool.shutdown(cancel_futures=True)
-    return _fail_closed(instances, [identity for _, identity in jobs], results, leaks)
 
 
 def _fail_closed(instances, identities, results, leaks) -> FolderRun:
@@ -178,16 +191,8 @@ def _read_for_deid(in_dir: str, identities: Mapping[str, PatientIdentity], src: 
     return found, identities[instance_patient_key(found)], kept.get(relpath)
 
 
-def reread_and_deidentify(
-    in_dir: Path,
-    relpaths: Sequence[str],
-    identities: Mapping[str, PatientIdentity],
-    deidentifier: Deidentifier,
-    out_dir: Path,
-    *,
-    workers: int = 1,
-    pool=None,
-) -> FolderRun:
+def reread_and_deidentify(in_dir: Path, relpaths: Sequence[str], identities: Mapping[str, PatientIdentity],
+                          deidentifier: Deidentifier, out_dir: Path, *, workers: int = 1, pool=None) -> FolderRun:
     """:func:`deidentify_folder` of instances indexed earlier by another process (the pipeline's import): each is
     read again as import read it, in the process that then de-identifies it from that reading (one parse per
     file, no pass over the batch before the pool starts). A file that no longer reads as an instance is a
@@ -205,10 +210,12 @@ def reread_and_deidentify(
     check = LeakCheck(deidentifier.options)
     out_dir.mkdir(parents=True, exist_ok=True)
     read = functools.partial(_read_for_deid, str(in_dir), dict(identities))
-    own_pool = None
-    try:
-        if pool is None and workers > 1 and len(relpaths) > workers and not _daemonic():
-            pool = own_pool = worker_pool(workers)
+
+    def remove_outputs() -> None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    with _pool_run(len(relpaths), workers, pool, out_dir, remove_outputs) as pool:
         done = deidentifier.read_and_deidentify_files([in_dir / rel for rel in relpaths], read, out_dir,
                                                       workers=workers, check=check, pool=pool)
         if any(result is None for _, result in done):
@@ -216,18 +223,6 @@ def reread_and_deidentify(
         instances = [found for found, _ in done]
         results = [result for _, result in done]
         leaks = check.find_leaks([r.path for r in results if r.path is not None], workers=workers, pool=pool)
-    except BaseException as exc:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)  # no job may write after the removal below
-        full = _out_of_space(exc, out_dir)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if full:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) from None
-        raise
-    finally:
-        if own_pool is not None:
-            own_pool.shutdown(cancel_futures=True)
     return _fail_closed(instances, [identities[instance_patient_key(i)] for i in instances], results, leaks)
 
 

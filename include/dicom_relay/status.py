@@ -160,18 +160,25 @@ class Batch:
 
 @dataclass
 class Instance:
+    """One row of ``relay_instance``: a file of a batch, from import to delivery."""
+
     batch_id: str
+    #: The file's path inside the batch's incoming folder (PHI: shown only to the operator, never logged).
     relpath: str
+    #: NEW -> PROCESSING -> DONEPROCESSING -> SENT -> DONE, or ERROR (held back).
     state: str
     sop_class_uid: str | None = None
     size_bytes: int | None = None
+    #: After replace_identifiers: the patient's pseudonym and the instance's new (de-identified) UIDs and file.
     patient_pseudonym: str | None = None
     deid_study_instance_uid: str | None = None
     deid_series_instance_uid: str | None = None
     deid_sop_instance_uid: str | None = None
     deid_relpath: str | None = None
+    #: After send_gcs: the object and the MD5 GCS reported for it (its verification).
     gcs_object: str | None = None
     gcs_md5: str | None = None
+    #: When each destination verified the instance; cleanup deletes the original only when every enabled one has.
     sent_orthanc_at: dt.datetime | None = None
     sent_gcs_at: dt.datetime | None = None
     error: str | None = None

@@ -233,9 +233,9 @@ class DeidResult:
     pixels: dict | None = None
     #: How many bytes at the start of the output the relay encoded itself (preamble, file meta, every element
     #: before the pixel data); the rest, if any, is the original's pixel elements copied byte for byte. Set by
-    #: the raw path only (None: the pydicom path wrote the file). Verification uses it to read back only those
-    #: bytes (:func:`dicom_relay.deid.verify._encoded_part` says why that misses nothing).
-    encoded_length: int | None = None
+    #: the raw path only (0: the pydicom path wrote the file, or the instance was held back). Verification uses it
+    #: to read back only those bytes (:func:`dicom_relay.deid.verify._encoded_part` says why that misses nothing).
+    encoded_length: int = 0
 
 
 class _File:
