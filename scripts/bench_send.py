@@ -38,13 +38,13 @@ from tests.support.stack.orthanc import start_orthanc
 
 
 def measure(label: str, n: int, fn, profile_to: Path | None) -> dict:
-    prof = cProfile.Profile() if profile_to else None
+    prof = cProfile.Profile(time.thread_time) if profile_to else None
     # cProfile sees one thread: every thread started during the round (upload workers, associations, pynetdicom's
     # reactor threads) gets its own profiler, merged afterwards.
     thread_profiles: list[cProfile.Profile] = []
 
     def start_thread_profile(*_):
-        p = cProfile.Profile()
+        p = cProfile.Profile(time.thread_time)  # CPU time of the thread, not time spent waiting
         thread_profiles.append(p)
         p.enable()
 

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 # task log in a thousand lines. Its warnings and errors (rejections, aborts, timeouts) still show; the relay logs
 # its own progress every tenth of a send (dicom_relay.progress).
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+# pynetdicom's "standard" event handlers (bound to every association) build an event object and an INFO/DEBUG log
+# record for every PDU and DIMSE message sent and received, 34 P-DATA PDUs for one 512x512 CT slice at Orthanc's
+# default maximum PDU length: about a tenth of the sender's CPU per instance (cProfile, scripts/bench_send.py),
+# for log lines the level above discards anyway. Without them, aborts, rejections and timeouts are still logged
+# (pynetdicom logs those directly, at WARNING and ERROR).
+_config.LOG_HANDLER_LEVEL = "none"
 
 # Send each file's data set as it is encoded on disk, read in chunks of at most the peer's maximum PDU size,
 # instead of pynetdicom's default of decoding every file with pydicom and encoding it again: that round trip was
