@@ -5,7 +5,8 @@ Starts a private Orthanc and fake-gcs-server (tests.support.stack, as the integr
 
 - orthanc: ``OrthancDestination.store`` (C-STORE, the relay's associations) between two ``study_instances``
   queries (what Orthanc holds before, the verification after);
-- gcs: ``GcsDestination.upload`` of every file from ``pipeline.GCS_PARALLEL_UPLOADS`` threads into a new bucket.
+- gcs: ``GcsDestination.upload`` of every file from ``pipeline.GCS_PARALLEL_UPLOADS`` threads (``BENCH_GCS_THREADS``
+  to try another number) into a new bucket.
 
 Per round it prints the wall time, items/s, and the CPU this process spent per item (``time.process_time``: every
 thread of the client, not the services). ``--profile`` writes a cProfile of the last round per destination.
@@ -32,6 +33,7 @@ import requests
 from dicom_relay.destinations.gcs import GcsDestination
 from dicom_relay.destinations.orthanc import OrthancDestination
 from dicom_relay.pipeline import GCS_PARALLEL_UPLOADS
+GCS_PARALLEL_UPLOADS = int(os.environ.get("BENCH_GCS_THREADS", GCS_PARALLEL_UPLOADS))
 from tests.support.samples import generate_ct_study
 from tests.support.stack.gcs import start_gcs_emulator
 from tests.support.stack.orthanc import start_orthanc
