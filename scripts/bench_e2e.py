@@ -6,8 +6,8 @@ LocalExecutor) under ``.run/bench-e2e`` and drops, the atomic way (copy as ``NAM
 1. a 500-instance 512x512 CT study, alone;
 2. the anchors, on the same 500 source files, into the same Orthanc and the same GCS emulator: dcmtk's
    ``storescu`` (one association, TCP_NODELAY), Orthanc's REST ``POST /instances`` with 4 threads, and
-   google-cloud-storage's ``transfer_manager`` with 8 threads; each alone, then an Orthanc anchor and
-   transfer_manager side by side (as the relay's send_orthanc and send_gcs run);
+   google-cloud-storage's ``transfer_manager`` with 8 threads; each alone, as the relay's send_orthanc and
+   send_gcs run (one after the other);
 3. a 2000-instance 512x512 study, alone;
 4. three 150-instance studies at once.
 
@@ -17,7 +17,7 @@ batch DONE) and the peak RSS of each task's process tree (sampled with psutil ev
 samples the CPU of every task and process class (Orthanc, GCS emulator, PostgreSQL, each Airflow component, the
 bench itself), the host's total CPU (what the stack did not use is other people's work on a shared machine) and the
 disk, so that a goal that is missed names the resource that was saturated, from per-process figures. Airflow's
-share of a run is its wall time minus the time some step was doing its own work (the two sends overlap). Prints the ratios and which goals
+share of a run is its wall time minus the time some step was doing its own work. Prints the ratios and which goals
 hold, writes ``bench-e2e.json`` and draws ``bench-e2e-timeline.png`` (matplotlib) in the run folder.
 
     python scripts/bench_e2e.py [--run-dir .run/bench-e2e] [--small N] [--large N] [--concurrent N]
@@ -219,7 +219,7 @@ def drop_and_wait(stack, studies: dict[str, Path], timeout: float = 1800) -> dic
 
 
 def upstream_tasks(client) -> dict[str, list[str]]:
-    """process_study's task -> its upstream task ids, as the DAG declares them (sends may run side by side)."""
+    """process_study's task -> its upstream task ids, as the DAG declares them."""
     up: dict[str, list[str]] = defaultdict(list)
     for t in client.get("/dags/process_study/tasks")["tasks"]:
         for down in t.get("downstream_task_ids") or []:
@@ -350,30 +350,15 @@ def anchor_transfer_manager(env, files: list[Path], folder: Path, sampler, worke
             "per_second": round(len(files) / (end - start), 1), "resources": window, "saturated": saturation(window)}
 
 
-def anchors_side_by_side(env, files: list[Path], folder: Path, sampler) -> dict:
-    """The best Orthanc anchor and transfer_manager at the same time, as send_orthanc and send_gcs run."""
-    out: dict = {}
-    with ThreadPoolExecutor(3) as pool:
-        jobs = {"storescu": pool.submit(anchor_storescu, env, files, sampler),
-                "transfer_manager": pool.submit(anchor_transfer_manager, env, files, folder, sampler)}
-        for name, job in jobs.items():
-            out[name] = job.result()
-    orthanc_delete_all(env)
-    with ThreadPoolExecutor(2) as pool:
-        rest = pool.submit(anchor_orthanc_rest, env, files, sampler)
-        gcs = pool.submit(anchor_transfer_manager, env, files, folder, sampler)
-        out["orthanc_rest"], out["transfer_manager_with_rest"] = rest.result(), gcs.result()
-    return out
-
-
 # ---- chart -----------------------------------------------------------------------------------------------------
 
 COLORS = {"detection": "#bbbbbb", "dispatch": "#888888", "import": "#1f77b4", "get_identifiers": "#9467bd",
           "replace_identifiers": "#2ca02c", "send_orthanc": "#d62728", "send_gcs": "#ff7f0e", "cleanup": "#8c564b"}
 
 
-#: Tasks that run side by side in process_study: each drawn in its own half of the study's row.
-SIDE_BY_SIDE = {"send_orthanc": -0.15, "send_gcs": 0.15}
+#: Tasks that run side by side in process_study, each drawn in its own half of the study's row (none: process_study
+#: runs its steps one after the other).
+SIDE_BY_SIDE: dict[str, float] = {}
 
 
 def draw_timeline(reports: list[dict], path: Path) -> None:
@@ -396,8 +381,7 @@ def draw_timeline(reports: list[dict], path: Path) -> None:
         ax.text(r["done"] - t0 + 0.3, row, f"{r['e2e_instances_per_second']} inst/s", va="center", fontsize=8)
     ax.set_yticks(range(len(reports)), [f"{r['study']} ({r['instances']})" for r in reports], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("seconds after the folder's rename into the inbox (black: the step's own work; "
-                  "send_orthanc and send_gcs side by side, upper and lower half)")
+    ax.set_xlabel("seconds after the folder's rename into the inbox (black: the step's own work)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
     ax.legend(handles, list(COLORS), ncol=8, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.35 / max(1, len(reports) / 3)))
     ax.set_title("dicom-relay end to end: stages per study (make bench-e2e)")
@@ -461,9 +445,6 @@ def main(argv=None) -> int:
         result["anchors"]["orthanc_rest"] = anchor_orthanc_rest(env, files, sampler)
         orthanc_delete_all(env)
         result["anchors"]["transfer_manager"] = anchor_transfer_manager(env, files, small.folder, sampler)
-        # The relay delivers to both destinations side by side; so do these, for a like-for-like comparison.
-        orthanc_delete_all(env)
-        result["side_by_side_anchors"] = anchors_side_by_side(env, files, small.folder, sampler)
 
         print(f"{args.large}-instance study ...", flush=True)
         for name, got in drop_and_wait(stack, {"BENCH-2000": large.folder}).items():
@@ -507,7 +488,7 @@ def evaluate(result: dict, stable: float) -> list[dict]:
     orthanc_rate = n / small["tasks"]["send_orthanc"]["own_work_seconds"]
     gcs_rate = n / small["tasks"]["send_gcs"]["own_work_seconds"]
     best_orthanc = max(anchors["storescu"]["per_second"], anchors["orthanc_rest"]["per_second"])
-    # The relay's sends run side by side; the anchors were measured alone and side by side (informational).
+    # Side-by-side anchors are only in JSON files of runs when process_study ran its two sends at once.
     side = result.get("side_by_side_anchors") or {}
     side_orthanc = max((side[k]["per_second"] for k in ("storescu", "orthanc_rest") if k in side), default=None)
     side_gcs = max((side[k]["per_second"] for k in ("transfer_manager", "transfer_manager_with_rest") if k in side),
@@ -518,7 +499,7 @@ def evaluate(result: dict, stable: float) -> list[dict]:
 
     so, sg = small["tasks"]["send_orthanc"], small["tasks"]["send_gcs"]
     # CPU milliseconds per instance: what each client and each destination spent (sums over the task's window;
-    # while the sends run side by side both tasks' windows hold both destinations' work).
+    # each send's window holds its own destination's work, the sends running one after the other).
     cost_orthanc = (f"CPU ms per instance: relay {cpu_ms_per_item(so['resources'], n, ('task send_orthanc', 'orthanc'))}; "
                     f"storescu alone: {cpu_ms_per_item(anchors['storescu'].get('resources', {}), n, ('bench (sampler, anchor clients)', 'orthanc'))}; "
                     f"REST alone: {cpu_ms_per_item(anchors['orthanc_rest'].get('resources', {}), n, ('bench (sampler, anchor clients)', 'orthanc'))}")
@@ -576,9 +557,6 @@ def print_report(result: dict) -> None:
     print("\nanchors (same 500 source files, same services):")
     for name, a in result["anchors"].items():
         print(f"  {name:<18} {a['per_second']:>7.1f} /s in {a['seconds']:.2f} s; saturated: {a['saturated']}")
-    print("anchors side by side (an Orthanc anchor and transfer_manager at once, as the relay's sends run):")
-    for name, a in (result.get("side_by_side_anchors") or {}).items():
-        print(f"  {name:<26} {a['per_second']:>7.1f} /s in {a['seconds']:.2f} s")
     print("\ngoals:")
     for g in result["goals"]:
         mark = "HOLDS " if g["holds"] else "MISSED"

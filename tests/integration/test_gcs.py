@@ -8,6 +8,7 @@ import pytest
 
 from dicom_relay.destinations.errors import DestinationConflict, DestinationRejected, DestinationUnavailable
 from dicom_relay.destinations.gcs import GcsDestination, file_checksums
+from tests.support.faults import FaultProxy
 from tests.support.samples import generate_ct_study
 from tests.support.stack.gcs import start_gcs_emulator
 
@@ -69,6 +70,23 @@ def test_verify_is_false_for_a_wrong_md5_or_a_missing_object(gcs_bucket, instanc
 
     assert dest.verify(name, file_checksums(instance[1])[0]) is False
     assert dest.verify(name_for(dest, sop="2.25.999"), file_checksums(instance[0])[0]) is False
+
+
+def test_bytes_damaged_on_the_way_fail_the_upload(gcs_bucket, gcs_emulator, instance):
+    """What GCS stored must have the MD5 of the bytes read here: one byte inverted in transit fails the upload.
+
+    Real GCS refuses such an upload (the request declares the file's MD5 and CRC32C); fake-gcs-server stores the
+    damaged bytes and answers with their MD5, which the destination must not take for a success."""
+    port = int(gcs_emulator.host.rsplit(":", 1)[1])
+    with FaultProxy("127.0.0.1", port, name="gcs") as proxy:
+        dest = GcsDestination(gcs_bucket, project="relay-test", emulator_host=proxy.url, retry_deadline=5.0)
+        proxy.set("corrupt", at_byte=3000)  # past the request head and the JSON part: inside the DICOM file
+
+        with pytest.raises(DestinationUnavailable, match="MD5|checksums") as caught:
+            dest.upload(instance[0], name_for(dest), METADATA)
+
+        assert proxy.stats.corrupted == 1
+        assert caught.value.transient
 
 
 def test_large_files_are_create_only_too(gcs_bucket, tmp_path):

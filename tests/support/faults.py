@@ -11,6 +11,7 @@ any moment::
     proxy.set("http", status=503)        # answer every HTTP request with 503 and close
     proxy.set("lose_reply", times=1)     # forward the request, throw the service's answer away, close
     proxy.set("delay", latency=0.05)     # pass, each chunk held back ``latency`` seconds
+    proxy.set("corrupt", at_byte=2000)   # pass, but invert the byte at that offset of what the client sends
     proxy.set("pass", cut_after_bytes=N) # pass, then cut every connection and refuse once N bytes went upstream
     proxy.cut_all()                      # close every open connection now (the service "went away")
 
@@ -39,7 +40,7 @@ import psutil
 from .stack.process import pid_alive
 
 LOOPBACK = "127.0.0.1"
-MODES = ("pass", "refuse", "reset", "hang", "http", "lose_reply", "delay")
+MODES = ("pass", "refuse", "reset", "hang", "http", "lose_reply", "delay", "corrupt")
 _CHUNK = 256 * 1024
 _HTTP_REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
                  504: "Gateway Timeout", 429: "Too Many Requests"}
@@ -51,6 +52,7 @@ class ProxyStats:
     bytes_up: int = 0  # client -> service
     bytes_down: int = 0  # service -> client
     cuts: int = 0  # connections closed by ``cut_all`` / ``cut_after_bytes``
+    corrupted: int = 0  # bytes inverted in ``corrupt`` mode
     http_answers: int = 0
 
     def faulted(self) -> int:
@@ -281,7 +283,10 @@ class FaultProxy:
         self._track(conn)
         latency = float(params.get("latency", 0)) if mode == "delay" else 0.0
         lose = mode == "lose_reply"
-        up = threading.Thread(target=self._pump, args=(conn, client, upstream, True, latency, False), daemon=True)
+        # Damage in transit that TCP's own checksum did not catch: one byte of the client's stream, once.
+        corrupt_at = int(params.get("at_byte", 2000)) if mode == "corrupt" else None
+        up = threading.Thread(target=self._pump, args=(conn, client, upstream, True, latency, False, corrupt_at),
+                              daemon=True)
         up.start()
         self._pump(conn, upstream, client, False, latency, lose)
         up.join(timeout=self.idle_timeout)
@@ -297,12 +302,19 @@ class FaultProxy:
             self._conns.discard(conn)
 
     def _pump(self, conn: _Conn, src: socket.socket, dst: socket.socket, upward: bool, latency: float,
-              lose: bool) -> None:
+              lose: bool, corrupt_at: int | None = None) -> None:
+        passed = 0
         try:
             while not conn.closed.is_set():
                 data = src.recv(_CHUNK)
                 if not data:
                     break
+                if corrupt_at is not None and passed <= corrupt_at < passed + len(data):
+                    i = corrupt_at - passed
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+                    with self._lock:
+                        self.stats.corrupted += 1
+                passed += len(data)
                 if lose:
                     # The service answered; its answer never reaches the client, whose connection now drops.
                     conn.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import requests
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.status import code_to_category
 
 from dicom_relay.destinations.errors import DestinationRejected, DestinationUnavailable
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 # task log in a thousand lines. Its warnings and errors (rejections, aborts, timeouts) still show; the relay logs
 # its own progress every tenth of a send (dicom_relay.progress).
 logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+# pynetdicom's "standard" event handlers (bound to every association) build an event object and an INFO/DEBUG log
+# record for every PDU and DIMSE message sent and received, 34 P-DATA PDUs for one 512x512 CT slice at Orthanc's
+# default maximum PDU length: about a tenth of the sender's CPU per instance (cProfile, scripts/bench_send.py),
+# for log lines the level above discards anyway. Without them, aborts, rejections and timeouts are still logged
+# (pynetdicom logs those directly, at WARNING and ERROR).
+_config.LOG_HANDLER_LEVEL = "none"
 
 # Send each file's data set as it is encoded on disk, read in chunks of at most the peer's maximum PDU size,
 # instead of pynetdicom's default of decoding every file with pydicom and encoding it again: that round trip was
@@ -123,8 +130,11 @@ class _Instance:
 
 
 def _read_meta(path: Path) -> _Instance:
-    """SOP Class and Transfer Syntax from the File Meta Information (group 0002) only: no dataset parsing."""
-    meta = read_file_meta_info(path)
+    """SOP Class and Transfer Syntax from the File Meta Information (group 0002) only: no dataset parsing.
+
+    Read the way ``send_c_store`` reads it again before sending (pynetdicom's ``split_dataset``), which is half
+    the CPU of pydicom's ``read_file_meta_info``."""
+    meta, _ = split_dataset(path)
     sop_class = meta.get("MediaStorageSOPClassUID")
     transfer_syntax = meta.get("TransferSyntaxUID")
     if not sop_class or not transfer_syntax:
@@ -256,7 +266,7 @@ class OrthancDestination:
         for index, path in enumerate(map(Path, paths)):
             try:
                 readable.append((index, _read_meta(path)))
-            except (OSError, InvalidDicomError, ValueError) as exc:
+            except (OSError, EOFError, InvalidDicomError, ValueError, struct.error) as exc:  # struct: a cut-off meta
                 outcomes[index] = InstanceOutcome(path, stored=False, reason=f"unreadable: {type(exc).__name__}")
 
         for contexts in plan_associations((i.sop_class_uid, i.transfer_syntax_uid) for _, i in readable):

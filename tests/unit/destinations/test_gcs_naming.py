@@ -52,3 +52,19 @@ def test_from_settings_reads_bucket_project_prefix_and_does_not_connect():
 
     assert (dest.bucket_name, dest.project, dest.prefix, dest.retry_deadline) == ("bkt", "prj", "pre", 5.0)
     assert dest._client is None
+
+
+def test_the_environment_is_read_once_for_the_gcs_endpoint(monkeypatch):
+    """Proxy and CA bundle settings still apply although requests no longer re-reads them for every request."""
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.hospital.example:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.hospital.example:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/hospital.pem")
+    session = GcsDestination("b", "p", emulator_host="http://gcs.example:4443").client._http
+
+    assert session.trust_env is False
+    assert session.proxies["http"] == "http://proxy.hospital.example:3128"
+    assert session.verify == "/etc/ssl/certs/hospital.pem"
+
+    monkeypatch.setenv("NO_PROXY", "gcs.example")
+    assert "http" not in GcsDestination("b", "p", emulator_host="http://gcs.example:4443").client._http.proxies
