@@ -118,13 +118,32 @@ def _package_roots() -> dict[str, Path]:
     return roots
 
 
-def shipped_files() -> list[CorpusFile]:
-    """Every regular file of pydicom's test data (get_testdata_files) and of deid-data's data folder."""
+def pydicom_testdata_files(pattern: str = "**/*") -> list[str]:
+    """``pydicom.data.get_testdata_files(pattern)`` without the network.
+
+    Besides pydicom's own files and pydicom-data's (installed, pinned in requirements-test.txt), that function
+    fetches every file of pydicom's online test set missing from ``~/.pydicom/data``, from GitHub. pydicom-data
+    is that same set, so nothing is missing, and tests and tools must never download at run time: the download
+    is refused with pydicom's own switch for its network-outage tests, and the warning about it dropped.
+    """
+    import pydicom.data.download as download
     from pydicom.data import get_testdata_files
 
+    assert hasattr(download, "_SIMULATE_NETWORK_OUTAGE"), "pydicom changed: the download switch is gone"
+    before, download._SIMULATE_NETWORK_OUTAGE = download._SIMULATE_NETWORK_OUTAGE, True
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="One or more download failures occurred")
+            return get_testdata_files(pattern)
+    finally:
+        download._SIMULATE_NETWORK_OUTAGE = before
+
+
+def shipped_files() -> list[CorpusFile]:
+    """Every regular file of pydicom's test data (get_testdata_files) and of deid-data's data folder."""
     roots = _package_roots()
     files: list[CorpusFile] = []
-    for path in sorted({str(Path(p).resolve()) for p in get_testdata_files()}):
+    for path in sorted({str(Path(p).resolve()) for p in pydicom_testdata_files()}):
         if not os.path.isfile(path) or "__pycache__" in Path(path).parts:
             continue  # folders of the DICOMDIR test sets; Python's byte code caches come and go
         for source in ("pydicom", "pydicom-data"):

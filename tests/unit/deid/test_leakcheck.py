@@ -374,7 +374,9 @@ def test_values_collected_from_the_engines_parse_equal_those_collected_from_the_
     from dicom_relay.deid.verify import collect
 
     d = Deidentifier("k", DeidOptions(quarantine_secondary_capture=False, quarantine_modalities=()))
-    files = [Path(f) for f in pydicom.data.get_testdata_files("*.dcm")][:60]
+    from tests.support.dicom_corpus import pydicom_testdata_files
+
+    files = [Path(f) for f in pydicom_testdata_files("*.dcm")][:60]
     for n, src in enumerate(files):
         try:
             ds = pydicom.dcmread(src, stop_before_pixels=True)
