@@ -29,11 +29,15 @@ def _settled_at_once(monkeypatch):
     monkeypatch.setattr(KeptHeaders, "SETTLED_NS", 0)
 
 
-def test_a_file_changed_within_the_last_second_is_not_kept(tmp_path: Path, monkeypatch) -> None:
-    study = generate_ct_study(tmp_path / "in", n_instances=2, rows=8, columns=8)
-    monkeypatch.setattr(KeptHeaders, "SETTLED_NS", 1_000_000_000)
+@pytest.mark.parametrize("limit, value", [
+    ("SETTLED_NS", 1_000_000_000),  # a file changed within the last second is not kept
+    ("LIMIT", 1),  # headers are kept within a limit of bytes
+])
+def test_headers_are_not_kept_for_fresh_files_nor_beyond_the_limit(tmp_path: Path, monkeypatch, limit, value) -> None:
+    study = generate_ct_study(tmp_path / "in", n_instances=3, rows=8, columns=8)
+    monkeypatch.setattr(KeptHeaders, limit, value)
     index = index_folder(study.folder, keep_headers=True)
-    assert index.headers == {} and len(index.instances) == 2
+    assert index.headers == {} and len(index.instances) == 3
 
 
 def test_kept_headers_give_the_same_files(tmp_path: Path) -> None:
@@ -57,13 +61,6 @@ def test_a_file_changed_after_indexing_is_read_again(tmp_path: Path) -> None:
     assert os.stat(src).st_ino == inode
     files = _run(study, index, tmp_path / "out", index.headers)
     assert any(b"KEPT HEADER CHANGED" in data for data in files.values())
-
-
-def test_headers_are_kept_within_a_limit(tmp_path: Path, monkeypatch) -> None:
-    study = generate_ct_study(tmp_path / "in", n_instances=3, rows=8, columns=8)
-    monkeypatch.setattr(KeptHeaders, "LIMIT", 1)
-    index = index_folder(study.folder, keep_headers=True)
-    assert index.headers == {} and len(index.instances) == 3
 
 
 def test_reread_and_deidentify_reads_each_instance_again_and_fails_closed(tmp_path: Path) -> None:
