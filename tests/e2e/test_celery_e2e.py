@@ -27,20 +27,12 @@ from dicom_relay.status import StatusStore
 from tests.faults.helpers import delivery
 from tests.support.faults import process_group_members, wait_gone
 from tests.support.samples import drop_atomically, generate_ct_study
-from tests.support.stack.airflow import worker_name
+from tests.support.stack.airflow import QUICK_RECOVERY_ENV, worker_name
 from tests.support.stack.local import start_stack
 from tests.support.stack.process import wait_until
 
 pytestmark = pytest.mark.e2e
 
-CELERY_ENV = {
-    # A task whose worker died is noticed after 20 s without a heartbeat (default 300 s), checked every 3 s.
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
-    "RELAY_TASK_RETRY_DELAY_SECONDS": "2",
-    "RELAY_STABLE_SECONDS": "1",
-    "RELAY_POLL_SECONDS": "1",
-}
 WORKERS = (worker_name(1), worker_name(2))
 # The line Celery workers of apache-airflow-providers-celery log for every task instance they start.
 EXECUTING = re.compile(
@@ -51,9 +43,9 @@ EXECUTING = re.compile(
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = start_stack(tmp_path_factory.mktemp("celery-stack"), base_env=dict(CELERY_ENV), executor="celery")
-    yield s
-    s.stop()
+    with start_stack(tmp_path_factory.mktemp("celery-stack"), base_env=dict(QUICK_RECOVERY_ENV),
+                     executor="celery") as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,10 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / ".run" / "browser"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = start_stack(tmp_path_factory.mktemp("stack"),
-                    base_env={"RELAY_REVIEW_TIMEOUT_SECONDS": str(REVIEW_TIMEOUT)},
-                    extra_dag_folders=[Path(__file__).parent / "dags"])
-    yield s
-    s.stop()
+    with start_stack(tmp_path_factory.mktemp("stack"),
+                     base_env={"RELAY_REVIEW_TIMEOUT_SECONDS": str(REVIEW_TIMEOUT)},
+                     extra_dag_folders=[Path(__file__).parent / "dags"]) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

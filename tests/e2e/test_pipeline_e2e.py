@@ -27,9 +27,8 @@ TIMINGS_FILE = Path(__file__).resolve().parents[2] / ".run" / "e2e-timings.json"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = start_stack(tmp_path_factory.mktemp("stack"))
-    yield s
-    s.stop()
+    with start_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -32,10 +32,10 @@ PATIENT = "MRN-E2E-RERUN"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = start_stack(tmp_path_factory.mktemp("stack"),
-                    base_env={"RELAY_SEND_ATTEMPTS": "1", "RELAY_SEND_BACKOFF_SECONDS": "0.1", "RELAY_MAX_RERUNS": "3"})
-    yield s
-    s.stop()
+    with start_stack(tmp_path_factory.mktemp("stack"),
+                     base_env={"RELAY_SEND_ATTEMPTS": "1", "RELAY_SEND_BACKOFF_SECONDS": "0.1",
+                               "RELAY_MAX_RERUNS": "3"}) as s:
+        yield s
 
 
 def finished(client, dag_id: str, run_id: str) -> bool:

@@ -34,6 +34,7 @@ from tests.support.faults import (
     sigkill,
     wait_gone,
 )
+from tests.support.stack.airflow import QUICK_RECOVERY_ENV
 from tests.support.stack.gcs import emulator_client
 from tests.support.stack.local import start_stack
 from tests.support.stack.process import wait_until
@@ -44,18 +45,12 @@ from .helpers import delivery, orthanc_study_instances
 pytestmark = pytest.mark.e2e
 
 FAULT_ENV = {
-    # A task whose process died is noticed after 20 s without a heartbeat (default 300 s), checked every 3 s.
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+    **QUICK_RECOVERY_ENV,
     # A dead scheduler's queued/running task instances are reset after 10 s (defaults 30 s / every 300 s).
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
     # A dead triggerer's triggers go to a live one after 10 s (default 30 s).
     "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
-    # process_study's retries: 2 s, doubling (default 20 s); see dags/process_study.py.
-    "RELAY_TASK_RETRY_DELAY_SECONDS": "2",
-    "RELAY_STABLE_SECONDS": "1",
-    "RELAY_POLL_SECONDS": "1",
 }
 TASKS = ["import", "get_identifiers", "replace_identifiers", "send_orthanc", "send_gcs", "cleanup"]
 BIG = 120  # instances of 512x512x16 bit: several seconds in replace_identifiers and send_orthanc
@@ -63,9 +58,8 @@ BIG = 120  # instances of 512x512x16 bit: several seconds in replace_identifiers
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = start_stack(tmp_path_factory.mktemp("fault-stack"), base_env=dict(FAULT_ENV))
-    yield s
-    s.stop()
+    with start_stack(tmp_path_factory.mktemp("fault-stack"), base_env=dict(FAULT_ENV)) as s:
+        yield s
 
 
 class Planted:

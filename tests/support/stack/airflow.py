@@ -38,6 +38,18 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 COMPONENT_ARGS = {"scheduler": ("--skip-serve-logs",), "triggerer": ("--skip-serve-logs",)}
 
 
+#: For tests that kill Airflow's processes: a task whose process died is noticed after 20 s without a heartbeat
+#: (default 300 s), checked every 3 s; process_study retries after 2 s, doubling (default 20 s; see
+#: dags/process_study.py); folders are claimed quickly.
+QUICK_RECOVERY_ENV = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+    "RELAY_TASK_RETRY_DELAY_SECONDS": "2",
+    "RELAY_STABLE_SECONDS": "1",
+    "RELAY_POLL_SECONDS": "1",
+}
+
+
 def worker_name(i: int) -> str:
     """The managed-process name of the i-th Celery worker (1-based): its pid file and log file carry it."""
     return f"airflow-celery-worker-{i}"

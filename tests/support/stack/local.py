@@ -116,6 +116,13 @@ class Stack:
         for service in reversed(self.services):
             service.stop()
 
+    # ``with start_stack(...) as stack:`` stops it whatever happens inside (a module fixture yields inside it).
+    def __enter__(self) -> "Stack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
 
 def _secrets(run_dir: Path) -> dict[str, str]:
     """The stack's generated secrets, kept across restarts; a key a newer stack needs is added, none replaced."""
