@@ -34,8 +34,9 @@ def test_upload_then_verify(gcs_bucket, instance):
     result = dest.upload(instance[0], name, METADATA)
 
     assert result.skipped is False and result.object_name == name
-    assert result.verified, "GCS answered the upload with the MD5 of what it stored"
-    assert result.md5_b64 == file_checksums(instance[0])[0]
+    assert result.verified, "GCS answered the upload with the CRC32C of what it stored"
+    md5, crc = file_checksums(instance[0])
+    assert result.crc32c_b64 == crc and result.md5_b64 == md5, "the MD5 recorded is GCS's, of the same bytes"
     assert dest.verify(name, result.md5_b64) is True
     assert dest.list_objects() == [(name, result.md5_b64, METADATA)]
     assert dest.bucket.get_blob(name).content_type == "application/dicom"
@@ -73,16 +74,16 @@ def test_verify_is_false_for_a_wrong_md5_or_a_missing_object(gcs_bucket, instanc
 
 
 def test_bytes_damaged_on_the_way_fail_the_upload(gcs_bucket, gcs_emulator, instance):
-    """What GCS stored must have the MD5 of the bytes read here: one byte inverted in transit fails the upload.
+    """What GCS stored must have the CRC32C of the bytes read here: one byte inverted in transit fails the upload.
 
-    Real GCS refuses such an upload (the request declares the file's MD5 and CRC32C); fake-gcs-server stores the
-    damaged bytes and answers with their MD5, which the destination must not take for a success."""
+    Real GCS refuses such an upload (the request declares the file's CRC32C); fake-gcs-server stores the
+    damaged bytes and answers with their CRC32C, which the destination must not take for a success."""
     port = int(gcs_emulator.host.rsplit(":", 1)[1])
     with FaultProxy("127.0.0.1", port, name="gcs") as proxy:
         dest = GcsDestination(gcs_bucket, project="relay-test", emulator_host=proxy.url, retry_deadline=5.0)
         proxy.set("corrupt", at_byte=3000)  # past the request head and the JSON part: inside the DICOM file
 
-        with pytest.raises(DestinationUnavailable, match="MD5|checksums") as caught:
+        with pytest.raises(DestinationUnavailable, match="CRC32C|checksums") as caught:
             dest.upload(instance[0], name_for(dest), METADATA)
 
         assert proxy.stats.corrupted == 1

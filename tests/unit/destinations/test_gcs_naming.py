@@ -9,7 +9,7 @@ import google_crc32c
 import pytest
 
 from dicom_relay.config import Settings
-from dicom_relay.destinations.gcs import GcsDestination, file_checksums
+from dicom_relay.destinations.gcs import GcsDestination, crc32c_of, file_checksums, md5_of
 
 
 def test_object_name_layout():
@@ -43,6 +43,8 @@ def test_file_checksums_are_base64_as_gcs_reports_them(tmp_path):
 
     assert md5_b64 == base64.b64encode(hashlib.md5(data).digest()).decode()
     assert crc_b64 == base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+    # The in-memory checksums of a file up to the multipart limit are the same values.
+    assert (md5_of(data), crc32c_of(data)) == (md5_b64, crc_b64)
 
 
 def test_from_settings_reads_bucket_project_prefix_and_does_not_connect():
