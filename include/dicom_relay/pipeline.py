@@ -111,6 +111,10 @@ class BatchPaths:
         self.identifiers = self.root / IDENTIFIERS_FILE
 
 
+#: The steps that check Orthanc's password (see ``step``): the first one, and the one that uses it.
+SECRET_CHECK_ORTHANC = ("import", "send_orthanc")
+
+
 def step(name: str) -> Callable:
     """Record failures of a step on the batch, time it, and keep its summary on the batch row."""
 
@@ -135,9 +139,12 @@ def step(name: str) -> Callable:
                 except ConfigError as exc:
                     raise PermanentError(f"the run's options are not valid: {exc}") from None
                 try:
-                    # Every step refuses to start without the secrets the run needs: a task that starts with an
-                    # empty key would produce pseudonyms and UIDs anyone can recompute.
-                    settings.require_secrets(deidentify=options.deidentify, send_orthanc=options.send_orthanc)
+                    # Every step refuses to start without the secrets it needs: a task that starts with an empty
+                    # key would produce pseudonyms and UIDs anyone can recompute. Orthanc's password is checked by
+                    # the step that uses it and by the first step (a run whose deployment lacks it fails before
+                    # any work); under Airflow the other steps do not read Orthanc's Connection at all.
+                    settings.require_secrets(deidentify=options.deidentify,
+                                             send_orthanc=options.send_orthanc and name in SECRET_CHECK_ORTHANC)
                 except ConfigError as exc:
                     raise PermanentError(f"the deployment's secrets are not set: {exc}") from None
                 summary = fn(batch_id, settings, options, store, **kw)

@@ -210,3 +210,19 @@ def test_a_deployment_allowing_unsafe_overrides_accepts_a_weaker_run(make_relay_
     batch_id = claim_one(settings, study.folder, "ACC-UNSAFE-OK")
     summary = pipeline.import_batch(batch_id, settings, params={"deid_options": {"retain_uids": True}})
     assert summary["instances"] == 2
+
+
+def test_orthanc_password_is_checked_by_the_first_step_and_by_send_orthanc_only(settings, tmp_path, orthanc):
+    # Under Airflow only import and send_orthanc read Orthanc's Connection (tasks.STEP_CONNECTIONS); the steps
+    # between must not refuse to start for a password they do not hold, and the two that need it must.
+    study = generate_ct_study(tmp_path / "src", patient_id="MRN-PIPE-SECRET", n_instances=2, rows=16, columns=16)
+    batch_id = claim_one(settings, study.folder, "ACC-SECRET")
+    without = settings.with_overrides(orthanc_password="")
+    with pytest.raises(PermanentError, match="ORTHANC_PASSWORD"):
+        pipeline.import_batch(batch_id, without)
+    pipeline.import_batch(batch_id, settings)
+    pipeline.get_identifiers(batch_id, without)
+    pipeline.replace_identifiers(batch_id, without)
+    with pytest.raises(PermanentError, match="ORTHANC_PASSWORD"):
+        pipeline.send_orthanc(batch_id, without)
+    assert pipeline.send_orthanc(batch_id, settings)["verified"] == 2

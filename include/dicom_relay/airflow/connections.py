@@ -104,8 +104,9 @@ class RelayDbHook(_RelayHook):
     def settings(self) -> dict[str, Any]:
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        _connection(self.conn_id)  # a missing Connection is named with how to add it
-        url = PostgresHook(postgres_conn_id=self.conn_id).sqlalchemy_url
+        conn = _connection(self.conn_id)  # a missing Connection is named with how to add it
+        # Handed the Connection just read: PostgresHook would otherwise read it a second time.
+        url = PostgresHook(postgres_conn_id=self.conn_id, connection=conn).sqlalchemy_url
         # PostgresHook speaks SQLAlchemy (postgresql+psycopg://); the relay connects with psycopg itself.
         return {"db_url": url.set(drivername="postgresql").render_as_string(hide_password=False)}
 
@@ -168,11 +169,12 @@ class IdentifierServiceHook(_RelayHook):
 HOOKS = (RelayDbHook, OrthancHook, RelayGcsHook, IdentifierServiceHook)
 
 
-def task_settings() -> Settings:
+def task_settings(hooks: tuple[type[_RelayHook], ...] = HOOKS) -> Settings:
     """The settings inside Airflow: the environment for everything but endpoints and secrets, which come from
-    the Connections (a missing required one is a ConfigError naming it and how to add it)."""
+    the Connections of ``hooks`` (all four by default; a missing required one is a ConfigError naming it and how
+    to add it). Each Connection read is a request through the execution API, so a task reads only those it uses."""
     overrides: dict[str, Any] = {}
-    for hook in HOOKS:
+    for hook in hooks:
         overrides.update(hook().settings())
     return Settings.from_env().with_overrides(**overrides)
 

@@ -24,6 +24,20 @@ from dicom_relay.status import StatusStore
 STEPS = pipeline.STEPS
 log = logging.getLogger(__name__)
 
+_DB = connections.RelayDbHook
+#: The Connections a process_study step reads: those it uses, so that a task holds no secret it does not need and
+#: makes no request through the execution API it does not need (each Connection read is one; with the four read in
+#: every task they were a third of a task's time outside its own work). ``import`` reads all of them (the
+#: default): a deployment that lacks one fails at a run's first task, before any work, as the steps' own secret
+#: check does (``pipeline.step``).
+STEP_CONNECTIONS: dict[str, tuple[type, ...]] = {
+    "get_identifiers": (_DB, connections.IdentifierServiceHook),
+    "replace_identifiers": (_DB,),
+    "send_orthanc": (_DB, connections.OrthancHook),
+    "send_gcs": (_DB, connections.RelayGcsHook),
+    "cleanup": (_DB,),
+}
+
 
 def run_step(name: str, context: dict[str, Any]) -> dict:
     params = dict(context["params"])
@@ -35,7 +49,7 @@ def run_step(name: str, context: dict[str, Any]) -> dict:
     if getattr(ti, "try_number", None) is not None:
         kwargs["attempt"] = int(ti.try_number)
     try:
-        settings = connections.task_settings()
+        settings = connections.task_settings(STEP_CONNECTIONS.get(name, connections.HOOKS))
         return STEPS[name](batch_id, settings, params=params, **kwargs)
     except (PermanentError, ConfigError) as exc:
         # A setting or secret that is wrong stays wrong on retry: fail at once with the reason (it names the
@@ -136,7 +150,8 @@ def record_task_failure(context: dict[str, Any]) -> None:
 
 
 def claim_folders() -> list[dict[str, Any]]:
-    return pipeline.claim_finished_folders(connections.task_settings())
+    # Claiming needs the status database only (the inbox and work area are settings of the environment).
+    return pipeline.claim_finished_folders(connections.task_settings((_DB,)))
 
 
 def mark_dispatched(runs: list[dict[str, Any]]) -> int:

@@ -70,3 +70,45 @@ def test_gcs_connection_needs_bucket_and_project(airflow_conns):
 def test_status_page_reads_only_the_database_connection(airflow_conns):
     airflow_conns.delenv("AIRFLOW_CONN_ORTHANC_DEFAULT")
     assert connections.status_db_url().startswith("postgresql://relay:")
+
+
+def _reads(monkeypatch) -> list[str]:
+    """The ids of the Connections read from now on (through Airflow's own lookup, which still answers)."""
+    from airflow.sdk import BaseHook
+
+    seen: list[str] = []
+    real = BaseHook.get_connection.__func__
+
+    def counting(cls, conn_id):
+        seen.append(conn_id)
+        return real(cls, conn_id)
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(counting))
+    return seen
+
+
+def test_each_connection_is_read_once(airflow_conns):
+    reads = _reads(airflow_conns)
+    connections.task_settings()
+    assert sorted(reads) == sorted({"relay_db", "orthanc_default", "relay_gcs", "relay_identifier_service"})
+
+
+@pytest.mark.parametrize("step, needs", [
+    ("import", {"relay_db", "orthanc_default", "relay_gcs", "relay_identifier_service"}),
+    ("get_identifiers", {"relay_db", "relay_identifier_service"}),
+    ("replace_identifiers", {"relay_db"}),
+    ("send_orthanc", {"relay_db", "orthanc_default"}),
+    ("send_gcs", {"relay_db", "relay_gcs"}),
+    ("cleanup", {"relay_db"}),
+])
+def test_a_step_reads_only_the_connections_it_uses(airflow_conns, step, needs):
+    from dicom_relay.airflow.tasks import STEP_CONNECTIONS
+
+    reads = _reads(airflow_conns)
+    s = connections.task_settings(STEP_CONNECTIONS.get(step, connections.HOOKS))
+    assert set(reads) == needs and len(reads) == len(needs)
+    # ... and holds no secret of the others.
+    if "orthanc_default" not in needs:
+        assert s.orthanc_password.get_secret_value() != "orthanc-91a8b7"
+    if "relay_identifier_service" not in needs:
+        assert s.identifier_token.get_secret_value() != "tok-0a1b2c"
