@@ -38,3 +38,28 @@ def test_airflow_imports_the_local_settings_and_preloads_in_a_scheduler(tmp_path
         assert done.returncode == 0, done.stderr[-2000:]
         results[component] = done.stdout.split()[-2:]
     assert results == {"scheduler": ["True", "True"], "api-server": ["False", "False"]}
+
+
+def test_a_task_process_parses_the_dag_files_without_importing_anything_heavy(tmp_path):
+    """Each task process re-parses its DAG file; what that imports for the first time, every task pays (it was
+    ~0.15 s: the ``task`` decorator's operators, packaging's parser, the assets). After the preload, parsing all
+    three DAG files may import nothing of the relay, the standard provider, the Task SDK's definitions or
+    packaging."""
+    code = (
+        "import os, sys\n"
+        "from dicom_relay.airflow.preload import preload\n"
+        "preload(['airflow', 'scheduler'])\n"
+        "from airflow.dag_processing.dagbag import BundleDagBag\n"
+        "before = set(sys.modules)\n"
+        "for f in ('process_study.py', 'watch_inbox.py', 'rerun_errors.py'):\n"
+        f"    BundleDagBag(dag_folder=os.path.join({str(REPO / 'dags')!r}, f), safe_mode=False, load_op_links=False,\n"
+        f"                 bundle_path={str(REPO / 'dags')!r}, bundle_name='dags-folder')\n"
+        "print('NEW', *sorted(set(sys.modules) - before))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    new = [line for line in done.stdout.splitlines() if line.startswith("NEW")][-1].split()[1:]
+    heavy = [m for m in new if m.startswith(("dicom_relay", "packaging", "airflow.providers.standard.operators",
+                                             "airflow.sdk.definitions", "airflow.sdk.bases", "pydicom", "numpy"))]
+    assert heavy == []
