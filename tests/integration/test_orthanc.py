@@ -17,7 +17,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_relay.destinations.errors import DestinationRejected, DestinationUnavailable
+from dicom_relay.destinations import orthanc_rest
 from dicom_relay.destinations.orthanc import OrthancDestination
+from dicom_relay.destinations.orthanc_rest import DEFAULT_WORKERS
 from tests.support.samples import generate_ct_study
 from tests.support.stack.process import free_port
 
@@ -75,7 +77,7 @@ def test_store_then_study_instances_lists_exactly_the_sent_instances(orthanc, tm
         assert report.associations == 1
         assert all(o.status == 0x0000 and o.http_status is None for o in report.outcomes)
     else:
-        assert report.workers == 4 and report.associations == 0
+        assert report.workers == 5 and report.associations == 0  # no more threads than files
         assert all(o.http_status == 200 and o.status is None and o.reason is None for o in report.outcomes)
     assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
@@ -161,7 +163,7 @@ def test_many_small_instances_store_without_delayed_ack_stalls(orthanc, tmp_path
     assert report.stored_count == 200
     assert elapsed < 5.0, f"200 instances over {transport} took {elapsed:.2f}s: is TCP_NODELAY set on both ends?"
     # Spread over several associations / workers that ran side by side, every instance in the order given.
-    assert (report.associations, report.workers) == ((4, 0) if transport == "dicom" else (0, 4))
+    assert (report.associations, report.workers) == ((4, 0) if transport == "dicom" else (0, DEFAULT_WORKERS))
     assert [o.path for o in report.outcomes] == paths
     assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
@@ -238,6 +240,19 @@ def test_a_wrong_password_is_a_clear_permanent_error(orthanc, tmp_path):
         wrong.store(sorted(sample.folder.glob("*.dcm")))
     assert not caught.value.transient and "not-the-password" not in str(caught.value)
     assert destination(orthanc).study_instances(sample.study_instance_uid) == set()
+
+
+def test_rest_streams_files_above_the_in_memory_limit(orthanc, tmp_path, monkeypatch):
+    # Large (multi-frame) files are streamed from disk so that memory stays bounded; here every file counts as large.
+    sample = study(tmp_path, "rest-streamed", 3)
+    paths = sorted(sample.folder.glob("*.dcm"))
+    monkeypatch.setattr(orthanc_rest, "IN_MEMORY_LIMIT", 1024)
+    assert all(p.stat().st_size > 1024 for p in paths)
+
+    report = destination(orthanc).store(paths)
+
+    assert report.ok and {o.reason for o in report.outcomes} == {None}
+    assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
 
 def test_rest_url_that_is_not_orthancs_api_is_a_permanent_error(orthanc, tmp_path):

@@ -1,9 +1,11 @@
 """Store instances in Orthanc through its REST API: ``POST /instances``, from a few threads side by side.
 
-The transport ``rest`` of ``dicom_relay.destinations.orthanc``. Each file is read once and its bytes are the body
-of one ``POST {ORTHANC_URL}/instances`` (``Content-Type: application/dicom``), exactly as stored on disk: Orthanc
-parses it, stores it unchanged (transfer syntax included) and answers with JSON. ``workers`` threads (4 by
-default, ``RELAY_ORTHANC_REST_WORKERS``) take the next file from one shared list, each over its own
+The transport ``rest`` of ``dicom_relay.destinations.orthanc``. Each file is the body of one ``POST
+{ORTHANC_URL}/instances`` (``Content-Type: application/dicom``), exactly as stored on disk: Orthanc parses it,
+stores it unchanged (transfer syntax included) and answers with JSON. A file up to ``IN_MEMORY_LIMIT`` (every
+single-frame image) is read once into memory and sent from there; a larger one (a multi-frame) is streamed from
+disk, so that memory stays bounded by ``workers`` x ``IN_MEMORY_LIMIT`` whatever the study. ``workers`` threads (8
+by default, ``RELAY_ORTHANC_REST_WORKERS``) take the next file from one shared list, each over its own
 ``requests.Session`` (one kept-alive connection per thread; the environment is read once per session, see
 ``dicom_relay.destinations.http``). Threads, not processes: a Celery prefork worker's task process is daemonic and
 may not have children.
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,9 +48,14 @@ from dicom_relay.destinations.orthanc_report import InstanceOutcome, StoreReport
 
 log = logging.getLogger(__name__)
 
-#: Threads sending ``POST /instances`` side by side (``RELAY_ORTHANC_REST_WORKERS``); 4 as the bench's anchor.
-#: Measured on 2 cores (docs/MEASUREMENTS.md): 8 workers were no faster than 4.
-DEFAULT_WORKERS = 4
+#: Threads sending ``POST /instances`` side by side (``RELAY_ORTHANC_REST_WORKERS``). Measured into a local Orthanc
+#: on 2 cores with 512x512 CT slices (docs/MEASUREMENTS.md): 8 workers sent 7-16 % more per second than 4 (the
+#: median of two runs of 4 alternating rounds each), for no more CPU per instance on either side; while one request
+#: waits for Orthanc to write its file and index it, others are parsed.
+DEFAULT_WORKERS = 8
+
+#: Files up to this size are read into memory and sent from there (one read, one send); larger ones are streamed.
+IN_MEMORY_LIMIT = 8 * 1024 * 1024
 
 DICOM_CONTENT_TYPE = "application/dicom"
 
@@ -141,18 +149,27 @@ class RestStore:
             raise error
         return report
 
+    def _unavailable(self, path: Path, exc: Exception) -> DestinationUnavailable:
+        return DestinationUnavailable(
+            f"Orthanc REST API at {self.url} is unreachable or stopped answering during POST /instances "
+            f"of {path.name}: {type(exc).__name__}"
+        )
+
     def _store_one(self, session: requests.Session, path: Path) -> InstanceOutcome:
         try:
-            data = path.read_bytes()  # one read; requests sends these bytes as they are
+            fh = open(path, "rb")
         except OSError as exc:
             return InstanceOutcome(path, stored=False, reason=f"unreadable: {type(exc).__name__}")
-        try:
-            response = session.post(f"{self.url}/instances", data=data, timeout=self.timeouts)
-        except requests.RequestException as exc:
-            raise DestinationUnavailable(
-                f"Orthanc REST API at {self.url} is unreachable or stopped answering during POST /instances "
-                f"of {path.name}: {type(exc).__name__}"
-            ) from None
+        with fh:
+            try:
+                # One read; requests sends these bytes as they are. A large file is streamed (Content-Length from
+                # its size) so that memory stays bounded.
+                body = fh.read() if os.fstat(fh.fileno()).st_size <= IN_MEMORY_LIMIT else fh
+                response = session.post(f"{self.url}/instances", data=body, timeout=self.timeouts)
+            except (requests.RequestException, ConnectionError, TimeoutError) as exc:
+                raise self._unavailable(path, exc) from None
+            except OSError as exc:  # reading the file (before or while it was sent)
+                return InstanceOutcome(path, stored=False, reason=f"unreadable: {type(exc).__name__}")
         check_answer(response, self.url, self.user, "POST /instances")
         code = response.status_code
         if code in (404, 405):
@@ -164,7 +181,7 @@ class RestStore:
             # Orthanc's error name (``OrthancError``, e.g. "Bad file format") is one of a fixed set; ``Details`` is
             # left out: it may quote the file.
             name = answer.get("OrthancError") if isinstance(answer, dict) else None
-            reason = f"refused by Orthanc: {name}" if isinstance(name, str) else "refused by Orthanc"
+            reason = f"refused by Orthanc: {name[:80]}" if isinstance(name, str) else "refused by Orthanc"
             return InstanceOutcome(path, stored=False, http_status=code, reason=reason)
         status = answer.get("Status") if isinstance(answer, dict) else None
         if status in STORED_STATUSES and answer.get("ID"):

@@ -88,17 +88,17 @@ def test_from_settings_and_the_password_stays_out_of_repr():
     assert (dest.host, dest.dicom_port, dest.ae_title, dest.calling_ae_title) == ("10.0.0.5", 11112, "PACS", "RELAY")
     assert dest.url == "http://10.0.0.5:8042"
     assert "s3cret" not in repr(dest) and "s3cret" not in repr(dest._rest_store)
-    # REST is the default transport, with 4 workers; both are settings.
-    assert (dest.transport, dest._rest_store.workers) == ("rest", 4)
+    # REST is the default transport, with 8 workers; both are settings.
+    assert (dest.transport, dest._rest_store.workers) == ("rest", 8)
     assert dest._rest_store.url == "http://10.0.0.5:8042"
-    dicom = OrthancDestination.from_settings(settings.with_overrides(orthanc_transport="dicom", orthanc_rest_workers=8))
-    assert (dicom.transport, dicom._rest_store.workers) == ("dicom", 8)
+    dicom = OrthancDestination.from_settings(settings.with_overrides(orthanc_transport="dicom", orthanc_rest_workers=3))
+    assert (dicom.transport, dicom._rest_store.workers) == ("dicom", 3)
 
 
 def test_transport_settings_parse_and_refuse_clearly():
     assert Settings.from_env({}).orthanc_transport == "rest"
     assert Settings.from_env({"RELAY_ORTHANC_TRANSPORT": " DICOM "}).orthanc_transport == "dicom"
-    assert Settings.from_env({"RELAY_ORTHANC_REST_WORKERS": "8"}).orthanc_rest_workers == 8
+    assert Settings.from_env({"RELAY_ORTHANC_REST_WORKERS": "4"}).orthanc_rest_workers == 4
     with pytest.raises(ConfigError, match="RELAY_ORTHANC_TRANSPORT: Input should be 'rest' or 'dicom'"):
         Settings.from_env({"RELAY_ORTHANC_TRANSPORT": "http"})
     with pytest.raises(ConfigError, match="RELAY_ORTHANC_REST_WORKERS"):
