@@ -20,6 +20,7 @@ from dicom_relay.destinations.errors import DestinationRejected, DestinationUnav
 from dicom_relay.destinations import orthanc_rest
 from dicom_relay.destinations.orthanc import OrthancDestination
 from dicom_relay.destinations.orthanc_rest import DEFAULT_WORKERS
+from tests.support.faults import FaultProxy
 from tests.support.samples import generate_ct_study
 from tests.support.stack.process import free_port
 
@@ -130,6 +131,30 @@ def test_an_unreadable_file_is_reported_not_raised(orthanc, tmp_path, transport)
     assert report.summary()["failures"] == [failure.describe()]
     # Nothing lost: the file is where it was, the others are in Orthanc.
     assert junk.read_bytes() == b"not dicom at all" * 20
+    assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
+
+
+def test_rest_an_answer_lost_after_orthanc_stored_is_unavailable_and_the_resend_is_already_stored(orthanc, tmp_path):
+    # Orthanc stores the instance, its answer never arrives (a crash, a cut connection): the store is unavailable
+    # (transient); the resend that follows finds that instance AlreadyStored, which counts as stored.
+    sample = study(tmp_path, "rest-lost-answer", 12)
+    paths = sorted(sample.folder.glob("*.dcm"))
+    with FaultProxy(orthanc.host, orthanc.http_port, name="orthanc-rest") as proxy:
+        proxy.set("lose_reply", times=1)
+        through = destination(orthanc, url=proxy.url)
+        with pytest.raises(DestinationUnavailable, match="stopped answering during POST /instances") as caught:
+            through.store(paths)
+        assert proxy.stats.connections["lose_reply"] == 1
+        first = caught.value.report
+        assert first.failed_count == 0 and first.stored_count < len(paths)
+
+        again = through.store(paths)
+
+    assert again.ok and again.stored_count == len(paths)
+    already = [o for o in again.outcomes if o.reason == "AlreadyStored"]
+    # Those stored the first time, and the one whose answer was lost.
+    assert len(already) == first.stored_count + 1
+    assert {o.path for o in first.outcomes} < {o.path for o in already}
     assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
 

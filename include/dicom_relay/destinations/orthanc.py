@@ -5,8 +5,9 @@ Two transports (``RELAY_ORTHANC_TRANSPORT``, or the extra ``transport`` of the A
 - ``rest`` (the default): each file is the body of one ``POST /instances``, from a few threads side by side
   (``dicom_relay.destinations.orthanc_rest``). The relay needs Orthanc's REST API and a login anyway, to verify
   receipt (``/tools/find``), so uploading through it adds no requirement; and it costs both sides less than
-  C-STORE: measured per instance of a 512x512 CT study, about 1.1 ms of the relay's CPU and 2.5 ms of Orthanc's,
-  against 3.2 ms and 3.5 ms for C-STORE (docs/MEASUREMENTS.md).
+  C-STORE. Per instance of a 512x512 CT study: REST uploads 1.1 ms of the client's CPU and 2.5 ms of Orthanc's
+  against 3.2 and 3.5 ms for the relay's C-STORE (``make bench-e2e``); the relay itself 1.2-1.5 ms over REST
+  against 2.6-3.6 ms over DICOM, sending 1.4-1.8 times as fast (``scripts/bench_send.py``; docs/MEASUREMENTS.md).
 - ``dicom``: a DICOM Storage Service Class SCU (PS3.4 Annex B), for sites whose Orthanc routes or accepts by
   calling AE title, or whose REST account may not write. The instances are spread over a few associations that
   run side by side in threads (``associations``; Orthanc stores in parallel what one association would hand it
