@@ -158,6 +158,16 @@ def test_rest_an_answer_lost_after_orthanc_stored_is_unavailable_and_the_resend_
     assert destination(orthanc).study_instances(sample.study_instance_uid) == set(sample.sop_instance_uids)
 
 
+def test_rest_an_orthanc_answering_503_is_unavailable_not_a_per_file_failure(orthanc, tmp_path):
+    paths = sorted(study(tmp_path, "rest-503", 4).folder.glob("*.dcm"))
+    with FaultProxy(orthanc.host, orthanc.http_port, name="orthanc-rest") as proxy:
+        proxy.set("http", status=503)
+        with pytest.raises(DestinationUnavailable, match="answered HTTP 503 to POST /instances") as caught:
+            destination(orthanc, url=proxy.url).store(paths)
+        assert proxy.stats.http_answers >= 1
+    assert caught.value.transient and caught.value.report.outcomes == []
+
+
 def test_rest_a_truncated_or_vanished_file_is_one_failure_among_stored_ones(orthanc, tmp_path):
     sample = study(tmp_path, "rest-cut", 3)
     first, second, third = sorted(sample.folder.glob("*.dcm"))
