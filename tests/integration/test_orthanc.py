@@ -253,7 +253,8 @@ def test_nothing_listening_on_the_rest_port_is_unavailable(orthanc, tmp_path):
     # Storing over REST: the same error family as an unreachable DICOM port, raised quickly, nothing recorded stored.
     paths = sorted(study(tmp_path, "rest-refused", 6).folder.glob("*.dcm"))
     started = time.monotonic()
-    with pytest.raises(DestinationUnavailable, match="unreachable or stopped answering during POST /instances") as caught:
+    unreachable = "unreachable or stopped answering during POST /instances"
+    with pytest.raises(DestinationUnavailable, match=unreachable) as caught:
         dead.store(paths)
     assert time.monotonic() - started < 5
     assert caught.value.transient and caught.value.report.stored_count == 0
@@ -271,7 +272,8 @@ def test_a_wrong_password_is_a_clear_permanent_error(orthanc, tmp_path):
     assert destination(orthanc).ping() is True
     # Storing over REST with it: the same permanent error at once, not one failure per file.
     sample = study(tmp_path, "rest-wrong-password", 8)
-    with pytest.raises(DestinationRejected, match="refused the credentials of user 'relay' .*ORTHANC_PASSWORD") as caught:
+    refused = "refused the credentials of user 'relay' .*ORTHANC_PASSWORD"
+    with pytest.raises(DestinationRejected, match=refused) as caught:
         wrong.store(sorted(sample.folder.glob("*.dcm")))
     assert not caught.value.transient and "not-the-password" not in str(caught.value)
     assert destination(orthanc).study_instances(sample.study_instance_uid) == set()
@@ -293,7 +295,8 @@ def test_rest_streams_files_above_the_in_memory_limit(orthanc, tmp_path, monkeyp
 def test_rest_url_that_is_not_orthancs_api_is_a_permanent_error(orthanc, tmp_path):
     paths = sorted(study(tmp_path, "rest-wrong-url", 2).folder.glob("*.dcm"))
 
-    with pytest.raises(DestinationRejected, match=r"no Orthanc REST API \(HTTP 40[45] to POST /instances\); check ORTHANC_URL"):
+    not_orthanc = r"no Orthanc REST API \(HTTP 40[45] to POST /instances\); check ORTHANC_URL"
+    with pytest.raises(DestinationRejected, match=not_orthanc):
         destination(orthanc, url=f"{orthanc.url}/app").store(paths)
 
 

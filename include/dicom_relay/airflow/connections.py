@@ -53,7 +53,8 @@ EXAMPLES = {
     RELAY_DB: "airflow connections add relay_db --conn-type postgres --conn-host HOST --conn-port 5432 "
               "--conn-schema relay --conn-login relay --conn-password PASSWORD",
     ORTHANC: "airflow connections add orthanc_default --conn-type http --conn-host HOST --conn-port 8042 "
-             "--conn-login relay --conn-password PASSWORD --conn-extra '{\"transport\": \"rest\", \"ae_title\": \"ORTHANC\", \"dicom_port\": 4242}'",
+             "--conn-login relay --conn-password PASSWORD "
+             "--conn-extra '{\"transport\": \"rest\", \"ae_title\": \"ORTHANC\", \"dicom_port\": 4242}'",
     GCS: "airflow connections add relay_gcs --conn-type google_cloud_platform "
          "--conn-extra '{\"bucket\": \"dicom-relay\", \"project\": \"PROJECT\", \"key_path\": \"/path/key.json\"}'",
     IDENTIFIER_SERVICE: "airflow connections add relay_identifier_service --conn-type http "
