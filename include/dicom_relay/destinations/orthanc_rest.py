@@ -49,9 +49,9 @@ from dicom_relay.destinations.orthanc_report import InstanceOutcome, StoreReport
 log = logging.getLogger(__name__)
 
 #: Threads sending ``POST /instances`` side by side (``RELAY_ORTHANC_REST_WORKERS``). Measured into a local Orthanc
-#: on 2 cores with 512x512 CT slices (docs/MEASUREMENTS.md): 8 workers sent 7-16 % more per second than 4 (the
-#: median of two runs of 4 alternating rounds each), for no more CPU per instance on either side; while one request
-#: waits for Orthanc to write its file and index it, others are parsed.
+#: on 2 cores with 512x512 CT slices (docs/MEASUREMENTS.md): 8 workers were faster than 4 in 9 of 12 alternating
+#: rounds (medians 1.06-1.16x the 4-thread REST anchor, against 0.97-1.16x for 4 workers), with about the same CPU
+#: per instance on both sides: while one request waits for Orthanc to write and index its file, others are parsed.
 DEFAULT_WORKERS = 8
 
 #: Files up to this size are read into memory and sent from there (one read, one send); larger ones are streamed.
