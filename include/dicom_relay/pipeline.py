@@ -409,7 +409,8 @@ def _orthanc(settings: Settings, fn: Callable[[], Any]) -> Any:
 
 @step("send_orthanc")
 def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: StatusStore) -> dict:
-    """C-STORE what Orthanc does not hold yet, then verify through its REST API that it holds every instance."""
+    """Store what Orthanc does not hold yet (over RELAY_ORTHANC_TRANSPORT: POST /instances or C-STORE), then
+    verify through its REST API that it holds every instance."""
     from .destinations.orthanc import OrthancDestination
 
     if not options.send_orthanc:
@@ -422,7 +423,7 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
         by_study.setdefault(inst.deid_study_instance_uid, []).append(inst)
     stored = already = 0
     failed: list[str] = []
-    # Over every study of the batch: one per C-STORE response, and what Orthanc held already counts as stored.
+    # Over every study of the batch: one per answer to a store, and what Orthanc held already counts as stored.
     progress = Progress(log, "send_orthanc", len(pending), "stored")
     for study_uid, instances in sorted(by_study.items()):
         present = _orthanc(settings, lambda: orthanc.study_instances(study_uid))
@@ -441,11 +442,11 @@ def send_orthanc(batch_id: str, settings: Settings, options: RunOptions, store: 
         if missing:
             raise TransientError(
                 f"Orthanc holds {len(now_verified)} of {len(instances)} instances of study {study_uid}"
-                + (f"; C-STORE failures: {'; '.join(failed[:3])}" if failed else "")
+                + (f"; store failures ({orthanc.transport}): {'; '.join(failed[:3])}" if failed else "")
             )
     _mark_sent_if_complete(store, batch_id, options)
-    return {"destination": "orthanc", "stored": stored, "already_present": already, "verified": stored + already,
-            "studies": sorted(by_study),
+    return {"destination": "orthanc", "transport": orthanc.transport, "stored": stored, "already_present": already,
+            "verified": stored + already, "studies": sorted(by_study),
             "patient_pseudonyms": sorted({i.patient_pseudonym for i in pending if i.patient_pseudonym})}
 
 

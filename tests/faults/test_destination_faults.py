@@ -155,17 +155,22 @@ def test_orthanc_down_for_good_is_transient_error_with_files_kept(settings, prox
     check(batch_id, study)
 
 
-def test_orthanc_connection_cut_mid_study(settings, proxies, tmp_path, orthanc, check, figures):
-    """The association is cut after part of the study went over; Orthanc is unreachable for a moment."""
-    study = generate_ct_study(tmp_path / "src", patient_id="MRN-FLT-ORTH-3", n_instances=30, rows=128, columns=128)
-    batch_id = claim_one(settings, study.folder, "ACC-FLT-ORTHANC-CUT")
+@pytest.mark.parametrize("transport", ["dicom", "rest"])
+def test_orthanc_connection_cut_mid_study(settings, proxies, tmp_path, orthanc, check, figures, transport):
+    """The connection that carries the instances (the association, or the REST uploads) is cut after part of the
+    study went over; Orthanc is unreachable for a moment."""
+    settings = settings.with_overrides(orthanc_transport=transport)
+    study = generate_ct_study(tmp_path / "src", patient_id=f"MRN-FLT-ORTH-3-{transport}", n_instances=30, rows=128,
+                              columns=128)
+    batch_id = claim_one(settings, study.folder, f"ACC-FLT-ORTHANC-CUT-{transport}")
     run_all(batch_id, settings, STEPS[:3])
     total = sum(p.stat().st_size for p in (settings.batches_dir / batch_id / "deid").glob("*.dcm"))
-    proxies.dicom.set("pass", cut_after_bytes=total // 3, then="refuse")
-    later(1.2, proxies.dicom.up)
+    proxy = proxies.dicom if transport == "dicom" else proxies.rest
+    proxy.set("pass", cut_after_bytes=total // 3, then="refuse")
+    later(1.2, proxy.up)
     summary = pipeline.send_orthanc(batch_id, settings)
-    figures.fault("orthanc association cut mid-study", proxies.dicom.stats.cuts)
-    assert summary["verified"] == 30
+    figures.fault(f"orthanc connection cut mid-study ({transport})", proxy.stats.cuts)
+    assert summary["verified"] == 30 and summary["transport"] == transport
     run_all(batch_id, settings, STEPS[4:])
     check(batch_id, study)
 

@@ -303,8 +303,8 @@ def test_airflow_reads_endpoints_from_connections_matching_the_services(compose,
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("RELAY_INBOX", "/data/inbox")
     via_connections = connections.task_settings()
-    for field in ("db_url", "orthanc_url", "orthanc_host", "orthanc_dicom_port", "orthanc_ae_title", "orthanc_user",
-                  "orthanc_password", "gcs_bucket", "gcs_project", "gcs_prefix", "gcs_emulator_host",
+    for field in ("db_url", "orthanc_url", "orthanc_transport", "orthanc_host", "orthanc_dicom_port", "orthanc_ae_title",
+                  "orthanc_user", "orthanc_password", "gcs_bucket", "gcs_project", "gcs_prefix", "gcs_emulator_host",
                   "identifier_url", "identifier_token"):
         assert getattr(via_connections, field) == getattr(plain, field), field
 

@@ -16,7 +16,9 @@ connection id               type                        holds
 ``orthanc_default``         ``http``                    Orthanc's REST API: host (and port, or a full URL in
                                                         host), login, password; extras ``ae_title`` (called AE,
                                                         default ORTHANC), ``dicom_port`` (default 4242),
-                                                        ``dicom_host`` (default: the REST host)
+                                                        ``dicom_host`` (default: the REST host), ``transport``
+                                                        (``rest`` or ``dicom``; default:
+                                                        RELAY_ORTHANC_TRANSPORT, itself default ``rest``)
 ``relay_gcs``               ``google_cloud_platform``   extras ``bucket``, ``project``, ``prefix`` (default
                                                         studies), and ``emulator_host`` (an emulator's URL) or
                                                         ``key_path`` (a service-account key file; neither: the
@@ -39,7 +41,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 
-from dicom_relay.config import ConfigError, Settings
+from dicom_relay.config import ORTHANC_TRANSPORTS, ConfigError, Settings
 
 RELAY_DB = "relay_db"
 ORTHANC = "orthanc_default"
@@ -51,7 +53,8 @@ EXAMPLES = {
     RELAY_DB: "airflow connections add relay_db --conn-type postgres --conn-host HOST --conn-port 5432 "
               "--conn-schema relay --conn-login relay --conn-password PASSWORD",
     ORTHANC: "airflow connections add orthanc_default --conn-type http --conn-host HOST --conn-port 8042 "
-             "--conn-login relay --conn-password PASSWORD --conn-extra '{\"ae_title\": \"ORTHANC\", \"dicom_port\": 4242}'",
+             "--conn-login relay --conn-password PASSWORD "
+             "--conn-extra '{\"transport\": \"rest\", \"ae_title\": \"ORTHANC\", \"dicom_port\": 4242}'",
     GCS: "airflow connections add relay_gcs --conn-type google_cloud_platform "
          "--conn-extra '{\"bucket\": \"dicom-relay\", \"project\": \"PROJECT\", \"key_path\": \"/path/key.json\"}'",
     IDENTIFIER_SERVICE: "airflow connections add relay_identifier_service --conn-type http "
@@ -112,7 +115,8 @@ class RelayDbHook(_RelayHook):
 
 
 class OrthancHook(_RelayHook):
-    """Orthanc: the REST URL and login, and the DICOM endpoint (AE title, host, port) from the extras."""
+    """Orthanc: the REST URL and login, and from the extras the DICOM endpoint (AE title, host, port) and the
+    ``transport`` (``rest``: POST /instances, or ``dicom``: C-STORE; when absent, RELAY_ORTHANC_TRANSPORT decides)."""
 
     default_conn_name, conn_type, hook_name = ORTHANC, "http", "Orthanc (dicom-relay)"
 
@@ -124,6 +128,10 @@ class OrthancHook(_RelayHook):
             dicom_port = int(extra.get("dicom_port", 4242))
         except (TypeError, ValueError):
             raise ConfigError(f"the Airflow Connection {conn.conn_id!r}: extra dicom_port must be a number") from None
+        transport = str(extra.get("transport") or "").strip().lower() or None  # None: keep RELAY_ORTHANC_TRANSPORT
+        if transport not in (None, *ORTHANC_TRANSPORTS):
+            raise ConfigError(f"the Airflow Connection {conn.conn_id!r}: extra transport must be one of "
+                              f"{', '.join(ORTHANC_TRANSPORTS)}")
         return {
             "orthanc_url": url,
             "orthanc_user": conn.login or "",
@@ -131,6 +139,7 @@ class OrthancHook(_RelayHook):
             "orthanc_host": str(extra.get("dicom_host") or urlsplit(url).hostname),
             "orthanc_dicom_port": dicom_port,
             "orthanc_ae_title": str(extra.get("ae_title") or "ORTHANC"),
+            "orthanc_transport": transport,
         }
 
 

@@ -42,6 +42,7 @@ from google.api_core import exceptions as api_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from dicom_relay.destinations.errors import DestinationConflict, DestinationRejected, DestinationUnavailable
+from dicom_relay.destinations.http import read_environment_once
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +108,6 @@ def file_checksums(path: Path) -> tuple[str, str]:
     return base64.b64encode(md5.digest()).decode(), base64.b64encode(crc.digest()).decode()
 
 
-def _read_environment_once(session: requests.Session, endpoint: str) -> None:
-    """Settle what requests would read from the environment for every request, once, for the one GCS endpoint.
-
-    With ``trust_env`` (the default) requests scans every environment variable for proxy settings, looks for a
-    netrc file and reads the CA bundle variables on each request: about a sixth of a millisecond per object with
-    a few dozen variables, more in an Airflow worker's environment, a twentieth of the upload's CPU. The same
-    settings are taken once here, with requests' own functions: the proxy for this endpoint (``HTTPS_PROXY`` /
-    ``NO_PROXY``...) and ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``. A netrc file is not consulted: GCS requests
-    carry the client's own credentials.
-    """
-    session.proxies.update(requests.utils.get_environ_proxies(endpoint))
-    if session.verify is True:
-        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    session.trust_env = False
-
-
 def _component(label: str, value: str) -> str:
     value = str(value)
     if not value or "/" in value or value in (".", "..") or any(ord(c) < 32 for c in value):
@@ -184,7 +169,7 @@ class GcsDestination:
                 self._client = storage.Client.from_service_account_json(self.credentials_file, project=self.project)
             else:
                 self._client = storage.Client(project=self.project)
-            _read_environment_once(self._client._http, self._client._connection.get_api_base_url_for_mtls())
+            read_environment_once(self._client._http, self._client._connection.get_api_base_url_for_mtls())
         return self._client
 
     @property

@@ -21,7 +21,8 @@ CONNS = {
 
 @pytest.fixture
 def airflow_conns(monkeypatch):
-    for name in ("RELAY_DB_URL", "ORTHANC_URL", "RELAY_IDENTIFIER_URL", "STORAGE_EMULATOR_HOST"):
+    for name in ("RELAY_DB_URL", "ORTHANC_URL", "RELAY_IDENTIFIER_URL", "STORAGE_EMULATOR_HOST",
+                 "RELAY_ORTHANC_TRANSPORT"):
         monkeypatch.delenv(name, raising=False)
     for key, conn in CONNS.items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{key}", json.dumps(conn))
@@ -58,6 +59,29 @@ def test_without_an_identifier_connection_the_embedded_provider_is_used(airflow_
     airflow_conns.delenv("AIRFLOW_CONN_RELAY_IDENTIFIER_SERVICE")
     airflow_conns.setenv("RELAY_IDENTIFIER_URL", "http://from-the-environment:8000")
     assert connections.task_settings().identifier_url == ""
+
+
+def orthanc_conn(monkeypatch, **extra) -> None:
+    conn = json.loads(json.dumps(CONNS["ORTHANC_DEFAULT"]))
+    conn["extra"].update(extra)
+    monkeypatch.setenv("AIRFLOW_CONN_ORTHANC_DEFAULT", json.dumps(conn))
+
+
+def test_orthanc_transport_from_the_connection_extra_else_the_environment(airflow_conns):
+    assert connections.task_settings().orthanc_transport == "rest"  # neither: the default
+    airflow_conns.setenv("RELAY_ORTHANC_TRANSPORT", "dicom")
+    assert connections.task_settings().orthanc_transport == "dicom"  # no extra: the environment decides
+    orthanc_conn(airflow_conns, transport="REST")
+    assert connections.task_settings().orthanc_transport == "rest"  # the Connection wins, as for every endpoint
+    orthanc_conn(airflow_conns, transport="dicom")
+    airflow_conns.delenv("RELAY_ORTHANC_TRANSPORT")
+    assert connections.task_settings().orthanc_transport == "dicom"
+
+
+def test_orthanc_transport_extra_must_be_rest_or_dicom(airflow_conns):
+    orthanc_conn(airflow_conns, transport="https")
+    with pytest.raises(ConfigError, match="'orthanc_default': extra transport must be one of rest, dicom"):
+        connections.task_settings()
 
 
 def test_gcs_connection_needs_bucket_and_project(airflow_conns):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000
 
-from dicom_relay.config import Settings
+from dicom_relay.config import ConfigError, Settings
 from dicom_relay.destinations.orthanc import (
     MAX_PRESENTATION_CONTEXTS,
     InstanceOutcome,
@@ -64,6 +64,7 @@ def test_report_counts_and_summary_name_files_by_basename_only():
     assert (report.stored_count, report.failed_count, report.ok) == (2, 1, False)
     assert report.failure_messages() == ["2.25.3.dcm: status 0xA700 (Failure)"]
     assert report.summary() == {
+        "transport": "dicom",
         "stored": 2,
         "failed": 1,
         "elapsed_seconds": 0.123,
@@ -86,13 +87,36 @@ def test_from_settings_and_the_password_stays_out_of_repr():
 
     assert (dest.host, dest.dicom_port, dest.ae_title, dest.calling_ae_title) == ("10.0.0.5", 11112, "PACS", "RELAY")
     assert dest.url == "http://10.0.0.5:8042"
-    assert "s3cret" not in repr(dest)
+    assert "s3cret" not in repr(dest) and "s3cret" not in repr(dest._rest_store)
+    # REST is the default transport, with 8 workers; both are settings.
+    assert (dest.transport, dest._rest_store.workers) == ("rest", 8)
+    assert dest._rest_store.url == "http://10.0.0.5:8042"
+    dicom = OrthancDestination.from_settings(settings.with_overrides(orthanc_transport="dicom", orthanc_rest_workers=3))
+    assert (dicom.transport, dicom._rest_store.workers) == ("dicom", 3)
+
+
+def test_transport_settings_parse_and_refuse_clearly():
+    assert Settings.from_env({}).orthanc_transport == "rest"
+    assert Settings.from_env({"RELAY_ORTHANC_TRANSPORT": " DICOM "}).orthanc_transport == "dicom"
+    assert Settings.from_env({"RELAY_ORTHANC_REST_WORKERS": "4"}).orthanc_rest_workers == 4
+    with pytest.raises(ConfigError, match="RELAY_ORTHANC_TRANSPORT: Input should be 'rest' or 'dicom'"):
+        Settings.from_env({"RELAY_ORTHANC_TRANSPORT": "http"})
+    with pytest.raises(ConfigError, match="RELAY_ORTHANC_REST_WORKERS"):
+        Settings.from_env({"RELAY_ORTHANC_REST_WORKERS": "0"})
+    with pytest.raises(ValueError, match="rest, dicom"):
+        OrthancDestination("h", 4242, "A", "B", "http://h:8042", "u", "p", transport="storescu")
 
 
 @pytest.mark.parametrize("status", [None, 0x0122])
 def test_outcome_description(status):
     text = InstanceOutcome(Path("x/2.25.9.dcm"), stored=False, status=status).describe()
     assert text.startswith("2.25.9.dcm: ") and "x/" not in text
+
+
+def test_outcome_description_over_rest_names_the_http_status():
+    outcome = InstanceOutcome(Path("x/2.25.9.dcm"), stored=False, http_status=400,
+                              reason="refused by Orthanc: Bad file format")
+    assert outcome.describe() == "2.25.9.dcm: HTTP 400 (refused by Orthanc: Bad file format)"
 
 
 def test_instances_are_dealt_over_associations_only_when_there_are_enough():
