@@ -1,5 +1,4 @@
-"""watch_inbox: wait (deferred, no worker slot) for finished inbox folders, claimed by the trigger; start one run
-per batch at once, and record the batches beside it.
+"""watch_inbox: wait (deferred, no worker slot) for finished inbox folders; claim each; start one run per batch.
 
 Exactly one process_study run per folder: the folder is claimed by an atomic rename into the work area, the run id
 is derived from the batch id (``batch__<batch_id>``), and a second request for the same run id is skipped.
@@ -26,9 +25,6 @@ with DAG(
     # The wait ends (with nothing to do) before its timeout; see WaitForInboxOperator.
     default_args={"execution_timeout": timedelta(seconds=defaults.task_timeout_seconds)},
 ) as dag:
-    # The trigger's XCom is the run requests: start_runs follows the wait directly. claim_folders records the
-    # batches (and refused inbox entries, interrupted claims) beside it, off the dispatch path; the first step of a
-    # run records its batch itself if it comes first.
     wait = WaitForInboxOperator(task_id="wait_for_folders")
 
     @task
@@ -39,6 +35,6 @@ with DAG(
     def mark_dispatched(runs):
         return tasks.mark_dispatched(runs)
 
-    start = start_process_study_runs("start_runs", wait.output)
-    wait >> claim_folders()
-    start >> mark_dispatched(wait.output)
+    runs = claim_folders()
+    start = start_process_study_runs("start_runs", runs)
+    wait >> runs >> start >> mark_dispatched(runs)

@@ -29,7 +29,6 @@ import datetime as dt
 import errno
 import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -179,23 +178,6 @@ def new_batch_id(now: dt.datetime | None = None) -> str:
 def run_id_for(batch_id: str) -> str:
     """The deterministic ``process_study`` run id of a batch."""
     return f"batch__{batch_id}"
-
-
-def run_request(batch_id: str) -> dict:
-    """What watch_inbox's ``start_runs`` needs to request a batch's run: its id and conf (no folder name)."""
-    return {"trigger_run_id": run_id_for(batch_id), "conf": {"batch_id": batch_id}}
-
-
-_BATCH_ID = re.compile(r"\d{8}T\d{6}-[0-9a-f]{6}")
-
-
-def claimed_batch(batches_dir: Path, batch_id: str) -> Claim | None:
-    """The claim of ``batch_id`` if it is a batch id (as :func:`new_batch_id` makes them) claimed in
-    ``batches_dir`` and its folder is still there; None otherwise (a run's conf is never taken for a path)."""
-    if not _BATCH_ID.fullmatch(batch_id or ""):
-        return None
-    c = read_claim(batches_dir / batch_id)
-    return c if c is not None and c.batch_id == batch_id and c.incoming.is_dir() else None
 
 
 @dataclass(frozen=True)

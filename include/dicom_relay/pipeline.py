@@ -127,13 +127,6 @@ def step(name: str) -> Callable:
             store = StatusStore(settings.db_url)
             started = time.monotonic()
             batch = store.get_batch(batch_id)
-            if batch is None and name == "import":
-                # watch_inbox requests a run as soon as the trigger has claimed the folder, and records the batch
-                # beside it (``record_batches``): the first step records it if it is first.
-                claim = inbox.claimed_batch(settings.batches_dir, batch_id)
-                if claim is not None:
-                    store.create_batch(batch_id, claim.folder)
-                    batch = store.get_batch(batch_id)
             if batch is None:
                 raise PermanentError(f"batch {batch_id} is not known to the status table")
             if batch.status in ("DONE", "HELD_BACK"):
@@ -199,7 +192,7 @@ def claim_finished_folders(settings: Settings) -> list[dict[str, Any]]:
     runs = []
     for c in inbox.undispatched(settings.batches_dir):
         store.create_batch(c.batch_id, c.folder)
-        runs.append(inbox.run_request(c.batch_id))
+        runs.append({"trigger_run_id": inbox.run_id_for(c.batch_id), "conf": {"batch_id": c.batch_id}})
     log.info("claimed batches waiting for a run: %d", len(runs))
     return runs
 

@@ -15,14 +15,13 @@ from .triggers import InboxTrigger
 class WaitForInboxOperator(BaseOperator):
     """Succeeds when the inbox has work; otherwise defers to ``InboxTrigger`` (no worker slot while waiting).
 
-    Its XCom is the list of run requests for the claimed batches (``{"trigger_run_id", "conf"}``, ids only), which
-    ``start_runs`` maps over. With an ``execution_timeout`` (which Airflow applies to the deferral too), the wait
-    ends with no request after nine tenths of it instead of failing: an idle inbox is not an error.
+    With an ``execution_timeout`` (which Airflow applies to the deferral too), the wait ends with 0 folders after
+    nine tenths of it instead of failing: an idle inbox is not an error.
     """
 
     ui_color = "#d6eaf8"
 
-    def execute(self, context: Any) -> list[dict[str, Any]]:
+    def execute(self, context: Any) -> int:
         settings = Settings.from_env()
         trigger = InboxTrigger(
             inbox_dir=str(settings.inbox),
@@ -31,16 +30,15 @@ class WaitForInboxOperator(BaseOperator):
             poll_seconds=settings.poll_seconds,
             deadline=time.time() + 0.9 * self.execution_timeout.total_seconds() if self.execution_timeout else None,
         )
-        runs, waiting = trigger.poll()
+        waiting = trigger.waiting()
         if waiting:
-            return runs
+            return waiting
         self.defer(trigger=trigger, method_name="execute_complete")
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> int:
         # Not called by InboxTrigger (its TaskSuccessEvent ends the task in the triggerer); kept for a trigger
-        # serialised by an earlier version that fires a plain {"waiting": n} event during an upgrade: no request
-        # now, the next run of watch_inbox finds the claims waiting and requests their runs at once.
-        return []
+        # serialised by an earlier version that fires a plain {"waiting": n} event during an upgrade.
+        return int((event or {}).get("waiting", 0))
 
 
 def start_process_study_runs(task_id: str, runs):

@@ -149,12 +149,9 @@ def record_task_failure(context: dict[str, Any]) -> None:
                     attempt=getattr(context.get("task_instance") or context.get("ti"), "try_number", None))
 
 
-def claim_folders() -> int:
-    """Claim what the trigger did not, and record the claimed batches (and refused entries) in the status table;
-    the number of batches waiting for their run. Their runs are requested from the trigger's list (``start_runs``)
-    or, for a folder claimed here, by the next run of watch_inbox, whose trigger fires at once for it."""
-    # The status database only (the inbox and work area are settings of the environment).
-    return len(pipeline.claim_finished_folders(connections.task_settings((_DB,))))
+def claim_folders() -> list[dict[str, Any]]:
+    # Claiming needs the status database only (the inbox and work area are settings of the environment).
+    return pipeline.claim_finished_folders(connections.task_settings((_DB,)))
 
 
 def mark_dispatched(runs: list[dict[str, Any]]) -> int:

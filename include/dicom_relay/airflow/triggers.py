@@ -13,29 +13,24 @@ from dicom_relay import inbox
 
 
 class InboxTrigger(BaseTrigger):
-    """Polls the inbox without holding a worker slot; claims what is finished and quiet; fires once with the runs
-    to request, which name batches, never folders.
+    """Polls the inbox without holding a worker slot; claims what is finished and quiet; fires once, with no folder
+    names in the event.
 
     The claim (``inbox.claim``: claim file, then an atomic rename into the work area) happens here, at the poll
     that first sees the folder quiet, rather than in a task the scheduler starts seconds later: detection is then
     at most ``stable_seconds`` + one poll after the folder was last written (its rename included). A claim is
     safe to attempt twice (two triggerers during a hand-over): the second rename finds nothing and gives up.
+    ``watch_inbox``'s next task records the batches and requests their runs; a crash between claim and run
+    request is what ``inbox.undispatched`` already covers.
 
-    The event ends the waiting task where it is, in the triggerer (``TaskSuccessEvent``: no worker process is
-    started to resume it, which took about a second of the dispatch). Its XCom ``return_value`` is the list of run
-    requests (``inbox.run_request``: run id and conf, from the batch id) for every claim still waiting for its run,
-    so that ``start_runs`` follows directly; the batches are recorded in the status table beside it
-    (``claim_folders``). Batch ids only: folder names may be PHI and trigger events are stored in Airflow's
-    database. A crash between claim and run request is what ``inbox.undispatched`` already covers: the next poll
-    fires at once with the same requests, and a run requested twice is skipped.
-
-    The filesystem work runs in a thread so the triggerer's event loop is never blocked.
+    The filesystem work runs in a thread so the triggerer's event loop is never blocked. The event ends the
+    waiting task where it is, in the triggerer (``TaskSuccessEvent``: no worker process is started to resume it,
+    which took about a second of the dispatch), with the count as its XCom ``return_value``; it carries only a
+    count: folder names may be PHI and trigger events are stored in Airflow's database.
 
     ``deadline`` (seconds since the epoch, or None): when the inbox stays empty until then, the trigger fires with
-    no request, so the waiting task ends well within its ``execution_timeout`` (which also bounds the deferral) and
-    the continuous DAG simply starts its next run. An absolute time survives a triggerer restart. It also fires with
-    no request when only other work waits (an entry to refuse, a claim a crash interrupted): ``claim_folders``
-    does it.
+    ``{"waiting": 0}``, so the waiting task ends well within its ``execution_timeout`` (which also bounds the
+    deferral) and the continuous DAG simply starts its next run. An absolute time survives a triggerer restart.
     """
 
     def __init__(self, inbox_dir: str, batches_dir: str, stable_seconds: float = 2.0, poll_seconds: float = 2.0,
@@ -59,14 +54,12 @@ class InboxTrigger(BaseTrigger):
             },
         )
 
-    def poll(self) -> tuple[list[dict[str, Any]], int]:
-        """Claim every finished quiet folder; return the run requests of the claims waiting for their run, and how
-        much work waits in all (those claims, claims a crash interrupted, entries to refuse): ids and counts only."""
+    def waiting(self) -> int:
+        """Claim every finished quiet folder; return how much work waits now (a count, never names)."""
         inbox_dir, batches_dir = Path(self.inbox_dir), Path(self.batches_dir)
         for name in inbox.finished_folders(inbox_dir, self.stable_seconds):
             inbox.claim(inbox_dir, batches_dir, name)
-        runs = [inbox.run_request(c.batch_id) for c in inbox.undispatched(batches_dir)]
-        return runs, inbox.waiting_work(inbox_dir, batches_dir, self.stable_seconds)
+        return inbox.waiting_work(inbox_dir, batches_dir, self.stable_seconds)
 
     def next_poll(self) -> float:
         """Seconds until the next poll: ``poll_seconds``, or sooner when a finished folder turns quiet sooner."""
@@ -74,10 +67,10 @@ class InboxTrigger(BaseTrigger):
         return max(0.05, min(self.poll_seconds, quiet_in if quiet_in is not None else self.poll_seconds))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        """Poll until work waits (or the deadline passes); end the waiting task with the run requests."""
+        """Poll until work waits (or the deadline passes); end the waiting task with the count of waiting work."""
         while True:
-            runs, waiting = await asyncio.to_thread(self.poll)
+            waiting = await asyncio.to_thread(self.waiting)
             if waiting or (self.deadline is not None and time.time() >= self.deadline):
-                yield TaskSuccessEvent(xcoms={"return_value": runs})
+                yield TaskSuccessEvent(xcoms={"return_value": waiting})
                 return
             await asyncio.sleep(await asyncio.to_thread(self.next_poll))

@@ -1,5 +1,4 @@
-"""The inbox trigger: serialisable, fires on a finished quiet folder or a waiting claim with the run requests,
-never names a folder."""
+"""The inbox trigger: serialisable, fires on a finished quiet folder or a waiting claim, never names a folder."""
 
 import asyncio
 import json
@@ -34,9 +33,7 @@ async def test_waits_while_only_tmp_folders_then_fires_without_names(tmp_path):
     assert not task.done()  # a .tmp folder is never work
     (tmp_path / "inbox" / "ACC999.tmp12").rename(tmp_path / "inbox" / "ACC999")
     event = await asyncio.wait_for(task, timeout=5)
-    (claim,) = inbox.undispatched(tmp_path / "batches")
-    assert event.xcoms == {"return_value": [{"trigger_run_id": f"batch__{claim.batch_id}",
-                                              "conf": {"batch_id": claim.batch_id}}]}
+    assert event.xcoms == {"return_value": 1}
     assert "ACC999" not in json.dumps([event.payload, event.xcoms])
     assert isinstance(event, TaskSuccessEvent)
 
@@ -45,17 +42,9 @@ async def test_fires_for_a_claim_waiting_for_its_run(tmp_path):
     trigger = make_trigger(tmp_path)
     (tmp_path / "inbox" / "S1").mkdir()
     (tmp_path / "inbox" / "S1" / "f").write_text("x")
-    claim = inbox.claim(tmp_path / "inbox", tmp_path / "batches", "S1")
+    inbox.claim(tmp_path / "inbox", tmp_path / "batches", "S1")
     event = await asyncio.wait_for(trigger.run().__anext__(), timeout=5)
-    assert event.xcoms["return_value"] == [inbox.run_request(claim.batch_id)]
-
-
-async def test_fires_without_a_request_when_only_a_refused_entry_waits(tmp_path):
-    # A plain file in the inbox is refused (recorded by claim_folders); the trigger must fire for it, with no run.
-    trigger = make_trigger(tmp_path)
-    (tmp_path / "inbox" / "stray.dcm").write_text("x")
-    event = await asyncio.wait_for(trigger.run().__anext__(), timeout=5)
-    assert event.xcoms == {"return_value": []}
+    assert event.xcoms["return_value"] == 1
 
 
 async def test_stability_guard_holds_a_busy_folder(tmp_path):
@@ -77,7 +66,7 @@ async def test_empty_inbox_fires_zero_at_its_deadline(tmp_path):
                            deadline=time.time() + 0.3)
     assert InboxTrigger(**trigger.serialize()[1]).deadline == trigger.deadline
     event = await asyncio.wait_for(trigger.run().__anext__(), timeout=10)
-    assert event.xcoms == {"return_value": []}
+    assert event.xcoms == {"return_value": 0}
 
 
 async def test_claims_a_quiet_folder_within_one_poll_of_turning_quiet(tmp_path):
@@ -95,9 +84,9 @@ async def test_claims_a_quiet_folder_within_one_poll_of_turning_quiet(tmp_path):
     (tmp_path / "inbox" / "ACC7.tmp1").rename(tmp_path / "inbox" / "ACC7")
     renamed = time.time()
     event = await asyncio.wait_for(task, timeout=5)
+    assert event.xcoms == {"return_value": 1}
     assert not (tmp_path / "inbox" / "ACC7").exists()
     (claim,) = inbox.undispatched(tmp_path / "batches")
-    assert event.xcoms == {"return_value": [inbox.run_request(claim.batch_id)]}
     assert claim.folder == "ACC7" and (claim.incoming / "f").read_text() == "x"
     claimed_at = inbox.read_claim(claim.path) and json.loads((claim.path / inbox.CLAIM_FILE).read_text())["claimed_at"]
     import datetime as dt
