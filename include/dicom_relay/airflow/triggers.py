@@ -28,6 +28,10 @@ class InboxTrigger(BaseTrigger):
     which took about a second of the dispatch), with the count as its XCom ``return_value``; it carries only a
     count: folder names may be PHI and trigger events are stored in Airflow's database.
 
+    The event does not carry the run requests themselves for ``start_runs`` to map over: Airflow records no
+    mapping length for an XCom pushed by a trigger event, so a task mapped over it never runs (tried: every
+    run then waited for the next cycle of watch_inbox). ``claim_folders``, a task, returns them.
+
     ``deadline`` (seconds since the epoch, or None): when the inbox stays empty until then, the trigger fires with
     ``{"waiting": 0}``, so the waiting task ends well within its ``execution_timeout`` (which also bounds the
     deferral) and the continuous DAG simply starts its next run. An absolute time survives a triggerer restart.
