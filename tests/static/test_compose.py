@@ -352,6 +352,14 @@ def test_postgres_creates_the_relay_database(compose):
     assert "RELAY_DB_PASSWORD" in script and "RELAY_DB_PASSWORD" in environment(service)
 
 
+def test_postgres_cancels_statements_of_clients_that_are_gone_as_the_local_stack_does(compose):
+    # The local stack's setting, tested on a real server in tests/integration/test_stack_postgres.py.
+    command = compose["services"]["postgres"]["command"]
+    assert command[0] == "postgres" and "client_connection_check_interval=2s" in command
+    local = (ROOT / "tests" / "support" / "stack" / "postgres.py").read_text()
+    assert '"client_connection_check_interval=2s"' in local
+
+
 def test_volume_sources_exist_or_are_created_by_airflow_init(compose, env_file):
     init_script = "\n".join(strings_in(compose["services"]["airflow-init"].get("command", "")))
     created = {PurePosixPath(p) for line in init_script.splitlines() if "mkdir" in line for p in shlex.split(line) if p.startswith("/")}

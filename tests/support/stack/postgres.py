@@ -108,6 +108,12 @@ def start_postgres(
     argv = _as_owner([
         str(bindir / "postgres"), "-D", str(data_dir), "-p", str(port), "-k", str(socket_dir),
         "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200",
+        # A session notices that its client died only when it next reads from it: one waiting for a lock when its
+        # client is SIGKILLed (Airflow's scheduler, mid-loop) goes on holding every row it had locked for as long as
+        # it waits. Seen in the healing test: the restarted scheduler skipped the two dag runs locked that way
+        # (FOR UPDATE SKIP LOCKED) for minutes, and the continuous watch_inbox never ran again. With this check a
+        # running statement whose client has gone is cancelled within the interval and its locks are released.
+        "-c", "client_connection_check_interval=2s",
     ])
     if not durable:
         argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
