@@ -34,6 +34,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Mapping, NamedTuple
 
 import google_crc32c
@@ -97,15 +98,16 @@ def md5_of(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
-def file_checksums(path: Path) -> tuple[str, str]:
-    """MD5 and CRC32C of a file read in chunks (for files too large to hold in memory), as GCS reports them."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    crc = google_crc32c.Checksum()
+def file_checksums(path: Path, *, md5: bool = True) -> tuple[str | None, str]:
+    """MD5 (None with ``md5=False``) and CRC32C of a file read in chunks (for files too large to hold in memory),
+    as GCS reports them."""
+    digests = [google_crc32c.Checksum()] + ([hashlib.md5(usedforsecurity=False)] if md5 else [])
     with open(path, "rb") as fh:
         while chunk := fh.read(_READ_CHUNK):
-            md5.update(chunk)
-            crc.update(chunk)
-    return base64.b64encode(md5.digest()).decode(), base64.b64encode(crc.digest()).decode()
+            for d in digests:
+                d.update(chunk)
+    crc, *rest = (base64.b64encode(d.digest()).decode() for d in digests)
+    return (rest[0] if rest else None), crc
 
 
 def _component(label: str, value: str) -> str:
@@ -221,14 +223,18 @@ class GcsDestination:
         path = Path(path)
         # Each file is read once and hashed once. A file up to MULTIPART_LIMIT (every single-frame image) is held in
         # memory and sent from there; a larger one is hashed in chunks and streamed from disk by the client.
+        # The MD5 only matters when an object of this name exists already (rare): computed then, from what is at
+        # hand (the bytes in memory, or the file read once more).
         size = path.stat().st_size
         if size <= MULTIPART_LIMIT:
             data = path.read_bytes()
             crc = crc32c_of(data)
+            content_md5 = lambda: md5_of(data)  # noqa: E731
         else:
             data = None
-            md5, crc = file_checksums(path)
-            existing = self._existing(object_name, path, size, crc, md5)
+            _, crc = file_checksums(path, md5=False)
+            content_md5 = lambda: file_checksums(path)[0]  # noqa: E731
+            existing = self._existing(object_name, size, crc, content_md5)
             if existing is not None:
                 return existing
 
@@ -251,7 +257,7 @@ class GcsDestination:
                         retry=self._retry, timeout=self.request_timeout,
                     )
             except api_exceptions.PreconditionFailed:
-                existing = self._existing(object_name, path, size, crc)
+                existing = self._existing(object_name, size, crc, content_md5)
                 if existing is not None:
                     return existing
                 continue
@@ -274,12 +280,12 @@ class GcsDestination:
             return UploadResult(object_name, blob.md5_hash, skipped=False, crc32c_b64=crc, verified=True)
         raise DestinationUnavailable(f"{self._where(object_name)} exists and vanishes repeatedly; retry later")
 
-    def _existing(self, object_name: str, path: Path, size: int, crc: str, md5: str | None = None
+    def _existing(self, object_name: str, size: int, crc: str, content_md5: Callable[[], str]
                   ) -> UploadResult | None:
         """``None`` if the object does not exist; ``skipped`` if it holds these bytes; else DestinationConflict.
 
-        The same bytes: the same MD5 (computed here only now, the rare case of an object already there), or, for an
-        object GCS keeps no MD5 of (a composite object), the same CRC32C and size."""
+        The same bytes: the same MD5 (``content_md5()``, computed only now, the rare case of an object already
+        there), or, for an object GCS keeps no MD5 of (a composite object), the same CRC32C and size."""
         try:
             blob = self.bucket.get_blob(object_name, retry=self._retry, timeout=self.request_timeout)
         except Exception as exc:  # noqa: BLE001
@@ -287,8 +293,7 @@ class GcsDestination:
         if blob is None:
             return None
         if blob.md5_hash is not None:
-            md5 = md5 or file_checksums(path)[0]
-            same = blob.md5_hash == md5
+            same = blob.md5_hash == content_md5()
         else:
             same = blob.crc32c == crc and blob.size == size
         if same:

@@ -45,6 +45,7 @@ def test_file_checksums_are_base64_as_gcs_reports_them(tmp_path):
     assert crc_b64 == base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
     # The in-memory checksums of a file up to the multipart limit are the same values.
     assert (md5_of(data), crc32c_of(data)) == (md5_b64, crc_b64)
+    assert file_checksums(path, md5=False) == (None, crc_b64)  # the upload's one pass over a large file
 
 
 def test_from_settings_reads_bucket_project_prefix_and_does_not_connect():
