@@ -42,7 +42,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.status import code_to_category
 
-from dicom_relay.config import ORTHANC_TRANSPORTS
+from dicom_relay.config import ORTHANC_DEFAULT_TRANSPORT, ORTHANC_TRANSPORTS
 from dicom_relay.destinations.errors import DestinationRejected, DestinationUnavailable
 from dicom_relay.destinations.orthanc_report import InstanceOutcome, StoreReport
 from dicom_relay.destinations.orthanc_rest import DEFAULT_WORKERS, RestStore, check_answer
@@ -78,8 +78,7 @@ DEFAULT_ASSOCIATIONS = 4
 MIN_INSTANCES_PER_ASSOCIATION = 25
 
 #: How instances travel to Orthanc (see the module docstring); REST is the default.
-TRANSPORTS = ORTHANC_TRANSPORTS
-DEFAULT_TRANSPORT = "rest"
+TRANSPORTS, DEFAULT_TRANSPORT = ORTHANC_TRANSPORTS, ORTHANC_DEFAULT_TRANSPORT
 
 #: C-STORE status categories under which the SCP has stored the instance (PS3.4 B.2.3).
 STORED_CATEGORIES = frozenset({"Success", "Warning"})

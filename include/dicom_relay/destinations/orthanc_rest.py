@@ -42,17 +42,15 @@ from pathlib import Path
 
 import requests
 
+from dicom_relay.config import ORTHANC_DEFAULT_REST_WORKERS
 from dicom_relay.destinations.errors import DestinationRejected, DestinationUnavailable
 from dicom_relay.destinations.http import read_environment_once
 from dicom_relay.destinations.orthanc_report import InstanceOutcome, StoreReport
 
 log = logging.getLogger(__name__)
 
-#: Threads sending ``POST /instances`` side by side (``RELAY_ORTHANC_REST_WORKERS``). Measured into a local Orthanc
-#: on 2 cores with 512x512 CT slices (docs/MEASUREMENTS.md): 8 workers were faster than 4 in 9 of 12 alternating
-#: rounds (medians 1.06-1.16x the 4-thread REST anchor, against 0.97-1.16x for 4 workers), with about the same CPU
-#: per instance on both sides: while one request waits for Orthanc to write and index its file, others are parsed.
-DEFAULT_WORKERS = 8
+#: Threads sending ``POST /instances`` side by side (``RELAY_ORTHANC_REST_WORKERS``; why 8: see the setting).
+DEFAULT_WORKERS = ORTHANC_DEFAULT_REST_WORKERS
 
 #: Files up to this size are read into memory and sent from there (one read, one send); larger ones are streamed.
 IN_MEMORY_LIMIT = 8 * 1024 * 1024
